@@ -1,0 +1,65 @@
+"""Driver-side Tune callback: one line per ended trial, and early stops recorded in MLflow.
+
+A trial stopped by the scheduler is ended by Tune, not by its own code, so the driver marks its MLflow run
+(`status=stopped_early`) and closes it. The callback is pickled with the experiment (tuner.pkl) and shares the
+SweepState object with the searcher and scheduler, which restore keeps shared.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+
+from sweep.scheduler import trial_key_of
+from sweep.searcher import SweepState
+
+
+class SweepProgress(Callback):
+    def __init__(self, state: SweepState, uri: str, experiment_id: str, total: int, metric: str, max_t: int) -> None:
+        self.state, self.uri, self.experiment_id = state, uri, experiment_id
+        self.total, self.metric, self.max_t = total, metric, max_t
+        self._client = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_client": None}
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
+        key = trial_key_of(trial)
+        result = trial.last_result or {}
+        epoch = int(result.get("epoch", 0) or 0)
+        if result.get("failed"):
+            verdict = f"FAILED at epoch {epoch}: {result.get('failure_reason', '')}"
+        elif key in self.state.stopped_early:
+            verdict = f"stopped by ASHA after {epoch}/{self.max_t} epochs"
+            self._mark_stopped(key)
+        else:
+            verdict = f"finished {epoch}/{self.max_t} epochs"
+        self._print(trials, key, trial, verdict, result)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
+        where = trial.error_file or "the trial's error.txt"
+        self._print(trials, trial_key_of(trial), trial, f"ERROR (see {where})", trial.last_result or {})
+
+    def _print(self, trials: list[Trial], key: str, trial: Trial, verdict: str, result: dict) -> None:
+        done = 1 + sum(t.status in (Trial.TERMINATED, Trial.ERROR) for t in trials if t is not trial)
+        searched = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                             for k, v in sorted(trial.config.get("searched", {}).items()))
+        score = result.get(self.metric)
+        score_text = f"  {self.metric}={score:.4f}" if isinstance(score, float) else ""
+        seconds = float(result.get("time_total_s", 0.0) or 0.0)
+        total = max(self.total, done)
+        print(f"[{done:>{len(str(total))}}/{total}] {key}  {searched}  {verdict}{score_text}  ({seconds:.0f}s)",
+              file=sys.stdout, flush=True)
+
+    def _mark_stopped(self, trial_key: str) -> None:
+        from mlflow import MlflowClient
+
+        from trainables.tracking import find_run
+
+        self._client = self._client or MlflowClient(self.uri)
+        run = find_run(self._client, self.experiment_id, "trial_key", trial_key)
+        if run is not None and run.data.tags.get("status") != "stopped_early":
+            self._client.set_tag(run.info.run_id, "status", "stopped_early")
+            self._client.set_terminated(run.info.run_id, "FINISHED")

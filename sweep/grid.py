@@ -1,0 +1,144 @@
+"""Grid expansion: a spec becomes cells (task x dataset x backbone x method x fraction x seed), each with a
+stable, readable key, its search space, its trial budget and the resources of its trials."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from sweep.spec import BackboneEntry, DatasetEntry, Dist, MethodEntry, SweepSpec
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: float
+    gpus: float
+    workers: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"cpus": self.cpus, "gpus": self.gpus, "num_workers": self.workers}
+
+
+@dataclass(frozen=True)
+class Cell:
+    key: str
+    task: str
+    dataset: DatasetEntry
+    backbone: BackboneEntry
+    method: MethodEntry
+    fraction: float
+    seed: int
+    space: dict[str, Dist]
+    budget: int
+    resources: Resources
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def trial_key(self, index: int) -> str:
+        return f"{self.key}/trial={index}"
+
+
+def cell_key(task_short: str, dataset: str, backbone: str, method: str, fraction: float, seed: int) -> str:
+    return f"{task_short}/{dataset}/{backbone}/{method}/frac={fraction:g}/seed={seed}"
+
+
+def expand(spec: SweepSpec, task_short: str, spaces: dict[str, dict[str, Dist]]) -> list[Cell]:
+    """All cells, in a stable order (the order of the spec's axes)."""
+    combos = [
+        (dataset, backbone, method, fraction, seed)
+        for dataset in spec.datasets
+        for backbone in spec.backbones
+        for method, fraction, seed in itertools.product(spec.methods_for(backbone), spec.fractions, spec.seeds)
+    ]
+    cells = []
+    for dataset, backbone, method, fraction, seed in combos:
+        space = method_space(spaces, method.name)
+        cells.append(
+            Cell(
+                key=cell_key(task_short, dataset.key, backbone.key, method.key, fraction, seed),
+                task=spec.task,
+                dataset=dataset,
+                backbone=backbone,
+                method=method,
+                fraction=fraction,
+                seed=seed,
+                space=space,
+                budget=trial_budget(spec, space),
+                resources=method_resources(spec, method.name),
+            )
+        )
+    return cells
+
+
+def method_space(spaces: dict[str, dict[str, Dist]], method: str) -> dict[str, Dist]:
+    for name in (method, method.partition(":")[0] + ":" if ":" in method else None, "default"):
+        if name and name in spaces:
+            return spaces[name]
+    return {}
+
+
+def grid_values(space: dict[str, Dist], points: int) -> list[dict[str, Any]]:
+    """Every point of the grid sampler's grid, in a fixed order."""
+    names = sorted(space)
+    axes = [space[n].grid(points) for n in names]
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*axes)]
+
+
+def grid_points(spec: SweepSpec) -> int:
+    return spec.search.grid_points or spec.search.trials_per_cell
+
+
+def trial_budget(spec: SweepSpec, space: dict[str, Dist]) -> int:
+    """Trials per cell: as the spec says, but never more than a grid sampler has distinct points."""
+    budget = spec.search.trials_per_cell
+    if spec.search.sampler == "grid":
+        budget = min(budget, max(1, len(grid_values(space, grid_points(spec)))))
+    return budget
+
+
+def method_resources(spec: SweepSpec, method: str) -> Resources:
+    base = spec.resources
+    own = base.per_method.get(method)
+    return Resources(
+        cpus=(own.cpus if own and own.cpus is not None else base.cpus_per_trial),
+        gpus=(own.gpus if own and own.gpus is not None else base.gpus_per_trial),
+        workers=(own.workers if own and own.workers is not None else base.workers_per_trial),
+    )
+
+
+def base_config(spec: SweepSpec, cell: Cell, tracking: dict[str, Any]) -> dict[str, Any]:
+    """The plain dict a trial of this cell receives, before the searcher fills in its hyperparameters
+    (validated on the worker by trainables.config.TrialConfig)."""
+    return {
+        "task": cell.task,
+        "seed": cell.seed,
+        "data": {
+            "name": cell.dataset.name,
+            "root": cell.dataset.root,
+            "options": dict(cell.dataset.options),
+            "fraction": cell.fraction,
+            "image_size": spec.image_size,
+            "fallback_from": cell.tags.get("fallback_from"),
+        },
+        "backbone": {"name": cell.backbone.name, "weights": cell.backbone.weights, "kwargs": cell.backbone.kwargs},
+        "method": {"name": cell.method.name, "knobs": dict(cell.method.knobs), "bn_mode": cell.method.bn_mode},
+        "train": dict(spec.train),
+        "resources": cell.resources.as_dict(),
+        "tracking": {**tracking, "cell_key": cell.key},
+        "searched": {},
+    }
+
+
+def with_searched(base: dict[str, Any], searched: dict[str, Any], trial_key: str) -> dict[str, Any]:
+    """A trial's config: the cell's base config with the searched values in place (`knobs.X` go to the method,
+    everything else to `train`)."""
+    config = copy.deepcopy(base)
+    for name, value in searched.items():
+        if name.startswith("knobs."):
+            config["method"]["knobs"][name.removeprefix("knobs.")] = value
+        else:
+            config["train"][name] = value
+    config["searched"] = dict(searched)
+    config["tracking"]["trial_key"] = trial_key
+    return config

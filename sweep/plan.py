@@ -1,0 +1,177 @@
+"""Validate before you spend: a spec becomes a `Plan` (every cell checked) or a SpecError listing every problem.
+
+Nothing here creates files or starts Ray. Checks: the task and its training settings, every method exists and
+fits every backbone it is crossed with (built on PyTorch's meta device, so no memory and no weights), the
+backbones' pretrained weights can be loaded, every dataset's files are where its layout says (or the spec allows
+the synthetic fallback), search spaces are valid, and the storage is writable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from sweep.grid import Cell, expand, grid_points
+from sweep.spec import DatasetEntry, SpecError, SweepSpec, format_validation_error, load_method_spaces
+
+
+@dataclass
+class Plan:
+    spec: SweepSpec
+    spec_path: Path
+    cells: list[Cell]
+    task_short: str
+    metric: str
+    mode: str
+    max_epochs: int
+    grid_points: int
+    notes: list[str] = field(default_factory=list)  # loud warnings (e.g. synthetic fallback)
+    missing: list[str] = field(default_factory=list)  # data or weights not found (dry runs list them)
+    params: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)  # (backbone, method) -> counts
+
+    @property
+    def total_trials(self) -> int:
+        return sum(c.budget for c in self.cells)
+
+
+def make_plan(spec: SweepSpec, spec_path: Path, data_root: str | None, allow_missing: bool = False) -> Plan:
+    """Check everything a sweep needs; with allow_missing (dry runs) missing data/weights are listed, not fatal."""
+    from trainables.tasks import get_task
+
+    problems: list[str] = []
+    try:
+        task = get_task(spec.task)
+    except ValueError as e:
+        raise SpecError(str(e)) from None
+    try:
+        train = task.train_schema.model_validate(spec.train)
+    except ValidationError as e:
+        raise SpecError(f"train: invalid settings:\n{format_validation_error(e)}") from None
+
+    spaces = load_method_spaces(spec, spec_path)
+    cells = expand(spec, task.short, spaces)
+    plan = Plan(spec, spec_path, cells, task.short, task.objective(train), task.mode, task.max_epochs(train),
+                grid_points(spec))
+
+    for cell in cells:
+        if not cell.space:
+            problems.append(f"method {cell.method.name!r}: no search space (add it to the spaces file or spec)")
+        for name in cell.space:
+            if name.startswith("knobs.") or name in task.train_schema.model_fields:
+                continue
+            problems.append(f"method {cell.method.name!r}: searched {name!r} is neither a train setting nor knobs.*")
+
+    datasets = {}
+    for entry in spec.datasets:
+        try:
+            datasets[entry.key] = _resolve_dataset(entry, data_root, plan)
+        except SpecError as e:
+            (plan.missing if allow_missing else problems).append(str(e))
+            datasets[entry.key] = entry
+
+    problems += _check_backbones_and_methods(spec, plan, task.families, allow_missing)
+    problems = list(dict.fromkeys(problems))
+    if problems:
+        raise SpecError("the sweep cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
+    plan.cells = [_with_dataset(c, datasets[c.dataset.key], task.short) for c in cells]
+    return plan
+
+
+def _resolve_dataset(entry: DatasetEntry, data_root: str | None, plan: Plan) -> DatasetEntry:
+    """Find the dataset's files (root: the entry's own, relative to --data-root, else --data-root)."""
+    from trainables.data import DatasetError, get_source
+
+    root = entry.root
+    if root and not os.path.isabs(os.path.expanduser(root)) and data_root:
+        root = os.path.join(data_root, root)
+    root = root or data_root
+    root = str(Path(root).expanduser().resolve()) if root else None
+    try:
+        located = get_source(entry.name, root, entry.options).locate()
+    except DatasetError as e:
+        if entry.on_missing != "synthetic":
+            raise SpecError(str(e)) from None
+        options = _synthetic_like(entry)
+        note = (
+            f"DATA NOT FOUND: {entry.key} ({e}). Running on the built-in SYNTHETIC dataset instead "
+            "(spec says on_missing: synthetic). These results say nothing about medical images; pass --data-root "
+            "to use the real data."
+        )
+        plan.notes.append(note)
+        return DatasetEntry(name="synthetic", id=f"synthetic-{entry.key}", options=options,
+                            root=None, on_missing="error")
+    return entry.model_copy(update={"root": located.root or None})
+
+
+def _synthetic_like(entry: DatasetEntry) -> dict[str, Any]:
+    """Synthetic options shaped like the missing dataset where we know its shape (MedMNIST subsets)."""
+    options: dict[str, Any] = {}
+    if entry.name == "medmnist":
+        try:
+            from medmnist import INFO
+
+            info = INFO[entry.options.get("subset", "breastmnist")]
+            options = {"num_classes": len(info["label"]), "channels": info["n_channels"],
+                       "size": int(entry.options.get("size", 28))}
+        except (ImportError, KeyError):
+            pass
+    return options
+
+
+def _with_dataset(cell: Cell, dataset: DatasetEntry, task_short: str) -> Cell:
+    if dataset is cell.dataset:
+        return cell
+    tags = dict(cell.tags)
+    if dataset.name == "synthetic" and cell.dataset.name != "synthetic":
+        tags["fallback_from"] = cell.dataset.key
+    key = cell.key.replace(f"{task_short}/{cell.dataset.key}/", f"{task_short}/{dataset.key}/", 1)
+    return dataclasses.replace(cell, dataset=dataset, key=key, tags=tags)
+
+
+def _check_backbones_and_methods(spec: SweepSpec, plan: Plan, families: tuple[str, ...], allow_missing: bool):
+    import torch
+
+    from trainables.backbones import WeightsError, build_backbone, check_weights
+    from trainables.methods import MethodError, prepare_model
+
+    problems = []
+    for backbone in spec.backbones:
+        try:
+            check_weights(backbone.name, backbone.weights)
+        except WeightsError as e:
+            (plan.missing if allow_missing else problems).append(str(e))
+        try:
+            _, info = build_backbone(backbone.name, 2, "random", spec.image_size, device="meta", **backbone.kwargs)
+        except (ValueError, RuntimeError, TypeError) as e:
+            problems.append(f"backbone {backbone.name!r}: {e}")
+            continue
+        if info.family not in families:
+            problems.append(f"backbone {backbone.name!r} is a {info.family}; task {spec.task!r} trains {families}")
+            continue
+        for method in spec.methods_for(backbone):
+            model, info = build_backbone(backbone.name, 2, "random", spec.image_size, device="meta",
+                                         **backbone.kwargs)
+            try:
+                with torch.device("meta"):
+                    prepared = prepare_model(model, info, method.name, method.knobs, method.bn_mode)
+            except MethodError as e:
+                problems.append(str(e))
+                continue
+            plan.params[(backbone.key, method.key)] = (prepared.trainable_params, prepared.total_params)
+    return problems
+
+
+def check_storage_writable(path: Path) -> None:
+    """The storage folder, or the nearest folder above it that exists, must be writable. Creates nothing."""
+    if path.exists() and not path.is_dir():
+        raise SpecError(f"storage {path} exists and is not a folder; pass --storage DIR")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise SpecError(f"storage {path} is not writable ({probe} is read-only for this user); pass --storage DIR")

@@ -1,0 +1,104 @@
+"""What the launcher prints: the dry-run grid, loud warnings, and the end-of-sweep summary."""
+
+from __future__ import annotations
+
+import math
+import shlex
+import textwrap
+from pathlib import Path
+
+from sweep.plan import Plan
+from sweep.results import format_table
+
+
+def banner(note: str) -> str:
+    line = "!" * 100
+    body = "\n".join("!! " + row for row in textwrap.wrap(note, 94))
+    return f"{line}\n{body}\n{line}"
+
+
+def asha_epochs_estimate(trials: int, max_t: int, grace: int, eta: float) -> float:
+    """Trial-epochs successive halving spends on `trials` trials of one cell (synchronous estimate)."""
+    rungs = [min(grace, max_t)]
+    while rungs[-1] * eta < max_t:
+        rungs.append(math.ceil(rungs[-1] * eta))
+    total, survivors, previous = 0.0, float(trials), 0
+    for bound in [*rungs[1:], max_t]:  # epochs run between consecutive rungs, by the trials still alive
+        total += survivors * (bound - previous)
+        previous = bound
+        survivors = max(1.0, survivors / eta)
+    return total
+
+
+def dry_run(plan: Plan, name: str) -> str:
+    spec = plan.spec
+    out = [
+        f"Sweep {name!r} ({spec.task}): {len(plan.cells)} cells, {plan.total_trials} trials",
+        f"  sampler {spec.search.sampler}, up to {spec.search.trials_per_cell} trials per cell; "
+        f"scheduler {spec.scheduler.type}"
+        + (f" per cell (grace {spec.scheduler.grace_period}, reduction {spec.scheduler.reduction_factor:g})"
+           if spec.scheduler.type == "asha" else "")
+        + f"; up to {plan.max_epochs} epochs; selection on {plan.metric}",
+        f"  datasets: {', '.join(d.key for d in spec.datasets)}",
+        f"  backbones: {', '.join(b.key for b in spec.backbones)}",
+        f"  fractions: {', '.join(f'{f:g}' for f in spec.fractions)}; seeds: {', '.join(map(str, spec.seeds))}",
+        "",
+    ]
+    rows = [("cell", "trials", "search space", "trainable / total params")]
+    for cell in plan.cells:
+        space = ", ".join(f"{k} {d.grid(plan.grid_points) if spec.search.sampler == 'grid' else _range(d)}"
+                          for k, d in sorted(cell.space.items()))
+        counts = plan.params.get((cell.backbone.key, cell.method.key))
+        share = f"{counts[0]:,} / {counts[1]:,} ({100 * counts[0] / counts[1]:.2f}%)" if counts else "?"
+        rows.append((cell.key, str(cell.budget), space, share))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    exhaustive = plan.total_trials * plan.max_epochs
+    out.append("")
+    if spec.scheduler.type == "asha":
+        expected = sum(asha_epochs_estimate(c.budget, plan.max_epochs, spec.scheduler.grace_period,
+                                            spec.scheduler.reduction_factor) for c in plan.cells)
+        out.append(f"Cost: at most {exhaustive:,} trial-epochs; about {expected:,.0f} with ASHA (estimate).")
+    else:
+        out.append(f"Cost: {exhaustive:,} trial-epochs.")
+    if plan.notes:
+        out += ["", *plan.notes]
+    if plan.missing:
+        out += ["", "Missing (a real run stops here until these are fixed):", *(f"  - {m}" for m in plan.missing)]
+    return "\n".join(out)
+
+
+def summary(plan: Plan, name: str, outcome, storage: Path, mlflow_uri: str, spec_path: Path) -> str:
+    cells = outcome.cells
+    done = int(cells["complete"].sum()) if len(cells) else 0
+    minutes, seconds = divmod(int(outcome.seconds), 60)
+    state = "complete" if outcome.complete else "INTERRUPTED"
+    lines = [
+        "",
+        f"=== Sweep {name!r}: {done}/{len(plan.cells)} cells complete ({state}) in {minutes}m{seconds:02d}s ===",
+        format_table(cells, plan.metric),
+        "",
+        f"Each cell's trial is chosen on validation ({plan.metric}); its test metric is shown for reporting only.",
+        "epochs: trial-epochs run / an exhaustive search's; stopped: trials ASHA stopped early.",
+    ]
+    if plan.notes:
+        lines += ["", *("NOTE: " + n for n in plan.notes)]
+    store = mlflow_uri.removeprefix("sqlite:///")
+    lines += [
+        "",
+        f"MLflow tracking URI: {mlflow_uri}",
+        f"  open the UI:  mlflow ui --backend-store-uri {shlex.quote(mlflow_uri)}   (then http://127.0.0.1:5000,"
+        f" experiment {name!r})",
+    ]
+    if store != mlflow_uri:
+        lines.append(f"  store file:   {store}")
+    if not outcome.complete:
+        lines += ["", "The sweep did not finish. Continue it with:",
+                  f"  python -m sweep.launch --name {name} --storage {shlex.quote(str(storage))} --resume"]
+    return "\n".join(lines)
+
+
+def _range(dist) -> str:
+    if dist.choices is not None:
+        return str(dist.choices)
+    return f"[{dist.low:g}, {dist.high:g}]{' log' if dist.log else ''}"

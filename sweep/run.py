@@ -1,0 +1,160 @@
+"""Run a planned sweep as one Ray Tune experiment (or resume it), then read the outcome back from MLflow."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from sweep import tracking
+from sweep.grid import base_config
+from sweep.plan import Plan
+from sweep.results import cell_frame, trial_frame
+from sweep.spec import SpecError
+
+SWEEP_FILE = "medpeft-sweep.json"  # what the sweep was started with; --resume reads it back
+
+
+@dataclass
+class Outcome:
+    complete: bool
+    cells: pd.DataFrame
+    seconds: float
+
+
+def save_inputs(experiment_dir: Path, plan: Plan, data_root: str | None, mlflow_uri: str) -> None:
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    inputs = {
+        "spec": plan.spec.model_dump(mode="json"),
+        "spec_path": str(plan.spec_path),
+        "data_root": data_root,
+        "mlflow_uri": mlflow_uri,
+    }
+    (experiment_dir / SWEEP_FILE).write_text(json.dumps(inputs, indent=2))
+
+
+def load_inputs(experiment_dir: Path) -> dict:
+    path = experiment_dir / SWEEP_FILE
+    if not path.is_file():
+        raise SpecError(f"{experiment_dir} holds no {SWEEP_FILE}: it was not started by sweep.launch")
+    return json.loads(path.read_text())
+
+
+def run_sweep(plan: Plan, name: str, storage: Path, mlflow_uri: str, resume: bool, address: str | None) -> Outcome:
+    import ray
+    from ray import tune
+
+    from sweep.callbacks import SweepProgress
+    from sweep.scheduler import PerCellASHA
+    from sweep.searcher import CellPlan, CellSearcher, SweepState
+    from trainables.launch import run_trial, trial_resources
+
+    started = time.monotonic()
+    experiment_dir = storage / name
+    ids = tracking.prepare(mlflow_uri, name, (storage / "mlartifacts").as_uri(), plan.cells,
+                           json.dumps(plan.spec.model_dump(mode="json"), indent=2), plan.notes)
+    trainable = tune.with_resources(run_trial, trial_resources)
+    _start_ray(plan, address)
+    try:
+        if resume:
+            tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_errored=True)
+        else:
+            state = SweepState()
+            cells = [
+                CellPlan(c.key, c.space, c.budget,
+                         {**base_config(plan.spec, c, ids.for_cell(name, c)), "storage": str(storage)})
+                for c in plan.cells
+            ]
+            spec = plan.spec
+            searcher = CellSearcher(cells, state, plan.metric, plan.mode, spec.search.sampler, plan.grid_points,
+                                    spec.search.seed)
+            if spec.scheduler.type == "asha":
+                scheduler = PerCellASHA(state, plan.metric, plan.mode, plan.max_epochs, "epoch",
+                                        spec.scheduler.grace_period, spec.scheduler.reduction_factor)
+            else:
+                from ray.tune.schedulers import FIFOScheduler
+
+                scheduler = FIFOScheduler()
+            progress = SweepProgress(state, mlflow_uri, ids.experiment_id, plan.total_trials, plan.metric,
+                                     plan.max_epochs)
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher,
+                    scheduler=scheduler,
+                    num_samples=-1,
+                    reuse_actors=True,
+                    max_concurrent_trials=spec.resources.max_concurrent_trials,
+                    trial_name_creator=trial_name,
+                    trial_dirname_creator=trial_dirname,
+                ),
+                run_config=tune.RunConfig(
+                    name=name,
+                    storage_path=str(storage),
+                    verbose=0,
+                    callbacks=[progress],
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    failure_config=tune.FailureConfig(max_failures=1),
+                ),
+            )
+        tuner.fit()
+    finally:
+        ray.shutdown()
+    trials = trial_frame(mlflow_uri, name)
+    cells = cell_frame(trials, plan.cells, plan.metric, plan.max_epochs)
+    complete = bool(len(cells)) and bool(cells["complete"].all())
+    _record_cells(ids, cells, complete)
+    return Outcome(complete, cells, time.monotonic() - started)
+
+
+def trial_name(trial) -> str:
+    return trial.config["tracking"]["trial_key"]
+
+
+def trial_dirname(trial) -> str:
+    key = re.sub(r"[^A-Za-z0-9_.=-]+", "_", trial.config["tracking"]["trial_key"])
+    return f"{key[-100:]}_{trial.trial_id}"
+
+
+def _start_ray(plan: Plan, address: str | None) -> None:
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs = {}
+    if not address:
+        # A local Ray of our own: never attach to a stale cluster file from an earlier `ray start`.
+        address = "local"
+        kwargs = {
+            "num_cpus": plan.spec.resources.num_cpus,
+            "num_gpus": plan.spec.resources.num_gpus,
+            "object_store_memory": 256 * 2**20,
+            "include_dashboard": False,
+        }
+    ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True,
+             **kwargs)
+
+
+def _record_cells(ids: tracking.Tracking, cells: pd.DataFrame, complete: bool) -> None:
+    """Per-cell summary on the cell runs (what MLflow's compare view shows), and the chosen trial tagged."""
+    from mlflow.entities import Metric, RunTag
+
+    client = tracking.client(ids.uri)
+    now = int(time.time() * 1000)
+    for _, cell in cells.iterrows():
+        run_id = ids.cell_runs.get(cell["cell_key"])
+        if run_id is None or not isinstance(cell.get("chosen_trial"), str):
+            continue
+        metrics = [Metric(k, float(cell[k]), now, 0) for k in ("val", "test", "chosen_lr") if pd.notna(cell.get(k))]
+        tags = [RunTag("chosen_trial", cell["chosen_trial"]), RunTag("chosen", cell["chosen"]),
+                RunTag("complete", str(bool(cell["complete"])))]
+        client.log_batch(run_id, metrics=metrics, tags=tags)
+        if cell["complete"]:
+            client.set_terminated(run_id, "FINISHED")
+    if complete:
+        client.set_terminated(ids.parent_run_id, "FINISHED")

@@ -1,0 +1,182 @@
+"""The searcher: owns the grid, keeps one Optuna study per cell, and hands Tune one trial at a time.
+
+Why not Ray's OptunaSearch: it refuses `grid_search`, so the grid cannot sit in Tune's param space beside an Optuna
+space. Here the grid lives in the searcher: `suggest` walks the cells round-robin (every cell progresses and the
+cluster stays full), asks that cell's study for hyperparameters (ask/tell), and returns the trial's whole config.
+
+State shared with the per-cell scheduler (`SweepState`) is saved by this searcher with every experiment snapshot
+and restored in place, so the scheduler's rung records survive a killed driver too (Tune restores schedulers
+only from the pickle written at the start; an object both reference in that pickle stays shared after restore).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import pickle
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+
+from sweep.grid import with_searched
+from sweep.spec import Dist
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@dataclass
+class CellPlan:
+    """What the searcher needs of a cell: its key, space, budget, and the config its trials start from."""
+
+    key: str
+    space: dict[str, Dist]
+    budget: int
+    base_config: dict[str, Any]
+
+
+@dataclass
+class TrialRecord:
+    cell: str
+    index: int  # position of the trial within its cell: part of its trial key
+    number: int  # the Optuna trial number in the cell's study
+    params: dict[str, Any]
+    status: str = "running"  # running / finished / stopped_early / failed
+    value: float | None = None
+
+
+@dataclass
+class SweepState:
+    """Everything the searcher and scheduler must remember across a driver restart."""
+
+    studies: dict[str, optuna.Study] = field(default_factory=dict)
+    suggested: dict[str, int] = field(default_factory=dict)  # cell -> trials suggested so far
+    trials: dict[str, TrialRecord] = field(default_factory=dict)  # Tune trial id -> record
+    asha: dict[str, Any] = field(default_factory=dict)  # cell -> AsyncHyperBandScheduler
+    stopped_early: set[str] = field(default_factory=set)  # trial keys stopped by the scheduler
+    cursor: int = 0  # round-robin position over cells
+
+    def replace_with(self, other: SweepState) -> None:
+        """Take another state's contents without changing identity (the scheduler holds this object)."""
+        self.__dict__.update(other.__dict__)
+
+
+class CellSearcher(Searcher):
+    def __init__(
+        self,
+        cells: list[CellPlan],
+        state: SweepState,
+        metric: str,
+        mode: str,
+        sampler: str = "grid",
+        grid_points: int = 3,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self.cells = cells
+        self.state = state
+        self.sampler = sampler
+        self.grid_points = grid_points
+        self.seed = seed
+
+    # -- Tune's Searcher interface -------------------------------------------------------------------------
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        state = self.state
+        for _ in range(len(self.cells)):
+            cell = self.cells[state.cursor % len(self.cells)]
+            state.cursor = (state.cursor + 1) % len(self.cells)
+            index = state.suggested.get(cell.key, 0)
+            if index >= cell.budget:
+                continue
+            study = self._study(cell)
+            trial = study.ask(self._distributions(cell))
+            state.suggested[cell.key] = index + 1
+            state.trials[trial_id] = TrialRecord(cell.key, index, trial.number, dict(trial.params))
+            return with_searched(cell.base_config, trial.params, f"{cell.key}/trial={index}")
+        return Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        record = self.state.trials.get(trial_id)
+        if record is None:
+            return
+        value = (result or {}).get(self.metric)
+        failed = error or (result or {}).get("failed") or value is None or not math.isfinite(value)
+        trial_key = f"{record.cell}/trial={record.index}"
+        if failed:
+            record.status = "failed"
+        elif trial_key in self.state.stopped_early:
+            record.status = "stopped_early"
+        else:
+            record.status = "finished"
+        record.value = None if failed else float(value)
+        study = self.state.studies[record.cell]
+        # A trial that errored and is resumed completes twice; Optuna accepts one verdict per trial.
+        if study.trials[record.number].state == TrialState.RUNNING:
+            if failed:
+                study.tell(record.number, state=TrialState.FAIL)
+            else:
+                study.tell(record.number, record.value)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.state, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.state.replace_with(pickle.load(f))
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+
+    def _study(self, cell: CellPlan) -> optuna.Study:
+        if cell.key not in self.state.studies:
+            direction = "maximize" if self.mode == "max" else "minimize"
+            study = optuna.create_study(direction=direction, sampler=self._sampler(cell), study_name=cell.key)
+            if self.sampler == "grid":
+                # The grid is queued up front (centre-out, so the first trial of a cell, which async ASHA never
+                # stops, sits mid-range). Optuna's GridSampler is avoided: it calls study.stop() once the grid is
+                # used up, which fails outside study.optimize().
+                for point in grid_order(cell.space, self.grid_points):
+                    study.enqueue_trial(point)
+            self.state.studies[cell.key] = study
+        return self.state.studies[cell.key]
+
+    def _sampler(self, cell: CellPlan) -> optuna.samplers.BaseSampler:
+        seed = self.seed + _stable_hash(cell.key)
+        if self.sampler == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(4, cell.budget))
+        if self.sampler == "qmc":
+            return optuna.samplers.QMCSampler(seed=seed, scramble=True)
+        return optuna.samplers.RandomSampler(seed=seed)
+
+    def _distributions(self, cell: CellPlan) -> dict[str, Any]:
+        if self.sampler == "grid":
+            return {n: CategoricalDistribution(d.grid(self.grid_points)) for n, d in cell.space.items()}
+        return {name: to_optuna(dist) for name, dist in cell.space.items()}
+
+
+def grid_order(space: dict[str, Dist], points: int) -> list[dict[str, Any]]:
+    """Every grid point, each axis walked from its centre outwards."""
+    axes = []
+    for name in sorted(space):
+        values = space[name].grid(points)
+        middle = (len(values) - 1) / 2
+        order = sorted(range(len(values)), key=lambda i: (abs(i - middle), i))
+        axes.append([(name, values[i]) for i in order])
+    return [dict(combo) for combo in itertools.product(*axes)]
+
+
+def to_optuna(dist: Dist):
+    if dist.choices is not None:
+        return CategoricalDistribution(dist.choices)
+    if dist.integer:
+        return IntDistribution(int(dist.low), int(dist.high), log=dist.log)
+    return FloatDistribution(dist.low, dist.high, log=dist.log)
+
+
+def _stable_hash(text: str) -> int:
+    return zlib.crc32(text.encode()) % 100_000

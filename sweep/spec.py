@@ -1,0 +1,281 @@
+"""Sweep specs: YAML files that say what to run. Loaded, overridden from the command line, and validated here.
+
+A spec names the task, the grid axes (datasets, backbones, methods, data fractions, seeds), the training
+settings, how to search each method's hyperparameters in every cell, the scheduler, and per-trial resources.
+Per-method search spaces come from `search_spaces/methods.yaml` unless the spec overrides them.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+DEFAULT_SPEC = SPACES_DIR / "quickstart.yaml"
+DEFAULT_METHOD_SPACES = SPACES_DIR / "methods.yaml"
+
+
+class SpecError(ValueError):
+    """Bad sweep input (spec, data, weights, storage). The CLI prints it and exits with code 2."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetEntry(_Model):
+    name: str
+    id: str | None = None  # how the dataset appears in cell keys (default: its subset or name)
+    root: str | None = None  # absolute, or relative to --data-root
+    options: dict[str, Any] = Field(default_factory=dict)
+    on_missing: Literal["error", "synthetic"] = "error"
+
+    @property
+    def key(self) -> str:
+        return self.id or str(self.options.get("subset") or self.name)
+
+
+class MethodEntry(_Model):
+    name: str
+    knobs: dict[str, Any] = Field(default_factory=dict)
+    bn_mode: Literal["train", "eval"] | None = None
+    id: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.id or self.name
+
+
+def _names_to_entries(value: Any) -> Any:
+    if isinstance(value, list):
+        return [{"name": v} if isinstance(v, str) else v for v in value]
+    return value
+
+
+class BackboneEntry(_Model):
+    name: str
+    weights: str = "default"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    id: str | None = None
+    # Methods crossed with this backbone (default: the spec's `methods`), e.g. ViT-only methods for a ViT.
+    methods: list[MethodEntry] | None = None
+
+    _methods_may_be_names = field_validator("methods", mode="before")(_names_to_entries)
+
+    @property
+    def key(self) -> str:
+        return self.id or self.name
+
+
+class Dist(_Model):
+    """A searched dimension: a float/int range (log-uniform by default) or a list of choices."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = True
+    integer: bool = False
+    points: int | None = Field(None, ge=1)  # grid sampler: how many log/linear steps from low to high
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Dist:
+        if self.choices is not None:
+            if not self.choices:
+                raise ValueError("choices must not be empty")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs low and high (or give a list of choices)")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low:g}) must be smaller than high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0 (got {self.low:g})")
+        return self
+
+    def grid(self, points: int) -> list[Any]:
+        if self.choices is not None:
+            return list(self.choices)
+        n = self.points or points
+        if n == 1:
+            values = [math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2]
+        elif self.log:
+            step = (math.log(self.high) - math.log(self.low)) / (n - 1)
+            values = [math.exp(math.log(self.low) + i * step) for i in range(n)]
+        else:
+            values = [self.low + i * (self.high - self.low) / (n - 1) for i in range(n)]
+        values = [float(f"{v:.4g}") for v in values]
+        return sorted({round(v) for v in values}) if self.integer else values
+
+
+def parse_dist(value: Any) -> Dist:
+    if isinstance(value, Dist):
+        return value
+    if isinstance(value, list):
+        return Dist(choices=value)
+    if isinstance(value, dict):
+        return Dist.model_validate(value)
+    return Dist(choices=[value])  # a fixed value
+
+
+class SearchSpec(_Model):
+    sampler: Literal["grid", "tpe", "qmc", "random"] = "grid"
+    trials_per_cell: int = Field(4, ge=1)
+    grid_points: int | None = Field(None, ge=1)  # steps per range for the grid sampler (default: trials_per_cell)
+    seed: int = 0
+    spaces_file: str | None = None  # per-method spaces (default: search_spaces/methods.yaml)
+    # Per-method overrides of the spaces file: {method: {lr: {low, high}, knobs: {r: [4, 8]}}}
+    spaces: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class SchedulerSpec(_Model):
+    type: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(3.0, gt=1.0)
+
+
+class MethodResources(_Model):
+    cpus: float | None = Field(None, gt=0)
+    gpus: float | None = Field(None, ge=0)
+    workers: int | None = Field(None, ge=1)
+
+
+class ResourcesSpec(_Model):
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    workers_per_trial: int = Field(1, ge=1)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    per_method: dict[str, MethodResources] = Field(default_factory=dict)
+    # Resources of the local Ray instance started when no cluster address is given (None: Ray's own count).
+    num_cpus: int | None = Field(None, ge=1)
+    num_gpus: int | None = Field(None, ge=0)
+
+
+class SweepSpec(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    task: str = "classification"
+    description: str = ""
+    datasets: list[DatasetEntry] = Field(min_length=1)
+    backbones: list[BackboneEntry] = Field(min_length=1)
+    methods: list[MethodEntry] = Field(default_factory=list)
+    fractions: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    image_size: int = Field(224, ge=8)
+    train: dict[str, Any] = Field(default_factory=dict)
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+    _methods_may_be_names = field_validator("methods", mode="before")(_names_to_entries)
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions_in_range(cls, value: list[float]) -> list[float]:
+        for f in value:
+            if not 0 < f <= 1:
+                raise ValueError(f"data fraction {f} is not in (0, 1]")
+        return value
+
+    def methods_for(self, backbone: BackboneEntry) -> list[MethodEntry]:
+        return backbone.methods if backbone.methods is not None else self.methods
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> SweepSpec:
+        for backbone in self.backbones:
+            if not self.methods_for(backbone):
+                raise ValueError(f"no methods for backbone {backbone.key!r}: list `methods` (top level or its own)")
+        axes = [("datasets", [d.key for d in self.datasets]), ("backbones", [b.key for b in self.backbones])]
+        axes += [(f"methods of {b.key}", [m.key for m in self.methods_for(b)]) for b in self.backbones]
+        for axis, keys in axes:
+            duplicates = sorted({k for k in keys if keys.count(k) > 1})
+            if duplicates:
+                raise ValueError(f"{axis}: {duplicates} appear twice; give them distinct `id`s")
+        return self
+
+
+def load_spec(path: str | Path | None = None, overrides: list[str] | None = None) -> SweepSpec:
+    """Read a spec YAML, apply `KEY=VALUE` overrides (dotted keys, YAML values), validate."""
+    path = Path(path) if path else DEFAULT_SPEC
+    if not path.is_file():
+        raise SpecError(f"spec file {path} does not exist (specs shipped with the tool are in {SPACES_DIR})")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SpecError(f"spec file {path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"spec file {path} must hold a mapping (name:, task:, datasets:, ...)")
+    for override in overrides or []:
+        apply_override(raw, override)
+    try:
+        return SweepSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(f"spec {path} is invalid:\n{format_validation_error(e)}") from None
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    key, sep, value = override.partition("=")
+    if not sep or not key:
+        raise SpecError(f"--set {override!r}: expected KEY=VALUE, e.g. --set train.epochs=2")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise SpecError(f"--set {override!r}: value is not valid YAML: {e}") from None
+    node: Any = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise SpecError(f"--set {override!r}: {'.'.join(parts[:i])} has no item {part}")
+            if last:
+                node[int(part)] = parsed
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = parsed
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise SpecError(f"--set {override!r}: {'.'.join(parts[:i])} is not a mapping or list")
+
+
+def load_method_spaces(spec: SweepSpec, spec_path: Path | None = None) -> dict[str, dict[str, Dist]]:
+    """Every method's search space: the spaces file, then the spec's own overrides, flattened to
+    {"lr": Dist, "knobs.r": Dist, ...}."""
+    path = Path(spec.search.spaces_file) if spec.search.spaces_file else DEFAULT_METHOD_SPACES
+    if not path.is_absolute() and spec_path is not None and (spec_path.parent / path).is_file():
+        path = spec_path.parent / path
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise SpecError(f"search spaces file {path} could not be read: {e}") from None
+    merged = copy.deepcopy(raw)
+    for method, space in spec.search.spaces.items():
+        merged[method] = {**merged.get(method, {}), **space}
+    spaces: dict[str, dict[str, Dist]] = {}
+    for method, space in merged.items():
+        if not isinstance(space, dict):
+            raise SpecError(f"search space of {method!r} must be a mapping like {{lr: {{low: 1e-4, high: 1e-2}}}}")
+        flat: dict[str, Dist] = {}
+        for name, value in space.items():
+            items = value.items() if name == "knobs" and isinstance(value, dict) else [(None, value)]
+            for knob, dist in items:
+                key = f"knobs.{knob}" if knob else name
+                try:
+                    flat[key] = parse_dist(dist)
+                except ValidationError as e:
+                    raise SpecError(f"search space of {method!r}, {key}: {format_validation_error(e)}") from None
+        spaces[method] = flat
+    return spaces
+
+
+def format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for err in error.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  - {where}: {err['msg']}")
+    return "\n".join(lines)

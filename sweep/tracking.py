@@ -1,0 +1,116 @@
+"""MLflow on the driver: the store, one experiment and one parent run per sweep, and one run per cell.
+
+Created here, before any trial starts: several trial processes creating a fresh sqlite store at once race on its
+schema migration. Runs are found again by tags (role + key) before they are created, so a resumed sweep reuses
+them. Trials nest their own runs under their cell's run (see trainables.tracking).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sweep.grid import Cell
+
+ROLE = "role"
+
+
+@dataclass(frozen=True)
+class Tracking:
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+    cell_runs: dict[str, str]  # cell key -> run id
+
+    def for_cell(self, sweep: str, cell: Cell) -> dict[str, Any]:
+        """The `tracking` section of a cell's trial configs."""
+        return {
+            "uri": self.uri,
+            "experiment_id": self.experiment_id,
+            "parent_run_id": self.cell_runs[cell.key],
+            "sweep": sweep,
+            "cell_key": cell.key,
+            "tags": {},
+        }
+
+
+def default_tracking_uri(storage: Path) -> str:
+    return f"sqlite:///{storage / 'mlflow.db'}"
+
+
+def client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def find_experiment(uri: str, name: str):
+    return client(uri).get_experiment_by_name(name)
+
+
+def prepare(uri: str, sweep: str, artifact_root: str, cells: list[Cell], spec_text: str,
+            notes: Iterable[str] = ()) -> Tracking:
+    """Get or create the sweep's experiment, parent run and cell runs."""
+    mlflow = client(uri)
+    experiment = mlflow.get_experiment_by_name(sweep)
+    if experiment is None:
+        experiment_id = mlflow.create_experiment(sweep, artifact_location=artifact_root)
+    else:
+        experiment_id = experiment.experiment_id
+    existing = runs_by_tag(mlflow, experiment_id, role="cell", key="cell_key")
+    parent = runs_by_tag(mlflow, experiment_id, role="sweep", key="sweep").get(sweep)
+    if parent is None:
+        parent = mlflow.create_run(experiment_id, run_name=sweep, tags={ROLE: "sweep", "sweep": sweep}).info.run_id
+        mlflow.log_text(parent, spec_text, "spec.yaml")
+        mlflow.log_batch(parent, params=_params({"cells": len(cells), "trials": sum(c.budget for c in cells)}))
+    for note in notes:
+        if "SYNTHETIC" in note:
+            mlflow.set_tag(parent, "data_fallback", "synthetic")
+    cell_runs = {}
+    for cell in cells:
+        run_id = existing.get(cell.key)
+        if run_id is None:
+            tags = {
+                ROLE: "cell",
+                "mlflow.parentRunId": parent,
+                "sweep": sweep,
+                "cell_key": cell.key,
+                "task": cell.task,
+                "dataset": cell.dataset.key,
+                "backbone": cell.backbone.key,
+                "method": cell.method.key,
+                "fraction": str(cell.fraction),
+                "seed": str(cell.seed),
+                **({"data_fallback": "synthetic"} if cell.tags.get("fallback_from") else {}),
+            }
+            run_id = mlflow.create_run(experiment_id, run_name=cell.key, tags=tags).info.run_id
+            space = {name: dist.model_dump(exclude_none=True) for name, dist in cell.space.items()}
+            mlflow.log_batch(run_id, params=_params({"budget": cell.budget, "space": space}))
+        cell_runs[cell.key] = run_id
+    return Tracking(uri, experiment_id, parent, cell_runs)
+
+
+def runs_by_tag(mlflow, experiment_id: str, role: str, key: str) -> dict[str, str]:
+    """{tag value: run id} of the experiment's runs with this role."""
+    found = {}
+    for run in search_all(mlflow, experiment_id, f"tags.{ROLE} = '{role}'"):
+        found.setdefault(run.data.tags.get(key), run.info.run_id)
+    return found
+
+
+def search_all(mlflow, experiment_id: str, filter_string: str) -> list:
+    runs, token = [], None
+    while True:
+        page = mlflow.search_runs([experiment_id], filter_string=filter_string, max_results=5000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _params(values: dict[str, Any]):
+    from mlflow.entities import Param
+
+    return [Param(k, str(v)[:6000]) for k, v in values.items()]

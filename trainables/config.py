@@ -1,0 +1,71 @@
+"""The configuration one trial receives: a plain JSON-able dict, validated here.
+
+`sweep/` builds these dicts (one per trial) and never passes anything else, so a trial can be rerun from its
+MLflow params or its Tune `params.json` alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    name: str
+    root: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    fraction: float = Field(1.0, gt=0.0, le=1.0)
+    image_size: int = Field(224, ge=8)
+    on_corrupt: Literal["error", "skip"] = "error"
+    cache_dir: str | None = None
+    # Set when the sweep fell back to the synthetic dataset because the real one was missing.
+    fallback_from: str | None = None
+
+
+class BackboneConfig(_Strict):
+    name: str
+    weights: str = "default"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class MethodConfig(_Strict):
+    name: str
+    knobs: dict[str, Any] = Field(default_factory=dict)
+    bn_mode: Literal["train", "eval"] | None = None
+
+
+class ResourcesConfig(_Strict):
+    cpus: float = Field(1.0, gt=0.0)
+    gpus: float = Field(0.0, ge=0.0)
+    num_workers: int = Field(1, ge=1)
+
+
+class TrackingConfig(_Strict):
+    uri: str | None = None
+    experiment_id: str | None = None
+    parent_run_id: str | None = None
+    sweep: str = "adhoc"
+    cell_key: str = "adhoc"
+    trial_key: str = "adhoc/trial=0"
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class TrialConfig(_Strict):
+    task: str = "classification"
+    seed: int = 0
+    data: DataConfig
+    backbone: BackboneConfig
+    method: MethodConfig
+    # Task-specific training settings, validated by the task's own schema (see trainables.tasks).
+    train: dict[str, Any] = Field(default_factory=dict)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    # The sweep's storage (path or URI): where a multi-worker trial's Train run keeps its checkpoints.
+    storage: str | None = None
+    # The hyperparameters the searcher chose for this trial, by their search-space names.
+    searched: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,104 @@
+"""Batches straight from the in-memory uint8 tensors, augmented per sample on the training device.
+
+No DataLoader workers: a trial usually owns one or two CPU cores, and images are already decoded and resized,
+so indexing + one batched random-resized-crop/flip (affine grid sampling) is all the per-step data work.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from trainables.data.prepare import ImageSplit
+
+
+class Batches:
+    """One pass over a split: normalised float batches (B, 3, H, W) and labels.
+
+    Shuffling and augmentation depend only on (seed, epoch): set `epoch` before iterating, and a resumed trial
+    sees exactly the batches an uninterrupted one would. `rank`/`world_size` give each DDP worker its own interleaved shard of the same seeded permutation, padded
+    so every worker runs the same number of steps.
+    """
+
+    def __init__(
+        self,
+        split: ImageSplit,
+        batch_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        device: torch.device | str = "cpu",
+        shuffle: bool = False,
+        augment: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        pad: bool = True,
+    ) -> None:
+        self.split, self.batch_size, self.device = split, batch_size, torch.device(device)
+        self.shuffle, self.augment, self.seed = shuffle, augment, seed
+        self.rank, self.world_size, self.drop_last, self.pad = rank, world_size, drop_last, pad
+        self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1) * 255
+        self.epoch = 0
+
+    def indices(self) -> torch.Tensor:
+        n = len(self.split)
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        else:
+            order = torch.arange(n)
+        if self.world_size > 1:
+            if self.pad:  # every rank the same number of steps (DDP needs it while training)
+                order = torch.cat([order, order[: -(-n // self.world_size) * self.world_size - n]])
+            order = order[self.rank :: self.world_size]
+        return order
+
+    def __len__(self) -> int:
+        n = len(self.indices()) if self.world_size > 1 else len(self.split)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.indices()
+        generator = torch.Generator(device=self.device).manual_seed(self.seed * 7919 + self.epoch)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            if self.drop_last and len(idx) < self.batch_size:
+                break
+            x = self.split.images[idx].to(self.device, non_blocking=True).float()
+            if x.shape[1] == 1:
+                x = x.expand(-1, 3, -1, -1)
+            if self.augment:
+                x = random_resized_crop_flip(x, generator)
+            yield (x - self.mean) / self.std, self.split.labels[idx].to(self.device, non_blocking=True)
+
+
+def random_resized_crop_flip(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.35, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """Per-sample RandomResizedCrop + horizontal flip at the input resolution, as one affine grid sample."""
+    b = x.shape[0]
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return torch.rand(b, device=x.device, generator=generator) * (high - low) + low
+
+    area = uniform(*scale)
+    aspect = torch.exp(uniform(math.log(ratio[0]), math.log(ratio[1])))
+    w = torch.sqrt(area * aspect).clamp(max=1.0)
+    h = torch.sqrt(area / aspect).clamp(max=1.0)
+    cx = uniform(-1, 1) * (1 - w)
+    cy = uniform(-1, 1) * (1 - h)
+    flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3, device=x.device)
+    theta[:, 0, 0] = w * flip
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = h
+    theta[:, 1, 2] = cy
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)

@@ -1,0 +1,74 @@
+"""The one Tune trainable behind every task: runs the task's worker function the cheap way when it can.
+
+- One worker (the common PEFT case, often on a fractional GPU): the worker function runs in the Tune trial's own
+  process through a Tune-backed session. A nested TorchTrainer would cost 15-25 s per trial for nothing.
+- Several workers (DDP: full fine-tuning of large models, diffusion): a TorchTrainer is built inside the trial,
+  with a run name derived from the trial key (no timestamps) so a restarted trial finds its Train run's
+  checkpoints, and metrics come back to Tune through TuneReportCallback.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from trainables.session import TrainSession, TuneSession, use_session
+from trainables.tasks import get_task
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable: `tune.with_resources(run_trial, trial_resources)`."""
+    task = get_task(config["task"])
+    if int(config["resources"].get("num_workers", 1)) <= 1:
+        with use_session(TuneSession()):
+            task.worker(config)
+    else:
+        _fit_torch_trainer(config)
+
+
+def trial_resources(config: dict[str, Any]):
+    """What Tune reserves for a trial: the worker's CPUs/GPUs, or a small CPU share for the driver of a
+    multi-worker trial (its TorchTrainer reserves the workers; a driver holding whole CPUs while its workers wait
+    deadlocks small machines)."""
+    from ray.tune import PlacementGroupFactory
+
+    res = config["resources"]
+    if int(res.get("num_workers", 1)) <= 1:
+        return PlacementGroupFactory([{"CPU": float(res["cpus"]), "GPU": float(res["gpus"])}])
+    return PlacementGroupFactory([{"CPU": 0.1}])
+
+
+def train_run_name(trial_key: str) -> str:
+    return "train-" + re.sub(r"[^A-Za-z0-9_.=-]+", "_", trial_key)
+
+
+def _ddp_worker(config: dict[str, Any]) -> None:
+    with use_session(TrainSession()):
+        get_task(config["task"]).worker(config)
+
+
+def _fit_torch_trainer(config: dict[str, Any]) -> None:
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    res = config["resources"]
+    storage = config.get("storage") or str(Path(tune.get_context().get_trial_dir()).parent)
+    trainer = TorchTrainer(
+        _ddp_worker,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=int(res["num_workers"]),
+            use_gpu=float(res["gpus"]) > 0,
+            resources_per_worker={"CPU": float(res["cpus"]), **({"GPU": float(res["gpus"])} if res["gpus"] else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=train_run_name(config["tracking"]["trial_key"]),
+            storage_path=storage,
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=1),
+        ),
+    )
+    trainer.fit()

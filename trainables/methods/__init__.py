@@ -1,0 +1,27 @@
+"""PEFT methods, one per module; importing this package registers them all."""
+
+from trainables.methods import bitfit, full, linear, lora_conv  # noqa: F401  (registration)
+from trainables.methods.registry import (
+    Method,
+    MethodError,
+    PreparedModel,
+    get_method,
+    list_methods,
+    prepare_model,
+    register_method,
+)
+from trainables.methods.state import count_parameters, load_trainable_state, train_mode, trainable_state_dict
+
+__all__ = [
+    "Method",
+    "MethodError",
+    "PreparedModel",
+    "count_parameters",
+    "get_method",
+    "list_methods",
+    "load_trainable_state",
+    "prepare_model",
+    "register_method",
+    "train_mode",
+    "trainable_state_dict",
+]

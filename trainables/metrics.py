@@ -1,0 +1,44 @@
+"""Classification metrics from logits and labels (numpy, no extra dependency)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """acc (top-1), balanced_acc (mean per-class recall), auroc (binary, or macro one-vs-rest), loss (CE)."""
+    num_classes = logits.shape[1]
+    pred = logits.argmax(1)
+    shifted = logits - logits.max(1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    probs = np.exp(log_probs)
+    recalls = [float((pred[labels == c] == c).mean()) for c in range(num_classes) if (labels == c).any()]
+    if num_classes == 2:
+        auroc = binary_auroc(probs[:, 1], labels == 1)
+    else:
+        per_class = [binary_auroc(probs[:, c], labels == c) for c in range(num_classes)]
+        valid = [a for a in per_class if not np.isnan(a)]
+        auroc = float(np.mean(valid)) if valid else float("nan")
+    return {
+        "acc": float((pred == labels).mean()),
+        "balanced_acc": float(np.mean(recalls)),
+        "auroc": auroc,
+        "loss": float(-log_probs[np.arange(len(labels)), labels].mean()),
+    }
+
+
+def binary_auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve via the rank-sum (Mann-Whitney U) statistic, ties counted half; NaN if one class
+    is absent."""
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores), dtype=np.float64)
+    # Average ranks over ties.
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    for start, count in zip(first, counts, strict=True):
+        ranks[order[start : start + count]] = start + (count + 1) / 2
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

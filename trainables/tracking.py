@@ -1,0 +1,152 @@
+"""MLflow logging from a trial's rank-0 worker, with a deterministic run identity.
+
+A trial's run is found by its `trial_key` tag before one is created, so a restarted trial appends to its own run
+instead of opening a second one (what Ray's MLflowLoggerCallback does after `Tuner.restore`). Three cases:
+
+- no run yet: create it under the cell's run and log every param once (params are immutable in MLflow);
+- a run exists and we resume from a checkpoint: append to it;
+- a run exists but we start from scratch: it belongs to an attempt that left no checkpoint (the driver died
+  before recording the trial). If it finished with the same config, the loop replays its metrics instead of
+  training again; otherwise it is deleted and a fresh run is created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import defaultdict
+from typing import Any
+
+from trainables.config import TrackingConfig
+
+STATUS_TAG = "status"
+MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Hash of a trial config without its tracking section: two attempts of the same trial share it."""
+    relevant = {k: v for k, v in config.items() if k != "tracking"}
+    return hashlib.sha1(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class TrialRun:
+    """Where a trial's params, metrics and status go. `NullRun` stands in when tracking is off or rank != 0."""
+
+    def __init__(self, client, run_id: str, finished_before: bool = False) -> None:
+        self.client, self.run_id, self.finished_before = client, run_id, finished_before
+
+    @classmethod
+    def open(
+        cls,
+        tracking: TrackingConfig,
+        params: dict[str, Any],
+        tags: dict[str, str],
+        digest: str,
+        resuming: bool,
+    ) -> TrialRun:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking.uri)
+        existing = find_run(client, tracking.experiment_id, "trial_key", tracking.trial_key)
+        if existing is not None:
+            same_config = existing.data.tags.get("config_hash") == digest
+            finished = existing.data.tags.get(STATUS_TAG) == "finished"
+            if same_config and (resuming or finished):
+                if not finished:
+                    client.set_tag(existing.info.run_id, STATUS_TAG, "running")
+                return cls(client, existing.info.run_id, finished_before=finished)
+            client.delete_run(existing.info.run_id)
+        run_tags = {
+            **tracking.tags,
+            **tags,
+            "trial_key": tracking.trial_key,
+            "cell_key": tracking.cell_key,
+            "sweep": tracking.sweep,
+            "role": "trial",
+            "config_hash": digest,
+            STATUS_TAG: "running",
+        }
+        if tracking.parent_run_id:
+            run_tags["mlflow.parentRunId"] = tracking.parent_run_id
+        run = client.create_run(tracking.experiment_id, tags=run_tags, run_name=tracking.trial_key)
+        run_id = run.info.run_id
+        _log_params(client, run_id, params)
+        return cls(client, run_id)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        entries = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, int | float)]
+        for i in range(0, len(entries), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=entries[i : i + MAX_METRICS_PER_BATCH])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def finish(self, status: str, reason: str | None = None) -> None:
+        tags = {STATUS_TAG: status}
+        if reason:
+            tags["failure_reason"] = reason[:5000]
+        self.set_tags(tags)
+        self.client.set_terminated(self.run_id, "FAILED" if status == "failed" else "FINISHED")
+
+    def history(self) -> dict[int, dict[str, float]]:
+        """Every logged metric by step (epoch): what a replay reports again."""
+        run = self.client.get_run(self.run_id)
+        by_step: dict[int, dict[str, float]] = defaultdict(dict)
+        for key in run.data.metrics:
+            for m in self.client.get_metric_history(self.run_id, key):
+                by_step[m.step][key] = m.value
+        return dict(sorted(by_step.items()))
+
+
+class NullRun(TrialRun):
+    def __init__(self) -> None:
+        super().__init__(client=None, run_id="", finished_before=False)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+    def finish(self, status: str, reason: str | None = None) -> None:
+        pass
+
+    def history(self) -> dict[int, dict[str, float]]:
+        return {}
+
+
+def open_trial_run(
+    tracking: TrackingConfig,
+    rank: int,
+    params: dict[str, Any],
+    tags: dict[str, str],
+    digest: str,
+    resuming: bool,
+) -> TrialRun:
+    if rank != 0 or not tracking.uri or not tracking.experiment_id:
+        return NullRun()
+    return TrialRun.open(tracking, params, tags, digest, resuming)
+
+
+def find_run(client, experiment_id: str, tag: str, value: str):
+    """The active run of an experiment whose tag equals value, or None."""
+    escaped = value.replace("'", "\\'")
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.{tag} = '{escaped}'", max_results=2, order_by=["attributes.start_time ASC"]
+    )
+    return runs[0] if runs else None
+
+
+def _log_params(client, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    entries = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    for i in range(0, len(entries), MAX_PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=entries[i : i + MAX_PARAMS_PER_BATCH])
