@@ -34,6 +34,8 @@ class SweepProgress(Callback):
         elif key in self.state.stopped_early:
             verdict = f"stopped by ASHA after {epoch}/{self.max_t} epochs"
             self._mark_stopped(key)
+        elif result.get("replayed"):
+            verdict = f"finished {epoch}/{self.max_t} epochs before the interruption (replayed from MLflow)"
         else:
             verdict = f"finished {epoch}/{self.max_t} epochs"
         self._print(trials, key, trial, verdict, result)

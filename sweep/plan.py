@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,11 +168,17 @@ def _check_backbones_and_methods(spec: SweepSpec, plan: Plan, families: tuple[st
 
 
 def check_storage_writable(path: Path) -> None:
-    """The storage folder, or the nearest folder above it that exists, must be writable. Creates nothing."""
+    """The storage folder, or the nearest folder above it that exists, must take a new file (tried, then
+    removed: permission bits do not tell for root or read-only mounts). Leaves nothing behind."""
     if path.exists() and not path.is_dir():
         raise SpecError(f"storage {path} exists and is not a folder; pass --storage DIR")
     probe = path
     while not probe.exists():
         probe = probe.parent
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise SpecError(f"storage {path} is not writable ({probe} is read-only for this user); pass --storage DIR")
+    if not probe.is_dir():
+        raise SpecError(f"storage {path} cannot be created: {probe} is a file; pass --storage DIR")
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".medpeft-write-probe-"):
+            pass
+    except OSError as e:
+        raise SpecError(f"storage {path} is not writable ({probe}: {e.strerror}); pass --storage DIR") from None

@@ -68,7 +68,7 @@ def run_sweep(plan: Plan, name: str, storage: Path, mlflow_uri: str, resume: boo
             state = SweepState()
             cells = [
                 CellPlan(c.key, c.space, c.budget,
-                         {**base_config(plan.spec, c, ids.for_cell(name, c)), "storage": str(storage)})
+                         {**base_config(plan.spec, c, ids.for_cell(name, c)), "storage": str(experiment_dir)})
                 for c in plan.cells
             ]
             spec = plan.spec
@@ -99,7 +99,6 @@ def run_sweep(plan: Plan, name: str, storage: Path, mlflow_uri: str, resume: boo
                     storage_path=str(storage),
                     verbose=0,
                     callbacks=[progress],
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     failure_config=tune.FailureConfig(max_failures=1),
                 ),
             )
@@ -125,6 +124,8 @@ def trial_dirname(trial) -> str:
 def _start_ray(plan: Plan, address: str | None) -> None:
     import ray
 
+    from trainables.launch import DRIVER_RESOURCE
+
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = {}
     if not address:
@@ -135,6 +136,7 @@ def _start_ray(plan: Plan, address: str | None) -> None:
             "num_gpus": plan.spec.resources.num_gpus,
             "object_store_memory": 256 * 2**20,
             "include_dashboard": False,
+            "resources": {DRIVER_RESOURCE: 64},
         }
     ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True,
              **kwargs)

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from trainables.backbones import build_backbone
+from trainables.checkpoints import CheckpointStore
 from trainables.config import TrialConfig
 from trainables.data import Batches, ImageSplit, load_splits
 from trainables.methods import load_trainable_state, prepare_model, train_mode, trainable_state_dict
@@ -105,17 +106,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, warmup_steps, total_steps))
 
     # Resume: a restarted trial continues after its last checkpoint.
-    progress, best_state = Progress(), None
-    with session.checkpoint_dir() as checkpoint:
-        if checkpoint:
-            progress, best_state = load_checkpoint(Path(checkpoint), model, optimizer, schedule)
-
     digest = config_hash(config)
+    store = CheckpointStore(f"{cfg.storage}/checkpoints", cfg.tracking.trial_key, digest) if cfg.storage else None
+    progress, best_state = Progress(), None
+    if store is not None:
+        with store.latest() as checkpoint:
+            if checkpoint is not None:
+                progress, best_state = load_checkpoint(checkpoint, model, optimizer, schedule)
+
     params = _params(cfg, train, info.weight_source, prepared, data.params)
     tags = _tags(cfg, data)
     run = open_trial_run(cfg.tracking, rank, params, tags, digest, resuming=progress.epoch > 0)
     if run.finished_before:
-        replay(run, session, after_epoch=progress.epoch)
+        replay(run, session)
         return
 
     try:
@@ -168,12 +171,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             run.log_metrics(metrics, step=epoch)
             if epoch == train.epochs:
                 run.finish("finished")  # before the report: Tune ends the trial inside its last report
-            if epoch % train.checkpoint_every == 0 or epoch == train.epochs:
+            if store is not None and rank == 0 and (epoch % train.checkpoint_every == 0 or epoch == train.epochs):
                 with tempfile.TemporaryDirectory(prefix="medpeft-ckpt-") as directory:
                     save_checkpoint(Path(directory), model, bn_mode, optimizer, schedule, progress, best_state)
-                    session.report(metrics, directory)
-            else:
-                session.report(metrics)
+                    store.save(Path(directory), epoch)
+            session.report(metrics)
     except Diverged as e:
         run.finish("failed", str(e))
         session.report({"epoch": progress.epoch + 1, "failed": 1, "failure_reason": str(e)})
@@ -232,12 +234,11 @@ def load_checkpoint(directory: Path, model: nn.Module, optimizer, schedule):
     return Progress(**json.loads((directory / "progress.json").read_text())), best_state
 
 
-def replay(run: TrialRun, session, after_epoch: int) -> None:
+def replay(run: TrialRun, session) -> None:
     """Report again what an earlier attempt of this exact trial logged (it finished, but the sweep driver died
     before recording that): the sweep sees the same results without training twice."""
-    for step, metrics in run.history().items():
-        if step > after_epoch:
-            session.report(metrics)
+    for metrics in run.history().values():
+        session.report({**metrics, "replayed": 1})
 
 
 def _params(cfg: TrialConfig, train: ClassificationTrain, weight_source: str, prepared, data_params) -> dict:

@@ -65,7 +65,8 @@ class TrialConfig(_Strict):
     train: dict[str, Any] = Field(default_factory=dict)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    # The sweep's storage (path or URI): where a multi-worker trial's Train run keeps its checkpoints.
+    # The sweep's folder (path or URI): trials keep checkpoints under <storage>/checkpoints, multi-worker trials
+    # their Train runs under <storage>/train. None: no checkpoints (a trial cannot resume).
     storage: str | None = None
     # The hyperparameters the searcher chose for this trial, by their search-space names.
     searched: dict[str, Any] = Field(default_factory=dict)

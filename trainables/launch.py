@@ -3,14 +3,14 @@
 - One worker (the common PEFT case, often on a fractional GPU): the worker function runs in the Tune trial's own
   process through a Tune-backed session. A nested TorchTrainer would cost 15-25 s per trial for nothing.
 - Several workers (DDP: full fine-tuning of large models, diffusion): a TorchTrainer is built inside the trial,
-  with a run name derived from the trial key (no timestamps) so a restarted trial finds its Train run's
-  checkpoints, and metrics come back to Tune through TuneReportCallback.
+  with a run name derived from the trial key (no timestamps), and metrics come back to Tune through
+  TuneReportCallback. Either way rank 0 checkpoints to the trial's CheckpointStore, so a restarted trial
+  resumes the same way on both paths.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 from trainables.session import TrainSession, TuneSession, use_session
@@ -27,16 +27,20 @@ def run_trial(config: dict[str, Any]) -> None:
         _fit_torch_trainer(config)
 
 
+# A custom resource held by the driver of a multi-worker trial instead of CPUs: its TorchTrainer reserves the
+# workers' CPUs/GPUs itself, and a driver holding a CPU share while its workers wait for that CPU deadlocks small
+# machines. Only nodes that may host drivers (on a cluster: on-demand, never spot) declare it.
+DRIVER_RESOURCE = "medpeft_driver"
+
+
 def trial_resources(config: dict[str, Any]):
-    """What Tune reserves for a trial: the worker's CPUs/GPUs, or a small CPU share for the driver of a
-    multi-worker trial (its TorchTrainer reserves the workers; a driver holding whole CPUs while its workers wait
-    deadlocks small machines)."""
+    """What Tune reserves for a trial: the worker's CPUs/GPUs, or one driver slot for a multi-worker trial."""
     from ray.tune import PlacementGroupFactory
 
     res = config["resources"]
     if int(res.get("num_workers", 1)) <= 1:
         return PlacementGroupFactory([{"CPU": float(res["cpus"]), "GPU": float(res["gpus"])}])
-    return PlacementGroupFactory([{"CPU": 0.1}])
+    return PlacementGroupFactory([{DRIVER_RESOURCE: 1}])
 
 
 def train_run_name(trial_key: str) -> str:
@@ -55,7 +59,7 @@ def _fit_torch_trainer(config: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     res = config["resources"]
-    storage = config.get("storage") or str(Path(tune.get_context().get_trial_dir()).parent)
+    storage = f"{config['storage']}/train" if config.get("storage") else tune.get_context().get_trial_dir()
     trainer = TorchTrainer(
         _ddp_worker,
         train_loop_config=config,

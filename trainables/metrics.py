@@ -14,7 +14,8 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
     probs = np.exp(log_probs)
     recalls = [float((pred[labels == c] == c).mean()) for c in range(num_classes) if (labels == c).any()]
     if num_classes == 2:
-        auroc = binary_auroc(probs[:, 1], labels == 1)
+        # The logit margin ranks like p(class 1) but without softmax rounding splitting or merging ties.
+        auroc = binary_auroc(logits[:, 1] - logits[:, 0], labels == 1)
     else:
         per_class = [binary_auroc(probs[:, c], labels == c) for c in range(num_classes)]
         valid = [a for a in per_class if not np.isnan(a)]

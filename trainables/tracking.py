@@ -26,16 +26,19 @@ MAX_METRICS_PER_BATCH = 1000
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    """Hash of a trial config without its tracking section: two attempts of the same trial share it."""
-    relevant = {k: v for k, v in config.items() if k != "tracking"}
+    """Hash of what a trial trains (not where it logs or stores): two attempts of the same trial share it."""
+    relevant = {k: v for k, v in config.items() if k not in ("tracking", "storage")}
     return hashlib.sha1(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class TrialRun:
     """Where a trial's params, metrics and status go. `NullRun` stands in when tracking is off or rank != 0."""
 
-    def __init__(self, client, run_id: str, finished_before: bool = False) -> None:
+    def __init__(self, client, run_id: str, finished_before: bool = False, logged_steps: set[int] | None = None):
         self.client, self.run_id, self.finished_before = client, run_id, finished_before
+        # Epochs an earlier attempt already logged: a resumed trial redoes at most the epoch after its last
+        # checkpoint, identically (seeded per epoch), and its metrics are not logged twice.
+        self.logged_steps = logged_steps or set()
 
     @classmethod
     def open(
@@ -54,9 +57,11 @@ class TrialRun:
             same_config = existing.data.tags.get("config_hash") == digest
             finished = existing.data.tags.get(STATUS_TAG) == "finished"
             if same_config and (resuming or finished):
+                run_id = existing.info.run_id
                 if not finished:
-                    client.set_tag(existing.info.run_id, STATUS_TAG, "running")
-                return cls(client, existing.info.run_id, finished_before=finished)
+                    client.set_tag(run_id, STATUS_TAG, "running")
+                steps = {int(m.step) for m in client.get_metric_history(run_id, "epoch")}
+                return cls(client, run_id, finished_before=finished, logged_steps=steps)
             client.delete_run(existing.info.run_id)
         run_tags = {
             **tracking.tags,
@@ -78,6 +83,9 @@ class TrialRun:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
+        if step in self.logged_steps:
+            return
+        self.logged_steps.add(step)
         now = int(time.time() * 1000)
         entries = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, int | float)]
         for i in range(0, len(entries), MAX_METRICS_PER_BATCH):

