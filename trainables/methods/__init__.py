@@ -1,6 +1,23 @@
 """PEFT methods, one per module; importing this package registers them all."""
 
-from trainables.methods import bitfit, full, linear, lora_conv  # noqa: F401  (registration)
+from trainables.methods import (  # noqa: F401  (registration)
+    adaptformer,
+    attention,
+    batchnorm,
+    bitfit,
+    conv_adapter,
+    convpass,
+    fact,
+    full,
+    layernorm,
+    linear,
+    lora,
+    lora_conv,
+    lora_qkv,
+    peft_tuner,
+    ssf,
+    vpt,
+)
 from trainables.methods.registry import (
     Method,
     MethodError,
