@@ -135,10 +135,9 @@ def _with_dataset(cell: Cell, dataset: DatasetEntry, task_short: str) -> Cell:
 
 
 def _check_backbones_and_methods(spec: SweepSpec, plan: Plan, families: tuple[str, ...], allow_missing: bool):
-    import torch
-
     from trainables.backbones import WeightsError, build_backbone, check_weights
-    from trainables.methods import MethodError, prepare_model
+    from trainables.methods import MethodError
+    from trainables.probe import probe
 
     problems = []
     for backbone in spec.backbones:
@@ -155,11 +154,9 @@ def _check_backbones_and_methods(spec: SweepSpec, plan: Plan, families: tuple[st
             problems.append(f"backbone {backbone.name!r} is a {info.family}; task {spec.task!r} trains {families}")
             continue
         for method in spec.methods_for(backbone):
-            model, info = build_backbone(backbone.name, 2, "random", spec.image_size, device="meta",
-                                         **backbone.kwargs)
             try:
-                with torch.device("meta"):
-                    prepared = prepare_model(model, info, method.name, method.knobs, method.bn_mode)
+                prepared = probe(backbone.name, method.name, method.knobs, method.bn_mode, spec.image_size,
+                                 **backbone.kwargs)
             except MethodError as e:
                 problems.append(str(e))
                 continue

@@ -147,3 +147,37 @@ def test_multi_worker_trial_runs_ddp_in_a_nested_torch_trainer(tmp_path):
     sweep_dir = tmp_path / "store" / "ddp"
     assert list(sweep_dir.glob("checkpoints/cls_synthetic_test_efficientnet_lora_conv*/epoch_000002/best.safetensors"))
     assert list(sweep_dir.glob("train/train-cls_synthetic_test_efficientnet_lora_conv*"))
+
+
+VIT_METHODS = ["full", "linear", "bitfit", "layernorm", "attention", "vpt_shallow", "vpt_deep", "adaptformer", "lora",
+               "lora_qkv", "ssf", "fact_tt", "fact_tk", "convpass", "peft:ia3"]
+CNN_METHODS = ["full", "linear", "bitfit", "batchnorm", "ssf", "conv_adapter", "lora_conv", "peft:dora"]
+
+
+def test_every_vit_and_cnn_method_in_one_sweep(tmp_path):
+    spec = tmp_path / "zoo.yaml"
+    spec.write_text(
+        "name: zoo\n"
+        "datasets: [{name: medmnist, options: {subset: breastmnist, download: false}, on_missing: synthetic}]\n"
+        "backbones:\n"
+        f"  - {{name: test_vit, weights: random, methods: [{', '.join(VIT_METHODS)}]}}\n"
+        f"  - {{name: test_resnet, weights: random, methods: [{', '.join(CNN_METHODS)}]}}\n"
+        "image_size: 32\n"
+        "fractions: [0.25]\n"
+        "train: {epochs: 2, batch_size: 32}\n"
+        "search: {trials_per_cell: 1}\n"
+        "scheduler: {type: fifo}\n"
+    )
+    data = ["--data-root", str(SHARED_DATA)] if (SHARED_DATA / "medmnist").is_dir() else []
+    result = launch("--config", str(spec), "--storage", str(tmp_path / "store"), *data)
+    cells = len(VIT_METHODS) + len(CNN_METHODS)
+    assert f"{cells}/{cells} cells complete" in result.stdout
+    _, runs = trial_runs(tmp_path / "store", "zoo")
+    by_method = {(r.data.tags["backbone"], r.data.tags["method"]): r for r in runs}
+    assert set(by_method) == {("test_vit", m) for m in VIT_METHODS} | {("test_resnet", m) for m in CNN_METHODS}
+    for run in runs:
+        assert run.data.tags["status"] == "finished", run.data.tags["trial_key"]
+        assert "test/acc" in run.data.metrics
+        assert 0 < int(run.data.params["trainable_params"]) <= int(run.data.params["total_params"])
+    assert by_method[("test_resnet", "batchnorm")].data.params["method.bn_mode"] == "train"
+    assert by_method[("test_vit", "lora")].data.params["method.r"] == "8"

@@ -31,46 +31,30 @@ class ConvAdapter(nn.Module):
         return self.up(torch.relu(self.down(x))) * self.alpha.view(1, -1, 1, 1)
 
 
-def _add_adapter_output(block: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-    return output + block.conv_adapter(args[0])
+def _add_adapter_output(conv: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    return output + conv.conv_adapter(args[0])
 
 
-def residual_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules() if type(m).__name__ in BLOCK_TYPES]
-
-
-def block_shapes(model: nn.Module, blocks: list[tuple[str, nn.Module]]) -> dict[str, tuple[int, int, int]]:
-    """(in channels, out channels, stride) of each block, read off one small forward pass."""
-    shapes, handles = {}, []
-    for name, block in blocks:
-        def record(module, args, output, name=name):
-            shapes[name] = (args[0].shape[1], output.shape[1], args[0].shape[-1] // output.shape[-1])
-        handles.append(block.register_forward_hook(record))
-    device = next(model.parameters()).device
-    was_training = model.training
-    with torch.no_grad():
-        model.eval()(torch.zeros(1, 3, 64, 64, device=device))
-    model.train(was_training)
-    for handle in handles:
-        handle.remove()
-    return shapes
+def adapted_convs(model: nn.Module) -> list[nn.Conv2d]:
+    """The spatial (k x k, k > 1) convolutions inside residual blocks: the stem and 1x1 projections are left alone."""
+    blocks = [m for m in model.modules() if type(m).__name__ in BLOCK_TYPES]
+    return [c for b in blocks for c in b.modules() if isinstance(c, nn.Conv2d) and max(c.kernel_size) > 1]
 
 
 @register_method(
     "conv_adapter",
     families=("cnn",),
-    reference="Chen et al. 2022, Conv-Adapter, arXiv:2208.07463 (parallel to each residual block)",
-    knob_docs={"reduction": "channel reduction of the adapter's hidden width", "kernel": "down conv kernel"},
+    reference="Chen et al. 2022, Conv-Adapter, arXiv:2208.07463 (convolution-parallel)",
+    knob_docs={"reduction": "channel reduction of the adapter's hidden width"},
 )
-def conv_adapter(model: nn.Module, info: BackboneInfo, reduction: int = 4, kernel: int = 3) -> nn.Module:
-    """A small convolutional adapter beside every residual block, its output added to the block's."""
-    blocks = residual_blocks(model)
-    if not blocks:
-        raise ValueError(f"no residual blocks of a known type ({', '.join(BLOCK_TYPES)})")
-    shapes = block_shapes(model, blocks)
-    device = next(model.parameters()).device
-    for name, block in blocks:
-        c_in, c_out, stride = shapes[name]
-        block.conv_adapter = ConvAdapter(c_in, c_out, stride, reduction, kernel).to(device)
-        block.register_forward_hook(_add_adapter_output)
+def conv_adapter(model: nn.Module, info: BackboneInfo, reduction: int = 4) -> nn.Module:
+    """A small convolutional adapter beside every spatial convolution of the residual blocks, with that
+    convolution's kernel and stride; its output is added to the convolution's."""
+    convs = adapted_convs(model)
+    if not convs:
+        raise ValueError(f"no k x k convolutions inside residual blocks of a known type ({', '.join(BLOCK_TYPES)})")
+    for conv in convs:
+        adapter = ConvAdapter(conv.in_channels, conv.out_channels, conv.stride[0], reduction, conv.kernel_size[0])
+        conv.conv_adapter = adapter.to(conv.weight.device)
+        conv.register_forward_hook(_add_adapter_output)
     return model

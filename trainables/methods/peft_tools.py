@@ -11,7 +11,14 @@ def inject(model: nn.Module, config) -> nn.Module:
     the adapter parameters trainable; `prepare_model` re-enables the head afterwards."""
     import peft
 
-    return peft.inject_adapter_in_model(config, model)
+    try:
+        return peft.inject_adapter_in_model(config, model)
+    except ValueError as e:
+        if "shared state" not in str(e):
+            raise
+    # Tuners with state shared between layers (VeRA's random projections) are set up by a PeftModel; it adapts
+    # the model in place, and the adapted layers keep references to that shared state.
+    return peft.get_peft_model(model, config).base_model.model
 
 
 def merge_peft(model: nn.Module) -> nn.Module:
