@@ -113,20 +113,31 @@ def base_config(spec: SweepSpec, cell: Cell, tracking: dict[str, Any]) -> dict[s
     return {
         "task": cell.task,
         "seed": cell.seed,
-        "data": {
-            "name": cell.dataset.name,
-            "root": cell.dataset.root,
-            "options": dict(cell.dataset.options),
-            "fraction": cell.fraction,
-            "image_size": spec.image_size,
-            "fallback_from": cell.tags.get("fallback_from"),
-        },
+        "data": data_config(cell.dataset, spec.image_size, cell.fraction, cell.tags.get("fallback_from")),
         "backbone": {"name": cell.backbone.name, "weights": cell.backbone.weights, "kwargs": cell.backbone.kwargs},
         "method": {"name": cell.method.name, "knobs": dict(cell.method.knobs), "bn_mode": cell.method.bn_mode},
         "train": dict(spec.train),
         "resources": cell.resources.as_dict(),
         "tracking": {**tracking, "cell_key": cell.key},
         "searched": {},
+    }
+
+
+def data_config(dataset: DatasetEntry, image_size: int, fraction: float = 1.0,
+                fallback_from: str | None = None) -> dict[str, Any]:
+    """The `data` section of a trial config (trainables.config.DataConfig) for a dataset entry."""
+    return {
+        "name": dataset.name,
+        "root": dataset.root,
+        "options": dict(dataset.options),
+        "fraction": fraction,
+        "image_size": image_size,
+        "split_seed": dataset.split_seed,
+        "val_share": dataset.val_share,
+        "test_share": dataset.test_share,
+        "on_corrupt": dataset.on_corrupt,
+        "on_duplicate": dataset.on_duplicate,
+        "fallback_from": fallback_from,
     }
 
 

@@ -3,6 +3,7 @@
     python -m sweep.inspect methods [--json]
     python -m sweep.inspect params --backbone vit_base_patch16_224 --num-classes 7 [--image-size 224] [--json]
     python -m sweep.inspect params --markdown > docs/parameter_counts.md   # the generated docs table
+    python -m sweep.inspect dataset ham10000 --root /data/HAM10000 [--fraction 0.1] [--seed 0] [--json]
 """
 
 from __future__ import annotations
@@ -73,6 +74,94 @@ def markdown() -> str:
     return "\n".join(out) + "\n"
 
 
+def dataset_report(name: str, root: str | None, options: dict[str, Any], fraction: float, seed: int,
+                   image_size: int, cache_dir: str | None, on_duplicate: str = "error") -> dict[str, Any]:
+    """Everything about a dataset as the sweep would use it. Decodes every image (builds the image cache), so an
+    unreadable file is found here; raises DatasetError for any problem."""
+    import time
+
+    import numpy as np
+
+    from trainables.config import DataConfig
+    from trainables.data import open_source, prepare_cache, prepare_manifest
+    from trainables.data.cache import cache_path
+    from trainables.data.prepare import drop_corrupt
+    from trainables.data.splits import fraction_mask, fraction_ranks
+
+    cfg = DataConfig(name=name, root=root, options=options, fraction=fraction, image_size=image_size,
+                     cache_dir=cache_dir, on_duplicate=on_duplicate)
+    source = open_source(cfg)
+    manifest = prepare_manifest(cfg, source)
+    frame = manifest.frame
+    cached_before = cache_path(manifest, image_size, source.channels, cache_dir).is_file()
+    started = time.monotonic()
+    cache = prepare_cache(cfg, source, manifest)
+    build_seconds = time.monotonic() - started
+    drop_corrupt(frame.assign(row=range(len(frame))), cache, "error", source.name)
+
+    train = frame["split"] == "train"
+    labels = frame.loc[train, "label"].to_numpy()
+    annotated = frame.assign(fraction_rank=-1, in_fraction=False)
+    annotated.loc[train, "fraction_rank"] = fraction_ranks(labels, seed)
+    annotated.loc[train, "in_fraction"] = fraction_mask(labels, fraction, seed, manifest.classes)
+    marked = manifest.path.with_name(f"{manifest.path.stem}-fraction{fraction:g}-seed{seed}.parquet")
+    annotated.to_parquet(marked, index=False)
+
+    groups = frame[frame["group"] != ""].groupby("group")["split"].nunique()
+    counts = {split: {c: int(((frame["split"] == split) & (frame["label"] == i)).sum())
+                      for i, c in enumerate(manifest.classes)} for split in ("train", "val", "test")}
+    in_fraction = annotated[annotated["in_fraction"]]
+    return {
+        "dataset": name,
+        "source": source.describe(),
+        "classes": manifest.classes,
+        "images": len(frame),
+        "counts": counts,
+        "groups": len(groups),
+        "groups_in_several_splits": int((groups > 1).sum()),
+        "manifest_hash": manifest.hash,
+        "manifest": str(manifest.path),
+        "manifest_with_fraction": str(marked),
+        "fraction": fraction,
+        "seed": seed,
+        "fraction_counts": {c: int((in_fraction["label"] == i).sum()) for i, c in enumerate(manifest.classes)},
+        "notes": manifest.notes,
+        "cache": {"path": str(cache.path), "image_size": image_size, "channels": source.channels,
+                  "was_cached": cached_before, "build_seconds": round(build_seconds, 2),
+                  "megabytes": round(cache.images.nbytes / 2**20, 1)},
+        "unreadable": list(cache.errors.values()),
+        "check": bool(np.all(groups <= 1)) if len(groups) else True,
+    }
+
+
+def print_dataset(r: dict[str, Any]) -> None:
+    classes = r["classes"]
+    width = max(8, *(len(c) for c in classes))
+    print(f"Dataset {r['dataset']} ({r['source']}): {len(classes)} classes, {r['images']} images")
+    print(f"  {'split':<6} {'total':>7}  " + "  ".join(f"{c[:width]:>{width}}" for c in classes))
+    for split, per_class in r["counts"].items():
+        print(f"  {split:<6} {sum(per_class.values()):>7}  "
+              + "  ".join(f"{per_class[c]:>{width}}" for c in classes))
+    if r["groups"]:
+        verdict = ("none in two splits" if r["groups_in_several_splits"] == 0
+                   else f"LEAK: {r['groups_in_several_splits']} in several splits")
+        print(f"  groups (patients/lesions): {r['groups']}, {verdict}")
+    else:
+        print("  groups: none (the dataset has no patient or lesion IDs; splits are by image)")
+    kept = sum(r["fraction_counts"].values())
+    print(f"  fraction {r['fraction']:g} (seed {r['seed']}): {kept} training images "
+          f"({', '.join(f'{c}: {n}' for c, n in r['fraction_counts'].items())})")
+    for key, value in r["notes"].items():
+        print(f"  note: {key.replace('_', ' ')}: {value}")
+    print(f"  manifest {r['manifest_hash']}: {r['manifest']}")
+    print(f"  with the fraction marked (fraction_rank, in_fraction): {r['manifest_with_fraction']}")
+    cache = r["cache"]
+    state = "present" if cache["was_cached"] else f"built now in {cache['build_seconds']}s"
+    print(f"  image cache {cache['image_size']}px x {cache['channels']} channels ({cache['megabytes']} MB): "
+          f"{state}, {cache['path']}")
+    print("  every image decoded: none unreadable")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sweep.inspect", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -84,7 +173,40 @@ def main(argv: list[str] | None = None) -> int:
     params.add_argument("--image-size", type=int, default=224)
     params.add_argument("--json", action="store_true")
     params.add_argument("--markdown", action="store_true", help="the docs table (ViT-B/16 and ResNet-50)")
+    dataset = sub.add_parser("dataset", help="classes, split counts, leak check, manifest and cache of a dataset")
+    dataset.add_argument("name")
+    dataset.add_argument("--root", default=None)
+    dataset.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                         help="a dataset option, e.g. --option subset=dermamnist (repeatable)")
+    dataset.add_argument("--fraction", type=float, default=1.0)
+    dataset.add_argument("--seed", type=int, default=0)
+    dataset.add_argument("--image-size", type=int, default=224)
+    dataset.add_argument("--cache-dir", default=None)
+    dataset.add_argument("--on-duplicate", choices=["error", "drop"], default="error",
+                         help="images in two splits: an error, or kept in the latest split only")
+    dataset.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+
+    if args.command == "dataset":
+        import yaml
+
+        from trainables.data import DatasetError
+
+        options = {}
+        for item in args.option:
+            key, _, value = item.partition("=")
+            options[key] = yaml.safe_load(value)
+        try:
+            report = dataset_report(args.name, args.root, options, args.fraction, args.seed, args.image_size,
+                                    args.cache_dir, args.on_duplicate)
+        except DatasetError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print_dataset(report)
+        return 0
 
     if args.command == "methods":
         table = methods_table()

@@ -57,8 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     for note in plan.notes:
         print(report_text.banner(note), flush=True)
 
+    from sweep.plan import prepare_data
     from sweep.run import run_sweep, save_inputs
 
+    try:
+        prepare_data(plan, log=lambda line: print(line, flush=True))
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if not args.resume:
         save_inputs(storage / name, plan, data_root, mlflow_uri)
     print(f"Sweep {name!r}: {len(plan.cells)} cells, {plan.total_trials} trials -> {storage / name}", flush=True)

@@ -104,8 +104,7 @@ def _resolve_dataset(entry: DatasetEntry, data_root: str | None, plan: Plan) -> 
             "to use the real data."
         )
         plan.notes.append(note)
-        return DatasetEntry(name="synthetic", id=f"synthetic-{entry.key}", options=options,
-                            root=None, on_missing="error")
+        return DatasetEntry(name="synthetic", id=f"synthetic-{entry.key}", options=options)
     return entry.model_copy(update={"root": located.root or None})
 
 
@@ -162,6 +161,39 @@ def _check_backbones_and_methods(spec: SweepSpec, plan: Plan, families: tuple[st
                 continue
             plan.params[(backbone.key, method.key)] = (prepared.trainable_params, prepared.total_params)
     return problems
+
+
+def prepare_data(plan: Plan, log=print) -> None:
+    """Build every dataset's manifest and image cache here, before any trial starts: corrupt images, labels
+    outside the class list and images in two splits stop the sweep now, and trials on this machine find the
+    cache ready."""
+    import time
+
+    from sweep.grid import data_config
+    from trainables.config import DataConfig
+    from trainables.data import DatasetError, open_source, prepare_cache, prepare_manifest
+    from trainables.data.prepare import drop_corrupt
+
+    seen = set()
+    for cell in plan.cells:
+        if cell.dataset.key in seen:
+            continue
+        seen.add(cell.dataset.key)
+        cfg = DataConfig.model_validate(data_config(cell.dataset, plan.spec.image_size))
+        started = time.monotonic()
+        try:
+            source = open_source(cfg)
+            manifest = prepare_manifest(cfg, source)
+            cache = prepare_cache(cfg, source, manifest)
+            drop_corrupt(manifest.frame.assign(row=range(len(manifest.frame))), cache, cfg.on_corrupt, source.name)
+        except DatasetError as e:
+            raise SpecError(str(e)) from None
+        counts = manifest.frame["split"].value_counts()
+        notes = "".join(f", {k.replace('_', ' ')}: {v}" for k, v in manifest.notes.items())
+        skipped = f", {len(cache.errors)} unreadable images skipped" if cache.errors else ""
+        log(f"Data {cell.dataset.key}: {counts.get('train', 0)} train / {counts.get('val', 0)} val / "
+            f"{counts.get('test', 0)} test images, manifest {manifest.hash}{notes}{skipped}, "
+            f"{plan.spec.image_size}px cache ready ({time.monotonic() - started:.1f}s)")
 
 
 def check_storage_writable(path: Path) -> None:

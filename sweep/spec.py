@@ -34,6 +34,12 @@ class DatasetEntry(_Model):
     root: str | None = None  # absolute, or relative to --data-root
     options: dict[str, Any] = Field(default_factory=dict)
     on_missing: Literal["error", "synthetic"] = "error"
+    on_corrupt: Literal["error", "skip"] = "error"  # images that cannot be decoded
+    on_duplicate: Literal["error", "drop"] = "error"  # the same image in two splits
+    # Split of datasets without an official one: stratified by label, grouped by patient/lesion, seeded.
+    split_seed: int = 0
+    val_share: float = Field(0.1, ge=0.0, lt=1.0)
+    test_share: float = Field(0.2, gt=0.0, lt=1.0)
 
     @property
     def key(self) -> str:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,9 @@ BREASTMNIST = SHARED_DATA / "medmnist" / "breastmnist_28.npz"
 needs_shared_data = pytest.mark.skipif(not BREASTMNIST.is_file(), reason="../shared/data is not present")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One image cache for the whole test session (shared by the sweeps the tests launch), not the user's.
+_CACHE = tempfile.mkdtemp(prefix="medpeft-test-cache-")
+os.environ["MEDPEFT_CACHE_DIR"] = _CACHE
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -61,3 +66,4 @@ def _no_ray_left_behind():
     except ImportError:
         pass
     kill_new_ray_processes(before)
+    shutil.rmtree(_CACHE, ignore_errors=True)

@@ -17,12 +17,15 @@ def test_medmnist_labels_flat_or_column(tmp_path, label_shape):
     if label_shape == "column":
         arrays = {k: (v.reshape(-1, 1) if k.endswith("labels") else v) for k, v in arrays.items()}
     np.savez(tmp_path / "breastmnist.npz", **arrays)
-    data = load_splits(DataConfig(name="medmnist", root=str(tmp_path), options={"subset": "breastmnist",
-                                                                               "download": False}, image_size=32), 0)
-    assert (len(data.train), len(data.val), len(data.test)) == (546, 78, 156)
+    config = DataConfig(name="medmnist", root=str(tmp_path), options={"subset": "breastmnist", "download": False},
+                        image_size=32, on_duplicate="drop", cache_dir=str(tmp_path / "cache"))
+    data = load_splits(config, 0)
+    # The official split (546/78/156) has one image in both train and test; it stays in test only.
+    assert (len(data.train), len(data.val), len(data.test)) == (545, 78, 156)
+    assert data.params["data.dropped_duplicates"] == "1"
     assert data.classes == ["malignant", "normal, benign"]
-    assert data.train.images.shape == (546, 1, 32, 32)
-    assert data.train.labels.bincount().tolist() == [147, 399]
+    assert data.train.images.shape == (545 + 78 + 156, 1, 32, 32)
+    assert sorted(data.train.labels.bincount().tolist()) in ([146, 399], [147, 398])
 
 
 def test_missing_medmnist_names_the_files_and_the_fix(tmp_path):
@@ -58,7 +61,7 @@ def test_a_fraction_that_empties_a_class_names_it():
 def test_splits_are_grouped_and_stratified():
     import pandas as pd
 
-    rows = [{"item": f"img{i}", "label": i % 2, "split": "", "group": f"patient{i // 3}"} for i in range(600)]
+    rows = [{"path": f"img{i}", "label": i % 2, "split": "", "group": f"patient{i // 3}"} for i in range(600)]
     manifest = assign_splits(pd.DataFrame(rows), seed=0)
     assert set(manifest["split"]) == {"train", "val", "test"}
     assert (manifest.groupby("group")["split"].nunique() == 1).all()
@@ -67,11 +70,13 @@ def test_splits_are_grouped_and_stratified():
     assert assign_splits(pd.DataFrame(rows), seed=0).equals(manifest)
 
 
-def test_synthetic_dataset_is_balanced_and_deterministic():
-    a = load_splits(DataConfig(name="synthetic", options={"num_classes": 3}, image_size=16), seed=0)
-    b = load_splits(DataConfig(name="synthetic", options={"num_classes": 3}, image_size=16), seed=0)
+def test_synthetic_dataset_is_balanced_and_deterministic(tmp_path):
+    a = load_splits(DataConfig(name="synthetic", options={"num_classes": 3}, image_size=16,
+                               cache_dir=str(tmp_path / "a")), seed=0)
+    b = load_splits(DataConfig(name="synthetic", options={"num_classes": 3}, image_size=16,
+                               cache_dir=str(tmp_path / "b")), seed=0)
     assert a.train.labels.bincount().tolist() == [200, 200, 200]
-    assert (a.train.images == b.train.images).all()
+    assert (a.train.images == b.train.images).all() and a.params["data.manifest_hash"] == b.params["data.manifest_hash"]
 
 
 def test_batches_shard_pad_and_augment_deterministically():

@@ -1,6 +1,8 @@
 import json
 from pathlib import Path
 
+import pandas as pd
+
 from sweep.inspect import main, markdown
 from trainables.methods import list_methods
 
@@ -29,3 +31,33 @@ def test_params_for_a_backbone(capsys):
 
 def test_generated_parameter_table_is_current():
     assert (REPO / "docs" / "parameter_counts.md").read_text() == markdown()
+
+
+def test_dataset_report_counts_leaks_fraction_and_cache(tmp_path, capsys):
+    from tests import dataset_layouts as layouts
+
+    root = layouts.eyepacs(tmp_path / "eyepacs")
+    args = ["dataset", "retinopathy", "--root", str(root), "--fraction", "0.5", "--seed", "3",
+            "--image-size", "16", "--cache-dir", str(tmp_path / "cache"), "--json"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 80 and report["groups"] == 40 and report["groups_in_several_splits"] == 0
+    assert sum(report["counts"]["train"].values()) + sum(report["counts"]["test"].values()) \
+        + sum(report["counts"]["val"].values()) == 80
+    assert report["cache"]["was_cached"] is False and report["unreadable"] == []
+    marked = pd.read_parquet(report["manifest_with_fraction"])
+    assert marked["in_fraction"].sum() == sum(report["fraction_counts"].values())
+    assert (marked.loc[marked["split"] != "train", "fraction_rank"] == -1).all()
+    assert main(args) == 0 and json.loads(capsys.readouterr().out)["cache"]["was_cached"] is True
+    assert main(args[:-1]) == 0 and "none in two splits" in capsys.readouterr().out
+
+
+def test_dataset_report_names_a_corrupt_file(tmp_path, capsys):
+    from tests import dataset_layouts as layouts
+
+    root = layouts.aptos(tmp_path / "aptos")
+    victim = sorted((root / "train_images").iterdir())[5]
+    victim.write_bytes(victim.read_bytes()[:60])  # truncated
+    code = main(["dataset", "retinopathy", "--root", str(root), "--image-size", "16", "--cache-dir",
+                 str(tmp_path / "cache")])
+    assert code == 2 and victim.name in capsys.readouterr().err

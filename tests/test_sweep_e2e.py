@@ -65,9 +65,12 @@ def test_quickstart_table_and_mlflow_runs(quickstart):
         else:
             assert len(epochs) < 4 and "test/acc" not in metrics
         assert tags["mlflow.parentRunId"]
-    # The fraction really changes the training set (nested 25% of 546 images, per class).
+    # The fraction really changes the training set (25% of each class of the 545 training images: the official
+    # split's 546 minus the one image that is also in the test split).
     n_train = {r.data.tags["fraction"]: int(r.data.params["data.n_train"]) for r in runs}
-    assert n_train == {"1.0": 546, "0.25": 137}
+    assert n_train == {"1.0": 545, "0.25": 136}
+    assert {r.data.params["data.dropped_duplicates"] for r in runs} == {"1"}
+    assert len({r.data.params["data.manifest_hash"] for r in runs}) == 1
     # One parent run per sweep, one run per cell under it, trials under their cells.
     cells = client.search_runs([runs[0].info.experiment_id], "tags.role = 'cell'")
     (parent,) = client.search_runs([runs[0].info.experiment_id], "tags.role = 'sweep'")
@@ -158,7 +161,8 @@ def test_every_vit_and_cnn_method_in_one_sweep(tmp_path):
     spec = tmp_path / "zoo.yaml"
     spec.write_text(
         "name: zoo\n"
-        "datasets: [{name: medmnist, options: {subset: breastmnist, download: false}, on_missing: synthetic}]\n"
+        "datasets: [{name: medmnist, options: {subset: breastmnist, download: false}, on_missing: synthetic,"
+        " on_duplicate: drop}]\n"
         "backbones:\n"
         f"  - {{name: test_vit, weights: random, methods: [{', '.join(VIT_METHODS)}]}}\n"
         f"  - {{name: test_resnet, weights: random, methods: [{', '.join(CNN_METHODS)}]}}\n"

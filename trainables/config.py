@@ -21,7 +21,12 @@ class DataConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     fraction: float = Field(1.0, gt=0.0, le=1.0)
     image_size: int = Field(224, ge=8)
+    # The split: official where the dataset has one, else stratified/grouped with this seed and these shares.
+    split_seed: int = 0
+    val_share: float = Field(0.1, ge=0.0, lt=1.0)
+    test_share: float = Field(0.2, gt=0.0, lt=1.0)
     on_corrupt: Literal["error", "skip"] = "error"
+    on_duplicate: Literal["error", "drop"] = "error"
     cache_dir: str | None = None
     # Set when the sweep fell back to the synthetic dataset because the real one was missing.
     fallback_from: str | None = None

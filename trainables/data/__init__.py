@@ -1,20 +1,46 @@
 """Datasets: each publisher's layout behind one `Source` interface; importing this package registers them."""
 
-from trainables.data import medmnist, synthetic  # noqa: F401  (registration)
+from trainables.data import (  # noqa: F401  (registration)
+    busi,
+    fitzpatrick17k,
+    folders,
+    ham10000,
+    medmnist,
+    mimic_cxr,
+    retinopathy,
+    smear,
+    synthetic,
+)
 from trainables.data.base import DatasetError, Located, Source, get_source, list_datasets, register_dataset
+from trainables.data.cache import ImageCache, image_cache
 from trainables.data.loader import Batches
-from trainables.data.prepare import ImageSplit, SplitData, load_splits, open_source
+from trainables.data.manifest import Manifest, build_manifest, default_cache_dir
+from trainables.data.prepare import (
+    ImageSplit,
+    SplitData,
+    load_splits,
+    open_source,
+    prepare_cache,
+    prepare_manifest,
+)
 
 __all__ = [
     "Batches",
     "DatasetError",
+    "ImageCache",
     "ImageSplit",
     "Located",
+    "Manifest",
     "Source",
     "SplitData",
+    "build_manifest",
+    "default_cache_dir",
     "get_source",
+    "image_cache",
     "list_datasets",
     "load_splits",
     "open_source",
+    "prepare_cache",
+    "prepare_manifest",
     "register_dataset",
 ]

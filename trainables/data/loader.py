@@ -1,7 +1,7 @@
-"""Batches straight from the in-memory uint8 tensors, augmented per sample on the training device.
+"""Batches straight from the memory-mapped image cache, augmented per sample on the training device.
 
 No DataLoader workers: a trial usually owns one or two CPU cores, and images are already decoded and resized,
-so indexing + one batched random-resized-crop/flip (affine grid sampling) is all the per-step data work.
+so gathering rows + one batched random-resized-crop/flip (affine grid sampling) is all the per-step data work.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class Batches:
             idx = order[start : start + self.batch_size]
             if self.drop_last and len(idx) < self.batch_size:
                 break
-            x = self.split.images[idx].to(self.device, non_blocking=True).float()
+            x = self.split.batch(idx.numpy()).to(self.device, non_blocking=True).float()
             if x.shape[1] == 1:
                 x = x.expand(-1, 3, -1, -1)
             if self.augment:

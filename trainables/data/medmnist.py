@@ -31,7 +31,10 @@ class MedMNISTOptions(Options):
 class MedMNIST(Source):
     name = "medmnist"
     Options = MedMNISTOptions
-    official_splits = True
+
+    @property
+    def channels(self) -> int:
+        return int(self.info()["n_channels"])
 
     def candidates(self) -> list[Path]:
         subset, size = self.options.subset, self.options.size
@@ -105,7 +108,7 @@ class MedMNIST(Source):
         labels = self.info()["label"]
         return [labels[str(i)] for i in range(len(labels))]
 
-    def manifest(self) -> pd.DataFrame:
+    def rows(self) -> pd.DataFrame:
         frames = []
         for split in SPLITS:
             labels = self.arrays[f"{split}_labels"]
@@ -121,10 +124,14 @@ class MedMNIST(Source):
             )
         return pd.concat(frames, ignore_index=True)
 
-    def read(self, items: Iterable[str]) -> Iterator[np.ndarray]:
+    def read(self, items: Iterable[str], size: int) -> Iterator[np.ndarray]:
         for item in items:
             split, _, index = item.partition("/")
             yield self.arrays[f"{split}_images"][int(index)]
+
+    def fingerprint(self, rows: pd.DataFrame) -> str:
+        st = self.path.stat()
+        return f"{self.path}:{st.st_size}:{st.st_mtime_ns}:{self.options.subset}:{self.options.size}"
 
     def describe(self) -> str:
         return f"{self.options.subset}"

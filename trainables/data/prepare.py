@@ -1,12 +1,11 @@
-"""From a dataset config to tensors a training loop can index: one path for every dataset.
+"""From a dataset config to what a training loop indexes: one path for every dataset.
 
-manifest (the source's, splits filled in) -> data fraction of the training split -> images decoded, centre-cropped
-to a square and resized to the training resolution, as uint8 tensors (N, C, H, W) kept in memory.
+manifest (split fixed by `split_seed`) -> image cache at the training resolution (memory-mapped) -> corrupt
+images handled per `on_corrupt` -> nested, stratified fraction of the training split (seeded by the cell's seed).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,16 +15,28 @@ from PIL import Image
 
 from trainables.config import DataConfig
 from trainables.data.base import SPLITS, DatasetError, Source, get_source
-from trainables.data.splits import assign_splits, fraction_mask
+from trainables.data.cache import ImageCache, image_cache
+from trainables.data.manifest import Manifest, build_manifest
+from trainables.data.splits import fraction_mask
 
 
 @dataclass
 class ImageSplit:
-    images: torch.Tensor  # uint8 (N, C, H, W)
-    labels: torch.Tensor  # int64 (N,)
+    """A split as rows of the image cache: `images[rows]` are its uint8 (C, S, S) images."""
+
+    images: np.ndarray
+    rows: np.ndarray
+    labels: torch.Tensor  # int64, aligned with rows
+    captions: list[str] | None = None
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.rows)
+
+    def batch(self, index: np.ndarray) -> torch.Tensor:
+        rows = self.rows[index]
+        order = np.argsort(rows)  # ascending reads from the memory map, then back to the batch's order
+        gathered = self.images[rows[order]]
+        return torch.from_numpy(gathered[np.argsort(order)])
 
 
 @dataclass
@@ -35,6 +46,7 @@ class SplitData:
     val: ImageSplit
     test: ImageSplit
     params: dict[str, str] = field(default_factory=dict)  # what goes into the run's params
+    manifest: Manifest | None = None
 
     @property
     def num_classes(self) -> int:
@@ -45,53 +57,56 @@ def open_source(cfg: DataConfig) -> Source:
     return get_source(cfg.name, cfg.root, cfg.options)
 
 
+def prepare_manifest(cfg: DataConfig, source: Source | None = None) -> Manifest:
+    return build_manifest(source or open_source(cfg), cfg.cache_dir, cfg.split_seed, cfg.val_share, cfg.test_share,
+                          cfg.on_duplicate)
+
+
+def prepare_cache(cfg: DataConfig, source: Source | None = None, manifest: Manifest | None = None) -> ImageCache:
+    source = source or open_source(cfg)
+    return image_cache(manifest or prepare_manifest(cfg, source), source, cfg.image_size, cfg.cache_dir)
+
+
 def load_splits(cfg: DataConfig, seed: int) -> SplitData:
     source = open_source(cfg)
-    classes = source.classes()
-    manifest = source.manifest()
-    if not source.official_splits:
-        manifest = assign_splits(manifest, seed=seed)
-    _check_labels(manifest, classes, source.name)
-    train = manifest[manifest["split"] == "train"]
-    keep = fraction_mask(train["label"].to_numpy(), cfg.fraction, seed, classes)
-    manifest = pd.concat([train[keep], manifest[manifest["split"] != "train"]])
-    splits = {
-        split: _materialize(source, rows, cfg.image_size)
-        for split, rows in ((s, manifest[manifest["split"] == s]) for s in SPLITS)
-    }
+    manifest = prepare_manifest(cfg, source)
+    cache = prepare_cache(cfg, source, manifest)
+    frame = manifest.frame.assign(row=np.arange(len(manifest.frame)))
+    frame = drop_corrupt(frame, cache, cfg.on_corrupt, source.name)
+    train = frame[frame["split"] == "train"]
+    keep = fraction_mask(train["label"].to_numpy(), cfg.fraction, seed, manifest.classes)
+    splits = {"train": train[keep], "val": frame[frame["split"] == "val"], "test": frame[frame["split"] == "test"]}
+    data = {name: _split(cache.images, rows) for name, rows in splits.items()}
     params = {
         "data.source": source.describe(),
-        "data.classes": str(len(classes)),
-        **{f"data.n_{s}": str(len(splits[s])) for s in SPLITS},
+        "data.classes": str(len(manifest.classes)),
+        "data.manifest_hash": manifest.hash,
+        "data.cache_key": cache.key,
+        "data.skipped_corrupt": str(len(cache.errors) if cfg.on_corrupt == "skip" else 0),
+        **{f"data.{k}": v for k, v in manifest.notes.items()},
+        **{f"data.n_{s}": str(len(data[s])) for s in SPLITS},
     }
-    return SplitData(classes, splits["train"], splits["val"], splits["test"], params)
+    return SplitData(manifest.classes, data["train"], data["val"], data["test"], params, manifest)
 
 
-def _check_labels(manifest: pd.DataFrame, classes: list[str], name: str) -> None:
-    labels = manifest["label"].to_numpy()
-    bad = (labels < 0) | (labels >= len(classes))
-    if bad.any():
+def drop_corrupt(frame: pd.DataFrame, cache: ImageCache, on_corrupt: str, name: str) -> pd.DataFrame:
+    if not cache.errors:
+        return frame
+    if on_corrupt == "error":
+        listed = "\n".join(f"    {why}" for why in list(cache.errors.values())[:10])
+        more = f"\n    ... and {len(cache.errors) - 10} more" if len(cache.errors) > 10 else ""
         raise DatasetError(
-            f"dataset {name!r}: {int(bad.sum())} labels outside the {len(classes)} classes "
-            f"(e.g. {sorted(set(labels[bad].tolist()))[:5]} for items {manifest['item'][bad].head(3).tolist()})"
+            f"dataset {name!r}: {len(cache.errors)} images could not be decoded:\n{listed}{more}\n"
+            "Replace or remove them, or set the dataset's on_corrupt: skip to train without them (the count is "
+            "recorded in every run's params)"
         )
-    for split in SPLITS:
-        if not (manifest["split"] == split).any():
-            raise DatasetError(f"dataset {name!r}: the {split} split is empty")
+    return frame[~frame["row"].isin(list(cache.errors))]
 
 
-def _materialize(source: Source, rows: pd.DataFrame, size: int) -> ImageSplit:
-    images = _stack(source.read(rows["item"].tolist()), size)
-    return ImageSplit(images, torch.tensor(rows["label"].to_numpy(), dtype=torch.int64))
-
-
-def _stack(images: Iterable[np.ndarray], size: int) -> torch.Tensor:
-    resized = [square_resize(img, size) for img in images]
-    rgb = any(img.ndim == 3 for img in resized)
-    if rgb:
-        resized = [img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=-1) for img in resized]
-        return torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).contiguous()
-    return torch.from_numpy(np.stack(resized))[:, None]
+def _split(images: np.ndarray, rows: pd.DataFrame) -> ImageSplit:
+    captions = rows["caption"].fillna("").astype(str).tolist() if "caption" in rows else None
+    return ImageSplit(images, rows["row"].to_numpy(), torch.tensor(rows["label"].to_numpy(), dtype=torch.int64),
+                      captions)
 
 
 def square_resize(image: np.ndarray, size: int) -> np.ndarray:

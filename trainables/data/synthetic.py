@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from functools import cached_property
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ SHAPES = ("disc", "square", "ring", "cross")
 class SyntheticOptions(Options):
     num_classes: int = Field(2, ge=2, le=16)
     size: int = Field(28, ge=8, le=256)
-    channels: int = Field(1, ge=1, le=3)
+    channels: Literal[1, 3] = 1
     train: int = Field(600, ge=2)
     val: int = Field(100, ge=2)
     test: int = Field(200, ge=2)
@@ -33,7 +34,10 @@ class SyntheticOptions(Options):
 class Synthetic(Source):
     name = "synthetic"
     Options = SyntheticOptions
-    official_splits = True
+
+    @property
+    def channels(self) -> int:
+        return self.options.channels if self.options.channels > 1 else 1
 
     def locate(self) -> Located:
         return Located("", f"built-in synthetic shapes ({self.options.num_classes} classes, {self.options.size}px)")
@@ -69,7 +73,10 @@ class Synthetic(Source):
             images = np.repeat(images[..., None], self.options.channels, axis=-1)
         return images, labels.astype(np.int64)
 
-    def manifest(self) -> pd.DataFrame:
+    def fingerprint(self, rows: pd.DataFrame) -> str:
+        return self.options.model_dump_json()
+
+    def rows(self) -> pd.DataFrame:
         return pd.concat(
             [
                 pd.DataFrame({"item": [f"{s}/{i}" for i in range(len(y))], "label": y, "split": s, "group": ""})
@@ -78,7 +85,7 @@ class Synthetic(Source):
             ignore_index=True,
         )
 
-    def read(self, items: Iterable[str]) -> Iterator[np.ndarray]:
+    def read(self, items: Iterable[str], size: int) -> Iterator[np.ndarray]:
         for item in items:
             split, _, index = item.partition("/")
             yield self._data[split][0][int(index)]
