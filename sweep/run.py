@@ -13,9 +13,10 @@ from pathlib import Path
 import pandas as pd
 
 from sweep import tracking
+from sweep.analysis import cell_status, trials_table
 from sweep.grid import base_config
 from sweep.plan import Plan
-from sweep.results import cell_frame, trial_frame
+from sweep.results import cell_frame
 from sweep.spec import SpecError
 
 SWEEP_FILE = "medpeft-sweep.json"  # what the sweep was started with; --resume reads it back
@@ -105,10 +106,10 @@ def run_sweep(plan: Plan, name: str, storage: Path, mlflow_uri: str, resume: boo
         tuner.fit()
     finally:
         ray.shutdown()
-    trials = trial_frame(mlflow_uri, name)
-    cells = cell_frame(trials, plan.cells, plan.metric, plan.max_epochs)
+    trials, planned = trials_table(mlflow_uri, name)
+    cells = cell_frame(trials, plan.cells, plan.max_epochs)
     complete = bool(len(cells)) and bool(cells["complete"].all())
-    _record_cells(ids, cells, complete)
+    tracking.record_outcome(mlflow_uri, trials, cell_status(trials, planned), ids.parent_run_id if complete else None)
     return Outcome(complete, cells, time.monotonic() - started)
 
 
@@ -140,23 +141,3 @@ def _start_ray(plan: Plan, address: str | None) -> None:
         }
     ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True,
              **kwargs)
-
-
-def _record_cells(ids: tracking.Tracking, cells: pd.DataFrame, complete: bool) -> None:
-    """Per-cell summary on the cell runs (what MLflow's compare view shows), and the chosen trial tagged."""
-    from mlflow.entities import Metric, RunTag
-
-    client = tracking.client(ids.uri)
-    now = int(time.time() * 1000)
-    for _, cell in cells.iterrows():
-        run_id = ids.cell_runs.get(cell["cell_key"])
-        if run_id is None or not isinstance(cell.get("chosen_trial"), str):
-            continue
-        metrics = [Metric(k, float(cell[k]), now, 0) for k in ("val", "test", "chosen_lr") if pd.notna(cell.get(k))]
-        tags = [RunTag("chosen_trial", cell["chosen_trial"]), RunTag("chosen", cell["chosen"]),
-                RunTag("complete", str(bool(cell["complete"])))]
-        client.log_batch(run_id, metrics=metrics, tags=tags)
-        if cell["complete"]:
-            client.set_terminated(run_id, "FINISHED")
-    if complete:
-        client.set_terminated(ids.parent_run_id, "FINISHED")

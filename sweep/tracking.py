@@ -114,3 +114,38 @@ def _params(values: dict[str, Any]):
     from mlflow.entities import Param
 
     return [Param(k, str(v)[:6000]) for k, v in values.items()]
+
+
+def record_outcome(uri: str, trials, status, finished_parent: str | None = None) -> None:
+    """What MLflow's compare view needs to answer "which method won here": every ended trial run gets an
+    `is_best_in_cell` tag; every cell run its chosen trial, chosen hyperparameters and scores (`chosen_lr`,
+    `val`, `test`). Complete cells (and, when given, the sweep's parent run) are closed."""
+    import time
+
+    from mlflow.entities import Metric, RunTag
+
+    from sweep.analysis import chosen_trials
+
+    mlflow = client(uri)
+    for run_id, best, state in zip(trials["run_id"], trials["is_best_in_cell"], trials["status"], strict=True):
+        if state in ("finished", "stopped_early", "failed"):
+            mlflow.set_tag(run_id, "is_best_in_cell", str(bool(best)).lower())
+    chosen = chosen_trials(trials).set_index("cell_key")
+    now = int(time.time() * 1000)
+    for cell in status.itertuples():
+        tags, metrics = [RunTag("complete", str(bool(cell.complete)).lower())], []
+        if cell.cell_key in chosen.index:
+            best = chosen.loc[cell.cell_key]
+            searched = {k.removeprefix("searched."): v for k, v in best.items()
+                        if k.startswith("searched.") and v == v}  # v == v: not NaN
+            tags += [RunTag("chosen_trial", best["trial_key"]),
+                     RunTag("chosen", ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                                for k, v in sorted(searched.items())))]
+            values = {"val": best["val_best"], "test": best[f"test_{best['select_metric']}"],
+                      "chosen_lr": searched.get("lr")}
+            metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if isinstance(v, int | float)]
+        mlflow.log_batch(cell.cell_run_id, metrics=metrics, tags=tags)
+        if cell.complete:
+            mlflow.set_terminated(cell.cell_run_id, "FINISHED")
+    if finished_parent:
+        mlflow.set_terminated(finished_parent, "FINISHED")

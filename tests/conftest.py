@@ -54,6 +54,16 @@ def kill_new_ray_processes(before: set[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.fixture(scope="session")
+def quickstart(tmp_path_factory) -> tuple[Path, str]:
+    """The default sweep, unchanged, on real BreastMNIST: shared by every test that needs a finished sweep."""
+    if not (SHARED_DATA / "medmnist").is_dir():
+        pytest.skip("../shared/data is not present")
+    storage = tmp_path_factory.mktemp("quickstart")
+    result = launch("--storage", str(storage), "--data-root", str(SHARED_DATA))
+    return storage, result.stdout
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _no_ray_left_behind():
     before = ray_processes()

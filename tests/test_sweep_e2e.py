@@ -25,16 +25,6 @@ def trial_runs(storage: Path, name: str):
     return client, client.search_runs([experiment.experiment_id], "tags.role = 'trial'", max_results=1000)
 
 
-@pytest.fixture(scope="session")
-def quickstart(tmp_path_factory) -> tuple[Path, str]:
-    """The default sweep, unchanged, on real BreastMNIST: shared by every test that needs a finished sweep."""
-    if not (SHARED_DATA / "medmnist").is_dir():
-        pytest.skip("../shared/data is not present")
-    storage = tmp_path_factory.mktemp("quickstart")
-    result = launch("--storage", str(storage), "--data-root", str(SHARED_DATA))
-    return storage, result.stdout
-
-
 @needs_shared_data
 def test_quickstart_table_and_mlflow_runs(quickstart):
     storage, out = quickstart

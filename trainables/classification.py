@@ -262,6 +262,7 @@ def _params(cfg: TrialConfig, train: ClassificationTrain, weight_source: str, pr
         **{f"train.{k}": v for k, v in train.model_dump().items()},
         **{f"searched.{k}": v for k, v in cfg.searched.items()},
         "resources.num_workers": cfg.resources.num_workers,
+        "resources.cpus": cfg.resources.cpus,
         "resources.gpus": cfg.resources.gpus,
         "versions": f"torch {torch.__version__}",
     }

@@ -1,0 +1,253 @@
+"""From MLflow runs to the study's numbers: the per-trial table, each cell's chosen trial (on validation only),
+and the tables of the report. Pure functions of DataFrames, so every number can be recomputed from
+`results.parquet`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sweep import tracking
+
+CELL_FIELDS = ["task", "dataset", "backbone", "method", "fraction", "seed"]
+TERMINAL = ("finished", "stopped_early", "failed")
+
+
+def trials_table(uri: str, sweep: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per trial, one row per planned cell) of a sweep, from MLflow."""
+    mlflow = tracking.client(uri)
+    experiment = mlflow.get_experiment_by_name(sweep)
+    if experiment is None:
+        raise LookupError(f"MLflow at {uri} has no sweep named {sweep!r}")
+    trial_runs = tracking.search_all(mlflow, experiment.experiment_id, "tags.role = 'trial'")
+    cell_runs = tracking.search_all(mlflow, experiment.experiment_id, "tags.role = 'cell'")
+    rows = pd.DataFrame([_trial_row(sweep, run) for run in trial_runs])
+    trials = rows.reindex(columns=[*_TRIAL_COLUMNS, *[c for c in rows.columns if c not in _TRIAL_COLUMNS]])
+    cells = pd.DataFrame([{
+        "cell_key": run.data.tags["cell_key"],
+        "cell_run_id": run.info.run_id,
+        "budget": int(run.data.params.get("budget", 0)),
+        **{f: run.data.tags.get(f, "") for f in CELL_FIELDS},
+    } for run in cell_runs])
+    if not cells.empty:
+        cells["fraction"] = cells["fraction"].astype(float)
+        cells["seed"] = cells["seed"].astype(int)
+    trials = mark_best_in_cell(trials)
+    return trials.sort_values(["cell_key", "trial_key"]).reset_index(drop=True), cells
+
+
+_TRIAL_COLUMNS = [
+    "sweep", "trial_key", "cell_key", "run_id", *CELL_FIELDS, "status", "stopped_early", "failure_reason",
+    "select_metric", "val_best", "val_best_loss", "test_acc", "test_balanced_acc", "test_auroc", "test_loss",
+    "trainable_params", "total_params", "trainable_share", "epochs_run", "max_epochs", "wall_seconds",
+    "peak_mem_mb", "cpus", "gpus", "workers",
+]
+
+
+def _trial_row(sweep: str, run) -> dict[str, Any]:
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    select = params.get("train.select_metric", "acc")
+    end = run.info.end_time or None
+    row: dict[str, Any] = {
+        "sweep": sweep,
+        "trial_key": tags.get("trial_key"),
+        "cell_key": tags.get("cell_key"),
+        "run_id": run.info.run_id,
+        "task": tags.get("task", ""),
+        "dataset": tags.get("dataset", ""),
+        "backbone": tags.get("backbone", ""),
+        "method": tags.get("method", ""),
+        "fraction": float(tags.get("fraction", "nan")),
+        "seed": int(tags.get("seed", -1)),
+        "status": tags.get("status", "running"),
+        "stopped_early": tags.get("status") == "stopped_early",
+        "failure_reason": tags.get("failure_reason", ""),
+        "select_metric": select,
+        "val_best": metrics.get(f"val/best_{select}", math.nan),
+        "val_best_loss": metrics.get("val/best_loss", math.nan),
+        "test_acc": metrics.get("test/acc", math.nan),
+        "test_balanced_acc": metrics.get("test/balanced_acc", math.nan),
+        "test_auroc": metrics.get("test/auroc", math.nan),
+        "test_loss": metrics.get("test/loss", math.nan),
+        "trainable_params": int(params.get("trainable_params", 0)),
+        "total_params": int(params.get("total_params", 0)),
+        "trainable_share": float(params.get("trainable_share", "nan")),
+        "epochs_run": int(metrics.get("epoch", 0)),
+        "max_epochs": int(params.get("train.epochs", 0)),
+        "wall_seconds": (end - run.info.start_time) / 1000 if end else math.nan,
+        "peak_mem_mb": metrics.get("sys/peak_mem_mb", math.nan),
+        "cpus": float(params.get("resources.cpus", "nan")),
+        "gpus": float(params.get("resources.gpus", "nan")),
+        "workers": int(params.get("resources.num_workers", 1)),
+    }
+    for key, value in params.items():  # every hyperparameter, searched or fixed, and every method knob
+        if key.startswith(("searched.", "train.", "method.")):
+            row[key] = _number(value)
+    return row
+
+
+def _number(value: str) -> Any:
+    try:
+        return float(value) if any(c in value for c in ".eE") or value.lstrip("-").isdigit() else value
+    except ValueError:
+        return value
+
+
+def chosen_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """Each cell's chosen trial: the best validation score among trials that ran to the end; ties go to the lower
+    validation loss at that epoch. Test metrics play no part."""
+    finished = trials[(trials["status"] == "finished") & trials["val_best"].notna()]
+    ordered = finished.sort_values(["cell_key", "val_best", "val_best_loss", "trial_key"],
+                                   ascending=[True, False, True, True], kind="stable")
+    return ordered.groupby("cell_key", sort=True).head(1).reset_index(drop=True)
+
+
+def mark_best_in_cell(trials: pd.DataFrame) -> pd.DataFrame:
+    trials = trials.copy()
+    trials["is_best_in_cell"] = trials["run_id"].isin(chosen_trials(trials)["run_id"]) if len(trials) else []
+    return trials
+
+
+def cell_status(trials: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """Per planned cell: trials ended vs budget, and whether it has a chosen trial."""
+    ended = trials[trials["status"].isin(TERMINAL)].groupby("cell_key").size()
+    chosen = set(chosen_trials(trials)["cell_key"])
+    status = cells.copy()
+    status["ended"] = status["cell_key"].map(ended).fillna(0).astype(int)
+    status["complete"] = status["ended"] >= status["budget"]
+    status["has_result"] = status["cell_key"].isin(chosen)
+    return status
+
+
+def bootstrap_ci(values: np.ndarray, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean (deterministic: seeded)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return (math.nan, math.nan)
+    if len(values) == 1:
+        return (float(values[0]), float(values[0]))
+    rng = np.random.default_rng(seed)
+    means = rng.choice(values, size=(resamples, len(values)), replace=True).mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return (float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail)))
+
+
+def method_scores(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per (task, backbone, dataset, fraction, method): the chosen trials' test metric over seeds — mean, std,
+    95% bootstrap CI, seeds — with the trainable share and the gain over full fine-tuning (points)."""
+    chosen = chosen_trials(trials)
+    keys = ["task", "backbone", "dataset", "fraction", "method"]
+    rows = []
+    for key, group in chosen.groupby(keys, sort=True):
+        values = group[metric].dropna().to_numpy(dtype=float)
+        low, high = bootstrap_ci(values)
+        rows.append({
+            **dict(zip(keys, key, strict=True)),
+            "mean": float(values.mean()) if len(values) else math.nan,
+            "std": float(values.std(ddof=1)) if len(values) > 1 else math.nan,
+            "ci_low": low, "ci_high": high, "seeds": len(values),
+            "trainable_share": float(group["trainable_share"].mean()),
+            "trainable_params": int(group["trainable_params"].median()),
+        })
+    scores = pd.DataFrame(rows, columns=[*keys, "mean", "std", "ci_low", "ci_high", "seeds", "trainable_share",
+                                         "trainable_params"])
+    full = scores[scores["method"] == "full"].set_index(["task", "backbone", "dataset", "fraction"])["mean"]
+    index = pd.MultiIndex.from_frame(scores[["task", "backbone", "dataset", "fraction"]])
+    scores["gain_vs_full"] = (scores["mean"].to_numpy() - full.reindex(index).to_numpy()) * 100
+    best = scores.groupby(["task", "backbone", "dataset", "fraction"])["mean"].transform("max")
+    scores["winner"] = scores["mean"] == best
+    return scores
+
+
+def peft_vs_full(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset and fraction: the best PEFT method against full fine-tuning, in points."""
+    rows = []
+    for key, group in scores.groupby(["task", "backbone", "dataset", "fraction"], sort=True):
+        full = group[group["method"] == "full"]
+        peft = group[~group["method"].isin(["full"])].sort_values("mean", ascending=False)
+        if full.empty or peft.empty:
+            continue
+        best, reference = peft.iloc[0], full.iloc[0]
+        rows.append({
+            "task": key[0], "backbone": key[1], "dataset": key[2], "fraction": key[3],
+            "best_peft": best["method"], "best_peft_mean": best["mean"], "full_mean": reference["mean"],
+            "margin_points": (best["mean"] - reference["mean"]) * 100,
+            "peft_wins": bool(best["mean"] > reference["mean"]),
+            "ci_overlap": bool(best["ci_low"] <= reference["ci_high"] and reference["ci_low"] <= best["ci_high"]),
+        })
+    return pd.DataFrame(rows)
+
+
+def cost_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per method: device-hours spent, and trial-epochs run against what an exhaustive search would have run."""
+    t = trials[trials["status"].isin(TERMINAL)].copy()
+    seconds = t["wall_seconds"].fillna(0) * t["workers"].clip(lower=1)
+    t["gpu_hours"] = seconds * t["gpus"].fillna(0) / 3600
+    t["cpu_hours"] = seconds * t["cpus"].fillna(1) / 3600
+    t["exhaustive_epochs"] = t["max_epochs"]
+    table = t.groupby("method").agg(trials=("trial_key", "count"), stopped_early=("stopped_early", "sum"),
+                                    epochs_run=("epochs_run", "sum"), exhaustive_epochs=("exhaustive_epochs", "sum"),
+                                    gpu_hours=("gpu_hours", "sum"), cpu_hours=("cpu_hours", "sum"))
+    table["epochs_ratio"] = table["epochs_run"] / table["exhaustive_epochs"].replace(0, np.nan)
+    return table.reset_index()
+
+
+def pareto_front(points: pd.DataFrame, x: str = "trainable_params", y: str = "mean") -> pd.DataFrame:
+    """The methods no other method beats with fewer (or as many) trainable parameters."""
+    ordered = points.sort_values([x, y], ascending=[True, False])
+    front, best = [], -math.inf
+    for _, row in ordered.iterrows():
+        if row[y] > best:
+            front.append(row)
+            best = row[y]
+    return pd.DataFrame(front)
+
+
+def regimes(fractions: list[float]) -> dict[str, list[float]]:
+    """Data regimes for recommendations: the smallest fraction below 1 is low data, other fractions below 1 are
+    medium data, 1.0 is all data."""
+    fractions = sorted(set(fractions))
+    partial = [f for f in fractions if f < 1.0]
+    named = {"low data": partial[:1], "medium data": partial[1:], "all data": [f for f in fractions if f >= 1.0]}
+    return {name: values for name, values in named.items() if values}
+
+
+def recommendations(scores: pd.DataFrame) -> list[str]:
+    """Best method per backbone and data regime, worded with its evidence."""
+    lines = []
+    for (task, backbone), group in scores.groupby(["task", "backbone"], sort=True):
+        for regime, fractions in regimes(group["fraction"].tolist()).items():
+            part = group[group["fraction"].isin(fractions)]
+            cells = part.groupby(["dataset", "fraction"])
+            wins = part[part["winner"]].groupby("method").size().sort_values(ascending=False)
+            if wins.empty:
+                continue
+            method = wins.index[0]
+            mine = part[part["method"] == method]
+            runner = []
+            for (_dataset, _fraction), cell in cells:
+                others = cell[cell["method"] != method].sort_values("mean", ascending=False)
+                ours = cell[cell["method"] == method]
+                if others.empty or ours.empty:
+                    continue
+                o, r = ours.iloc[0], others.iloc[0]
+                runner.append({"margin": (o["mean"] - r["mean"]) * 100,
+                               "overlap": o["ci_low"] <= r["ci_high"] and r["ci_low"] <= o["ci_high"],
+                               "single_seed": o["seeds"] < 2})
+            margin = np.mean([r["margin"] for r in runner]) if runner else math.nan
+            overlaps = sum(r["overlap"] for r in runner)
+            single = all(r["single_seed"] for r in runner) if runner else True
+            gain = mine["gain_vs_full"].mean()
+            evidence = (f"best in {int(wins.iloc[0])} of {cells.ngroups} dataset/fraction cells; mean margin over "
+                        f"the runner-up {margin:+.1f} points" if runner else f"best in {int(wins.iloc[0])} cells")
+            if method != "full" and not math.isnan(gain):
+                evidence += f", {gain:+.1f} points against full fine-tuning"
+            confidence = ("one seed per cell, so no confidence interval: treat as a hint" if single else
+                          f"95% CIs overlap the runner-up's in {overlaps} of {len(runner)} cells")
+            lines.append(f"{backbone} ({task}), {regime} (fraction {', '.join(f'{f:g}' for f in fractions)}): "
+                         f"**{method}** — {evidence}; {confidence}.")
+    return lines

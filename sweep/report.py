@@ -1,0 +1,271 @@
+"""`python -m sweep.report`: a sweep's runs in MLflow become the study's tables and plots.
+
+    python -m sweep.report --name quickstart                       # -> results/quickstart/report/
+    python -m sweep.report --name paper --format md,html --out out/
+    python -m sweep.report --compare vit-sweep resnet-sweep        # two sweeps side by side
+
+Writes results.parquet / results.csv (one row per trial), report.md and a self-contained report.html (tables,
+figures embedded), the PNG figures, and logs them all as artifacts of the sweep's parent MLflow run. Works on a
+sweep that is still running or was interrupted: the report says which cells are incomplete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from sweep import analysis, plots, tracking
+from sweep.document import Document
+from sweep.results import count
+
+FORMATS = ("md", "html", "csv", "parquet")
+RAW_COLUMNS_DOC = (
+    "one row per trial: sweep, trial_key, cell_key, run_id, task, dataset, backbone, method, fraction, seed, status, "
+    "stopped_early, failure_reason, select_metric, val_best, val_best_loss, test_acc, test_balanced_acc, "
+    "test_auroc, test_loss, trainable_params, total_params, trainable_share, epochs_run, max_epochs, "
+    "wall_seconds, peak_mem_mb, cpus, gpus, workers, is_best_in_cell, and every hyperparameter as "
+    "searched.* / train.* / method.*"
+)
+
+
+@dataclass
+class Report:
+    files: list[Path]
+    trials: pd.DataFrame
+    scores: pd.DataFrame
+    status: pd.DataFrame
+
+
+def build(uri: str, sweep: str, out: Path, formats: tuple[str, ...] = FORMATS, log_to_mlflow: bool = True) -> Report:
+    trials, cells = analysis.trials_table(uri, sweep)
+    status = analysis.cell_status(trials, cells)
+    select = trials["select_metric"].mode().iloc[0] if len(trials) else "acc"
+    metric = f"test_{select}"
+    scores = analysis.method_scores(trials, metric)
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    if "parquet" in formats:
+        trials.to_parquet(out / "results.parquet", index=False)
+        files.append(out / "results.parquet")
+    if "csv" in formats:
+        trials.to_csv(out / "results.csv", index=False)
+        files.append(out / "results.csv")
+
+    doc = Document(f"Sweep {sweep!r}: which PEFT method, where")
+    _overview(doc, trials, status, select)
+    for (task, backbone), group in scores.groupby(["task", "backbone"], sort=True):
+        _main_table(doc, task, backbone, group, select)
+    _data_volume(doc, scores, select, out, files)
+    _pareto(doc, scores, select, out, files)
+    _cost(doc, trials)
+    doc.heading("Recommendations")
+    doc.bullets(analysis.recommendations(scores) or ["No cell has a finished trial yet."])
+    doc.heading("Raw data")
+    doc.text(f"`results.parquet` / `results.csv`: {RAW_COLUMNS_DOC}. Every number above can be recomputed from it.")
+    if "md" in formats:
+        (out / "report.md").write_text(doc.markdown())
+        files.append(out / "report.md")
+    if "html" in formats:
+        (out / "report.html").write_text(doc.html())
+        files.append(out / "report.html")
+    if log_to_mlflow:
+        _log(uri, sweep, trials, status, files)
+    return Report(files, trials, scores, status)
+
+
+def _overview(doc: Document, trials: pd.DataFrame, status: pd.DataFrame, select: str) -> None:
+    states = trials["status"].value_counts().to_dict() if len(trials) else {}
+    doc.text(
+        f"{len(status)} cells, {int(status['complete'].sum()) if len(status) else 0} complete; {len(trials)} trials "
+        f"({', '.join(f'{n} {s}' for s, n in sorted(states.items()))}). Each cell's trial is chosen on validation "
+        f"{select} alone; the tables show the test {select} of those trials, as mean ± std over seeds with a 95% "
+        "bootstrap confidence interval, in percent."
+    )
+    incomplete = status[~status["complete"]] if len(status) else status
+    if len(incomplete):
+        doc.heading("Incomplete cells")
+        doc.text(f"{len(incomplete)} of {len(status)} cells have not finished every trial; their numbers (if any) "
+                 "may still change. Resume the sweep with `python -m sweep.launch --name <sweep> --resume`.")
+        doc.table(pd.DataFrame({
+            "cell": incomplete["cell_key"],
+            "trials ended": [f"{e}/{b}" for e, b in zip(incomplete["ended"], incomplete["budget"], strict=True)],
+            "has a result": ["yes" if h else "no" for h in incomplete["has_result"]],
+        }))
+
+
+def _fmt(row) -> str:
+    text = f"{row['mean'] * 100:.1f}"
+    if row["seeds"] > 1:
+        text += f" ± {row['std'] * 100:.1f} [{row['ci_low'] * 100:.1f}, {row['ci_high'] * 100:.1f}]"
+    return f"**{text}**" if row["winner"] else text
+
+
+def _main_table(doc: Document, task: str, backbone: str, scores: pd.DataFrame, select: str) -> None:
+    fraction = scores["fraction"].max()
+    part = scores[scores["fraction"] == fraction]
+    datasets = sorted(part["dataset"].unique())
+    order = part.groupby("method")["mean"].mean().sort_values(ascending=False).index.tolist()
+    order = [m for m in ("full", "linear") if m in order] + [m for m in order if m not in ("full", "linear")]
+    rows = []
+    for method in order:
+        mine = part[part["method"] == method].set_index("dataset")
+        row = {"method": method}
+        for dataset in datasets:
+            row[dataset] = _fmt(mine.loc[dataset]) if dataset in mine.index else "-"
+        row["trainable %"] = f"{mine['trainable_share'].mean() * 100:.3g}"
+        gain = mine["gain_vs_full"].mean()
+        row["Δ vs full (points)"] = "-" if method == "full" or math.isnan(gain) else f"{gain:+.1f}"
+        rows.append(row)
+    doc.heading(f"{backbone} ({task}): test {select} with {fraction:.0%} of the training data")
+    doc.text("Bold: the best method for that dataset. Δ vs full: mean difference to full fine-tuning over the "
+             "datasets, in percentage points.")
+    doc.table(pd.DataFrame(rows))
+
+
+def _data_volume(doc: Document, scores: pd.DataFrame, select: str, out: Path, files: list[Path]) -> None:
+    if scores["fraction"].nunique() < 2:
+        return
+    doc.heading("Data-volume study")
+    for (_task, backbone, dataset), group in scores.groupby(["task", "backbone", "dataset"], sort=True):
+        name = _slug(f"volume-{backbone}-{dataset}") + ".png"
+        plots.data_volume(group, select, out / name, f"{dataset}, {backbone}")
+        files.append(out / name)
+        doc.image(out / name, f"Test {select} against training fraction: {dataset}, {backbone}")
+    versus = analysis.peft_vs_full(scores)
+    if len(versus):
+        doc.text("Where the best PEFT method beats full fine-tuning, and by how much (points of test "
+                 f"{select}); 'CIs overlap' means the difference is within seed noise.")
+        doc.table(pd.DataFrame({
+            "backbone": versus["backbone"], "dataset": versus["dataset"],
+            "fraction": versus["fraction"].map(lambda f: f"{f:g}"), "best PEFT": versus["best_peft"],
+            "margin": versus["margin_points"].map(lambda m: f"{m:+.1f}"),
+            "PEFT wins": versus["peft_wins"].map({True: "yes", False: "no"}),
+            "CIs overlap": versus["ci_overlap"].map({True: "yes", False: "no"}),
+        }))
+
+
+def _pareto(doc: Document, scores: pd.DataFrame, select: str, out: Path, files: list[Path]) -> None:
+    doc.heading("Accuracy against trainable parameters")
+    for (_task, backbone, dataset), group in scores.groupby(["task", "backbone", "dataset"], sort=True):
+        part = group[group["fraction"] == group["fraction"].max()]
+        name = _slug(f"pareto-{backbone}-{dataset}") + ".png"
+        plots.pareto(part, select, out / name, f"{dataset}, {backbone} (fraction {part['fraction'].iloc[0]:g})")
+        files.append(out / name)
+        doc.image(out / name, f"Test {select} against trainable parameters, Pareto front in red: {dataset}")
+
+
+def _cost(doc: Document, trials: pd.DataFrame) -> None:
+    cost = analysis.cost_table(trials)
+    if cost.empty:
+        return
+    ran, exhaustive = int(cost["epochs_run"].sum()), int(cost["exhaustive_epochs"].sum())
+    doc.heading("Cost")
+    doc.text(f"ASHA ran {ran:,} trial-epochs where an exhaustive search would have run {exhaustive:,} "
+             f"({ran / max(exhaustive, 1):.0%}).")
+    doc.table(pd.DataFrame({
+        "method": cost["method"], "trials": cost["trials"], "stopped early": cost["stopped_early"],
+        "trial-epochs": [f"{r}/{e}" for r, e in zip(cost["epochs_run"], cost["exhaustive_epochs"], strict=True)],
+        "GPU-hours": cost["gpu_hours"].map(lambda h: f"{h:.3f}"),
+        "CPU-hours": cost["cpu_hours"].map(lambda h: f"{h:.3f}"),
+    }))
+
+
+def _log(uri: str, sweep: str, trials: pd.DataFrame, status: pd.DataFrame, files: list[Path]) -> None:
+    mlflow = tracking.client(uri)
+    experiment = mlflow.get_experiment_by_name(sweep)
+    parent = tracking.runs_by_tag(mlflow, experiment.experiment_id, role="sweep", key="sweep").get(sweep)
+    tracking.record_outcome(uri, trials, status)
+    if parent:
+        for path in files:
+            mlflow.log_artifact(parent, str(path), artifact_path="report")
+
+
+def compare(uri_a: str, a: str, uri_b: str, b: str, out: Path) -> Path:
+    """Two sweeps side by side, matched on task, dataset, method and fraction (backbones may differ)."""
+    scores = []
+    for uri, name in ((uri_a, a), (uri_b, b)):
+        trials, _ = analysis.trials_table(uri, name)
+        select = trials["select_metric"].mode().iloc[0] if len(trials) else "acc"
+        scores.append(analysis.method_scores(trials, f"test_{select}"))
+    keys = ["task", "dataset", "method", "fraction"]
+    merged = scores[0].merge(scores[1], on=keys, how="outer", suffixes=("_a", "_b")).sort_values(keys)
+    table = pd.DataFrame({
+        "dataset": merged["dataset"], "fraction": merged["fraction"].map(lambda f: f"{f:g}"),
+        "method": merged["method"],
+        a: merged["mean_a"].map(lambda v: "-" if pd.isna(v) else f"{v * 100:.1f}"),
+        b: merged["mean_b"].map(lambda v: "-" if pd.isna(v) else f"{v * 100:.1f}"),
+        "Δ (b − a, points)": ((merged["mean_b"] - merged["mean_a"]) * 100).map(
+            lambda v: "-" if pd.isna(v) else f"{v:+.1f}"),
+    })
+    doc = Document(f"Sweeps {a!r} and {b!r} compared")
+    doc.text(f"Test metric of each cell's validation-chosen trial, mean over seeds, in percent. Backbones: "
+             f"{a}: {', '.join(sorted(scores[0]['backbone'].unique()))}; "
+             f"{b}: {', '.join(sorted(scores[1]['backbone'].unique()))}.")
+    doc.table(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"compare-{_slug(a)}-{_slug(b)}.md").write_text(doc.markdown())
+    path = out / f"compare-{_slug(a)}-{_slug(b)}.html"
+    path.write_text(doc.html())
+    return path
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def _tracking_uri(storage: Path, name: str, given: str | None) -> str:
+    if given:
+        return given
+    saved = storage / name / "medpeft-sweep.json"
+    if saved.is_file():
+        return json.loads(saved.read_text())["mlflow_uri"]
+    return tracking.default_tracking_uri(storage)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sweep.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--name", help="the sweep (as given to sweep.launch)")
+    parser.add_argument("--compare", nargs=2, metavar=("NAME_A", "NAME_B"))
+    parser.add_argument("--storage", default="results")
+    parser.add_argument("--mlflow-uri", default=None)
+    parser.add_argument("--out", default=None, help="default: <storage>/<name>/report")
+    parser.add_argument("--format", default=",".join(FORMATS), help=f"comma-separated, of {', '.join(FORMATS)}")
+    args = parser.parse_args(argv)
+    storage = Path(args.storage).expanduser().resolve()
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    if unknown := set(formats) - set(FORMATS):
+        print(f"error: unknown format(s) {sorted(unknown)}; choose from {', '.join(FORMATS)}", file=sys.stderr)
+        return 2
+    try:
+        if args.compare:
+            a, b = args.compare
+            out = Path(args.out) if args.out else storage / "compare"
+            path = compare(_tracking_uri(storage, a, args.mlflow_uri), a, _tracking_uri(storage, b, args.mlflow_uri),
+                           b, out)
+            print(f"comparison written to {path}")
+            return 0
+        if not args.name:
+            print("error: give --name NAME (or --compare NAME_A NAME_B)", file=sys.stderr)
+            return 2
+        out = Path(args.out) if args.out else storage / args.name / "report"
+        report = build(_tracking_uri(storage, args.name, args.mlflow_uri), args.name, out, formats)
+    except LookupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    incomplete = int((~report.status["complete"]).sum()) if len(report.status) else 0
+    print(f"{len(report.trials)} trials, {len(report.status)} cells ({incomplete} incomplete)")
+    for path in report.files:
+        print(f"  {path}")
+    print(f"Best per cell: {int(report.trials['is_best_in_cell'].sum())} trials tagged is_best_in_cell=true in MLflow; "
+          f"{count(len(report.files))} files logged to the sweep's parent run (artifacts/report).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""`python -m sweep.report`: files, numbers recomputed independently, validation-only choice, HTML in Chromium,
+partial sweeps, comparisons."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from sweep import report
+from tests.conftest import needs_shared_data
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+COLUMNS = ["sweep", "trial_key", "cell_key", "run_id", "task", "dataset", "backbone", "method", "fraction", "seed",
+           "status", "stopped_early", "select_metric", "val_best", "val_best_loss", "test_acc", "test_balanced_acc",
+           "test_auroc", "trainable_params", "total_params", "trainable_share", "epochs_run", "max_epochs",
+           "wall_seconds", "peak_mem_mb", "is_best_in_cell", "searched.lr", "train.lr", "train.epochs"]
+
+
+def fake_sweep(uri: str, name: str, cells: dict[str, list[dict]], budget: int | None = None) -> None:
+    """An MLflow experiment shaped like a sweep's: a parent run, cell runs, trial runs with the tags, params and
+    metrics the trainable logs. `cells` maps (dataset, method, fraction, seed) keys to their trials."""
+    client = MlflowClient(uri)
+    experiment = client.create_experiment(name)
+    parent = client.create_run(experiment, tags={"role": "sweep", "sweep": name}).info.run_id
+    for key, trials in cells.items():
+        dataset, method, fraction, seed = key
+        cell_key = f"cls/{dataset}/bb/{method}/frac={fraction:g}/seed={seed}"
+        fields = {"task": "classification", "dataset": dataset, "backbone": "bb", "method": method,
+                  "fraction": str(fraction), "seed": str(seed)}
+        cell = client.create_run(experiment, tags={"role": "cell", "cell_key": cell_key, "mlflow.parentRunId": parent,
+                                                   **fields}).info.run_id
+        client.log_param(cell, "budget", budget or len(trials))
+        for i, t in enumerate(trials):
+            run = client.create_run(experiment, tags={"role": "trial", "cell_key": cell_key, "mlflow.parentRunId": cell,
+                                                      "trial_key": f"{cell_key}/trial={i}",
+                                                      "status": t.get("status", "finished"), **fields}).info.run_id
+            for k, v in {"train.select_metric": "acc", "train.epochs": 4, "trainable_params": t.get("params", 1000),
+                         "total_params": 100_000, "trainable_share": t.get("params", 1000) / 100_000,
+                         "searched.lr": t["lr"], "train.lr": t["lr"], "resources.gpus": 0, "resources.cpus": 1}.items():
+                client.log_param(run, k, v)
+            for k, v in {"val/best_acc": t["val"], "val/best_loss": t.get("loss", 0.5), "epoch": t.get("epochs", 4),
+                         **({"test/acc": t["test"]} if "test" in t else {})}.items():
+                client.log_metric(run, k, v)
+            if t.get("status", "finished") != "running":
+                client.set_terminated(run)
+
+
+def test_best_in_cell_is_chosen_on_validation_only(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    fake_sweep(uri, "s", {
+        ("d", "full", 1.0, 0): [{"lr": 1e-3, "val": 0.90, "test": 0.50}, {"lr": 1e-4, "val": 0.80, "test": 0.95}],
+        ("d", "lora", 1.0, 0): [{"lr": 1e-3, "val": 0.85, "test": 0.70, "loss": 0.4},
+                                {"lr": 1e-2, "val": 0.85, "test": 0.99, "loss": 0.3}],  # tie on val: lower loss
+    })
+    result = report.build(uri, "s", tmp_path / "out")
+    best = result.trials[result.trials["is_best_in_cell"]].set_index("method")
+    assert best.loc["full", "test_acc"] == 0.50 and best.loc["full", "searched.lr"] == 1e-3
+    assert best.loc["lora", "test_acc"] == 0.99
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| full | 50.0 |" in text and "**99.0**" in text
+    tags = {r.data.tags["trial_key"]: r.data.tags["is_best_in_cell"]
+            for r in MlflowClient(uri).search_runs(["1"], "tags.role = 'trial'")}
+    assert sorted(tags.values()) == ["false", "false", "true", "true"]
+
+
+def test_partial_sweep_names_incomplete_cells(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    fake_sweep(uri, "s", {
+        ("d", "full", 1.0, 0): [{"lr": 1e-3, "val": 0.9, "test": 0.8}, {"lr": 1e-4, "val": 0.7, "status": "running"}],
+        ("d", "bitfit", 1.0, 0): [{"lr": 1e-3, "val": 0.6, "status": "running"}],
+    }, budget=2)
+    result = report.build(uri, "s", tmp_path / "out")
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "## Incomplete cells" in text and "2 of 2 cells have not finished" in text
+    assert "cls/d/bb/bitfit/frac=1/seed=0 | 0/2 | no" in text
+    assert len(result.trials) == 3
+
+
+def test_compare_two_sweeps(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    fake_sweep(uri, "a", {("d", "lora", 1.0, 0): [{"lr": 1e-3, "val": 0.9, "test": 0.80}]})
+    fake_sweep(uri, "b", {("d", "lora", 1.0, 0): [{"lr": 1e-3, "val": 0.9, "test": 0.85}]})
+    assert report.main(["--compare", "a", "b", "--mlflow-uri", uri, "--out", str(tmp_path / "cmp")]) == 0
+    text = (tmp_path / "cmp" / "compare-a-b.md").read_text()
+    assert "| d | 1 | lora | 80.0 | 85.0 | +5.0 |" in text
+
+
+@needs_shared_data
+def test_quickstart_report_files_and_numbers(quickstart, tmp_path):
+    storage, _ = quickstart
+    assert report.main(["--name", "quickstart", "--storage", str(storage), "--out", str(tmp_path / "r")]) == 0
+    out = tmp_path / "r"
+    for name in ("results.parquet", "results.csv", "report.md", "report.html",
+                 "volume-tf_efficientnet_lite0-breastmnist.png", "pareto-tf_efficientnet_lite0-breastmnist.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    raw = pd.read_parquet(out / "results.parquet")
+    assert set(COLUMNS) <= set(raw.columns) and len(raw) == 24 and raw["trial_key"].is_unique
+    assert raw["is_best_in_cell"].sum() == 8
+
+    # The main table, recomputed from the raw rows: per cell the finished trial with the best validation accuracy
+    # (ties: lower validation loss), its test accuracy.
+    finished = raw[raw["status"] == "finished"].sort_values(["val_best", "val_best_loss"], ascending=[False, True])
+    chosen = finished.groupby("cell_key").head(1)
+    full_data = chosen[chosen["fraction"] == 1.0].set_index("method")["test_acc"] * 100
+    text = (out / "report.md").read_text()
+    for method, value in full_data.items():
+        assert re.search(rf"^\| {method} \| \**{value:.1f}\**", text, re.MULTILINE), (method, value)
+    gains = full_data - full_data["full"]
+    for method, gain in gains.items():
+        if method != "full":
+            assert re.search(rf"^\| {method} \|.* \| {re.escape(f'{gain:+.1f}')} \|$", text, re.MULTILINE), method
+    epochs, exhaustive = int(raw["epochs_run"].sum()), int(raw["max_epochs"].sum())
+    assert f"ASHA ran {epochs:,} trial-epochs where an exhaustive search would have run {exhaustive:,}" in text
+    assert "## Recommendations" in text and "**" in text.split("## Recommendations")[1]
+
+    # Logged to the sweep's parent run in MLflow, with per-cell summaries on the cell runs.
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("quickstart").experiment_id
+    (parent,) = client.search_runs([experiment], "tags.role = 'sweep'")
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.html", "report/results.parquet"} <= logged
+    cells = client.search_runs([experiment], "tags.role = 'cell'")
+    assert all("chosen_lr" in c.data.metrics and c.data.tags["chosen_trial"].startswith(c.data.tags["cell_key"])
+               for c in cells)
+
+
+@needs_shared_data
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it as root)")
+def test_html_report_renders_in_headless_chromium(quickstart, tmp_path):
+    storage, _ = quickstart
+    report.main(["--name", "quickstart", "--storage", str(storage), "--out", str(tmp_path / "r"), "--format", "html"])
+    page = (tmp_path / "r" / "report.html").as_uri()
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars", "--window-size=1280,2400"]
+    dom = subprocess.run([*flags, "--virtual-time-budget=3000", "--dump-dom", page], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert 'data-images-loaded="2"' in dom and 'data-images="2"' in dom  # both figures decoded and shown
+    assert dom.count("<tr>") >= 1 + 4 and "lora_conv" in dom  # the main table's rows
+    shot = tmp_path / "shot.png"
+    subprocess.run([*flags, f"--screenshot={shot}", page], capture_output=True, timeout=120, check=True)
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    ink = (pixels.sum(axis=2) < 600).mean()
+    blue = (np.abs(pixels - [31, 119, 180]).sum(axis=2) < 40).sum()  # matplotlib's first line colour
+    assert ink > 0.01, "the screenshot is (nearly) blank"
+    assert blue > 200, "no plot lines in the screenshot"
