@@ -16,7 +16,7 @@ import time
 
 import torch
 
-BENCHMARKS = ["data"]
+BENCHMARKS = ["data", "trainable", "sweeps", "asha", "scale"]
 
 
 def machine() -> dict:

@@ -91,7 +91,7 @@ def run_sweep(plan: Plan, name: str, storage: Path, mlflow_uri: str, resume: boo
                     scheduler=scheduler,
                     num_samples=-1,
                     reuse_actors=True,
-                    max_concurrent_trials=spec.resources.max_concurrent_trials,
+                    max_concurrent_trials=spec.resources.max_concurrent_trials or concurrent_trials(plan),
                     trial_name_creator=trial_name,
                     trial_dirname_creator=trial_dirname,
                 ),
@@ -111,6 +111,23 @@ def run_sweep(plan: Plan, name: str, storage: Path, mlflow_uri: str, resume: boo
     complete = bool(len(cells)) and bool(cells["complete"].all())
     tracking.record_outcome(mlflow_uri, trials, cell_status(trials, planned), ids.parent_run_id if complete else None)
     return Outcome(complete, cells, time.monotonic() - started)
+
+
+def concurrent_trials(plan: Plan) -> int:
+    """How many trials the cluster holds at once, for the lightest cell's resources. Tune keeps that many trials
+    pending for a custom searcher only when told (otherwise one: slots stay empty between trials)."""
+    import math
+
+    import ray
+
+    available = ray.cluster_resources()
+    slots = []
+    for cell in plan.cells:
+        r = cell.resources
+        per_trial = {"CPU": r.cpus * r.workers, "GPU": r.gpus * r.workers}
+        fits = [available.get(k, 0) / v for k, v in per_trial.items() if v > 0]
+        slots.append(max(1, math.floor(min(fits) + 1e-9)) if fits else 1)
+    return max(slots) if slots else 1
 
 
 def trial_name(trial) -> str:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from sweep.orphans import kill_new_ray_processes, ray_processes
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -34,24 +34,6 @@ def launch(*args: str, check: int | None = 0) -> subprocess.CompletedProcess:
     if check is not None and result.returncode != check:
         raise AssertionError(f"exit {result.returncode}\nstdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}")
     return result
-
-
-def ray_processes() -> set[int]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    pids = set()
-    for line in out.splitlines()[1:]:
-        pid, _, cmd = line.strip().partition(" ")
-        if any(k in cmd for k in ("ray::", "raylet", "gcs_server", "ray/dashboard", "log_monitor.py",
-                                  "runtime_env/agent", "monitor.py --logs-dir")):
-            pids.add(int(pid))
-    return pids
-
-
-def kill_new_ray_processes(before: set[int]) -> None:
-    """After a SIGKILLed driver, Ray's agents and trial workers outlive it: end them (they ignore SIGTERM)."""
-    for pid in ray_processes() - before:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")

@@ -14,9 +14,9 @@ import json
 import math
 import os
 import resource
-import tempfile
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,13 +28,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from trainables.backbones import build_backbone
-from trainables.checkpoints import CheckpointStore
 from trainables.config import TrialConfig
 from trainables.data import Batches, ImageSplit, load_splits
 from trainables.methods import load_trainable_state, prepare_model, train_mode, trainable_state_dict
 from trainables.metrics import classification_metrics
 from trainables.session import current_session
-from trainables.tracking import TrialRun, config_hash, open_trial_run
+from trainables.trial import Diverged, Trial
 
 
 class ClassificationTrain(BaseModel):
@@ -56,10 +55,6 @@ class ClassificationTrain(BaseModel):
     select_metric: Literal["acc", "balanced_acc", "auroc"] = "acc"
     amp: bool = True  # bf16 autocast on GPUs; trainable parameters stay fp32
     checkpoint_every: int = Field(1, ge=1)
-
-
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
 
 
 @dataclass
@@ -105,28 +100,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     warmup_steps = min(int(train.warmup_epochs * steps_per_epoch), total_steps - 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, warmup_steps, total_steps))
 
-    # Resume: a restarted trial continues after its last checkpoint.
-    digest = config_hash(config)
-    store = CheckpointStore(f"{cfg.storage}/checkpoints", cfg.tracking.trial_key, digest) if cfg.storage else None
+    # Resume: a restarted trial continues after its last checkpoint (same place for a re-suggested trial).
+    trial = Trial(config, cfg, session, train.checkpoint_every)
     progress, best_state = Progress(), None
-    if store is not None:
-        with store.latest() as checkpoint:
-            if checkpoint is not None:
-                progress, best_state = load_checkpoint(checkpoint, model, optimizer, schedule)
+    with trial.latest_checkpoint() as checkpoint:
+        if checkpoint is not None:
+            progress, best_state = load_checkpoint(checkpoint, model, optimizer, schedule)
+    if trial.start(_params(cfg, train, info.weight_source, prepared, data.params), _tags(cfg, data), progress.epoch):
+        return  # an earlier attempt finished this trial; its results were reported again
 
-    params = _params(cfg, train, info.weight_source, prepared, data.params)
-    tags = _tags(cfg, data)
-    run = open_trial_run(cfg.tracking, rank, params, tags, digest, resuming=progress.epoch > 0)
-    if run.finished_before:
-        replay(run, session)
-        return
-
-    try:
+    with trial.failures():
         for epoch in range(progress.epoch + 1, train.epochs + 1):
             started = time.perf_counter()
             train_mode(net, bn_mode)
             train_batches.epoch = epoch
-            torch.manual_seed(cfg.seed * 10_007 + epoch)  # dropout etc.: same on resume
+            torch.manual_seed(cfg.seed * 10_007 + epoch)  # dropout etc.: the same on resume
             loss_sum, seen = 0.0, 0
             for x, y in train_batches:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.amp and device.type == "cuda"):
@@ -163,27 +151,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "time/train_images_per_s": seen * world / max(train_seconds, 1e-9),
                 "sys/peak_mem_mb": _peak_memory_mb(device),
             }
-            if epoch == train.epochs:
-                # Test metrics of the best-validation weights, reported with the last epoch: Tune stops a trial at
-                # its last epoch, so nothing after this report would run.
+            last = epoch == train.epochs
+            if last:  # test metrics of the best-validation weights, reported with the last epoch
                 load_trainable_state(model, best_state)
                 metrics.update({f"test/{k}": v for k, v in evaluate(model, data.test).items()})
-            run.log_metrics(metrics, step=epoch)
-            if epoch == train.epochs:
-                run.finish("finished")  # before the report: Tune ends the trial inside its last report
-            if store is not None and rank == 0 and (epoch % train.checkpoint_every == 0 or epoch == train.epochs):
-                with tempfile.TemporaryDirectory(prefix="medpeft-ckpt-") as directory:
-                    save_checkpoint(Path(directory), model, bn_mode, optimizer, schedule, progress, best_state)
-                    store.save(Path(directory), epoch)
-            session.report(metrics)
-    except Diverged as e:
-        run.finish("failed", str(e))
-        session.report({"epoch": progress.epoch + 1, "failed": 1, "failure_reason": str(e)})
-    except SystemExit:
-        raise  # Tune stopped the trial (early stop or shutdown); the driver records why.
-    except BaseException as e:
-        run.finish("failed", f"{type(e).__name__}: {e}")
-        raise
+            trial.end_epoch(epoch, metrics, last, save=partial(
+                save_checkpoint, model=model, bn_mode=bn_mode, optimizer=optimizer, schedule=schedule,
+                progress=progress, best_state=best_state))
 
 
 class Evaluator:
@@ -232,13 +206,6 @@ def load_checkpoint(directory: Path, model: nn.Module, optimizer, schedule):
     best = directory / "best.safetensors"
     best_state = load_file(str(best)) if best.exists() else None
     return Progress(**json.loads((directory / "progress.json").read_text())), best_state
-
-
-def replay(run: TrialRun, session) -> None:
-    """Report again what an earlier attempt of this exact trial logged (it finished, but the sweep driver died
-    before recording that): the sweep sees the same results without training twice."""
-    for metrics in run.history().values():
-        session.report({**metrics, "replayed": 1})
 
 
 def _params(cfg: TrialConfig, train: ClassificationTrain, weight_source: str, prepared, data_params) -> dict:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -17,10 +18,16 @@ from trainables.session import TrainSession, TuneSession, use_session
 from trainables.tasks import get_task
 
 
+def nested(config: dict[str, Any]) -> bool:
+    """Whether the trial runs in a TorchTrainer. MEDPEFT_FORCE_NESTED=1 nests one-worker trials too: the
+    benchmark uses it to measure what nesting costs."""
+    return int(config["resources"].get("num_workers", 1)) > 1 or os.environ.get("MEDPEFT_FORCE_NESTED") == "1"
+
+
 def run_trial(config: dict[str, Any]) -> None:
     """Tune function trainable: `tune.with_resources(run_trial, trial_resources)`."""
     task = get_task(config["task"])
-    if int(config["resources"].get("num_workers", 1)) <= 1:
+    if not nested(config):
         with use_session(TuneSession()):
             task.worker(config)
     else:
@@ -38,7 +45,7 @@ def trial_resources(config: dict[str, Any]):
     from ray.tune import PlacementGroupFactory
 
     res = config["resources"]
-    if int(res.get("num_workers", 1)) <= 1:
+    if not nested(config):
         return PlacementGroupFactory([{"CPU": float(res["cpus"]), "GPU": float(res["gpus"])}])
     return PlacementGroupFactory([{DRIVER_RESOURCE: 1}])
 

@@ -34,7 +34,13 @@ def _classification() -> Task:
                 "val/best_{select}", "max")
 
 
-_TASKS: dict[str, Callable[[], Task]] = {"classification": _classification}
+def _simulated() -> Task:
+    from trainables.simulated import SimulatedTrain, train_loop_per_worker
+
+    return Task("simulated", "sim", train_loop_per_worker, SimulatedTrain, ("vit", "cnn"), "val/best_{select}", "max")
+
+
+_TASKS: dict[str, Callable[[], Task]] = {"classification": _classification, "simulated": _simulated}
 
 
 def get_task(name: str) -> Task:
