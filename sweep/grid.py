@@ -107,13 +107,15 @@ def method_resources(spec: SweepSpec, method: str) -> Resources:
     )
 
 
-def base_config(spec: SweepSpec, cell: Cell, tracking: dict[str, Any]) -> dict[str, Any]:
+def base_config(spec: SweepSpec, cell: Cell, tracking: dict[str, Any],
+                prepared: dict[str, Any] | None = None) -> dict[str, Any]:
     """The plain dict a trial of this cell receives, before the searcher fills in its hyperparameters
     (validated on the worker by trainables.config.TrialConfig)."""
     return {
         "task": cell.task,
         "seed": cell.seed,
-        "data": data_config(cell.dataset, spec.image_size, cell.fraction, cell.tags.get("fallback_from")),
+        "data": {**data_config(cell.dataset, spec.image_size, cell.fraction, cell.tags.get("fallback_from")),
+                 "prepared": prepared},
         "backbone": {"name": cell.backbone.name, "weights": cell.backbone.weights, "kwargs": cell.backbone.kwargs},
         "method": {"name": cell.method.name, "knobs": dict(cell.method.knobs), "bn_mode": cell.method.bn_mode},
         "train": dict(spec.train),

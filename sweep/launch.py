@@ -5,7 +5,8 @@
     python -m sweep.launch --config my.yaml --data-root /data --set train.epochs=20
     python -m sweep.launch --config my.yaml --resume        # after a crash, Ctrl-C or preemption
 
-Exit codes: 0 done, 2 bad input (nothing was created), 130 interrupted (resumable), 1 anything else.
+Exit codes: 0 done, 2 bad input (nothing was created), 3 storage lost mid-sweep (resumable once it is back),
+130 interrupted (resumable), 1 anything else.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from sweep.spec import SpecError, load_spec
 
 EXIT_BAD_INPUT = 2
+EXIT_STORAGE = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -58,65 +60,71 @@ def main(argv: list[str] | None = None) -> int:
         print(report_text.banner(note), flush=True)
 
     from sweep.plan import prepare_data
-    from sweep.run import run_sweep, save_inputs
+    from sweep.run import StorageLost, run_sweep, save_inputs
 
     try:
-        prepare_data(plan, log=lambda line: print(line, flush=True))
+        prepared = prepare_data(plan, storage, log=lambda line: print(line, flush=True))
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if not args.resume:
-        save_inputs(storage / name, plan, data_root, mlflow_uri)
-    print(f"Sweep {name!r}: {len(plan.cells)} cells, {plan.total_trials} trials -> {storage / name}", flush=True)
-    outcome = run_sweep(plan, name, storage, mlflow_uri, resume=args.resume, address=args.address)
-    print(report_text.summary(plan, name, outcome, storage, mlflow_uri, plan.spec_path))
+        save_inputs(storage, name, plan, data_root, mlflow_uri)
+    print(f"Sweep {name!r}: {len(plan.cells)} cells, {plan.total_trials} trials -> {storage.join(name)}", flush=True)
+    try:
+        outcome = run_sweep(plan, name, storage, mlflow_uri, prepared, resume=args.resume, address=args.address)
+    except StorageLost as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_STORAGE
+    print(report_text.summary(plan, name, outcome, storage, mlflow_uri))
     return 0 if outcome.complete else EXIT_INTERRUPTED
 
 
 def _setup(args: argparse.Namespace):
     """Everything that can be wrong with the input, checked before anything is created."""
-    from sweep.plan import check_storage_writable, make_plan
+    from sweep.plan import make_plan
     from sweep.run import load_inputs
     from sweep.spec import DEFAULT_SPEC, SweepSpec
+    from sweep.storage import parse_storage
+    from sweep.tracking import without_credentials
 
     spec_path = Path(args.config) if args.config else DEFAULT_SPEC
-    storage = Path(args.storage or "results").expanduser().resolve()
+    storage = parse_storage(args.storage)
     if args.resume:
         name = args.name or load_spec(spec_path).name
-        inputs = load_inputs(storage / name) if (storage / name).is_dir() else None
-        _check_name(storage / name, name, args.mlflow_uri or "", resume=True)
+        _check_name(storage, name, "", resume=True)
         if args.overrides:
             raise SpecError("--set cannot change a sweep on --resume: it continues as it was started")
+        inputs = load_inputs(storage, name)
         spec = SweepSpec.model_validate(inputs["spec"])
         spec_path = Path(inputs["spec_path"])
-        mlflow_uri = args.mlflow_uri or inputs["mlflow_uri"]
+        mlflow_uri = without_credentials(args.mlflow_uri or inputs["mlflow_uri"])
         data_root = args.data_root or inputs["data_root"]
     else:
         spec = load_spec(spec_path, args.overrides)
         name = args.name or spec.name
-        mlflow_uri = args.mlflow_uri or _default_tracking_uri(storage)
+        mlflow_uri = without_credentials(args.mlflow_uri or _default_tracking_uri(storage))
         data_root = args.data_root or os.environ.get("MEDPEFT_DATA_ROOT") or None
         if not args.dry_run:
-            check_storage_writable(storage)
-            _check_name(storage / name, name, mlflow_uri, resume=False)
+            storage.preflight()
+            _check_name(storage, name, mlflow_uri, resume=False)
     plan = make_plan(spec, spec_path, data_root, allow_missing=args.dry_run)
     return plan, name, storage, mlflow_uri, data_root
 
 
-def _default_tracking_uri(storage: Path) -> str:
+def _default_tracking_uri(storage) -> str:
     from sweep.tracking import default_tracking_uri
 
     return default_tracking_uri(storage)
 
 
-def _check_name(experiment_dir: Path, name: str, mlflow_uri: str, resume: bool) -> None:
+def _check_name(storage, name: str, mlflow_uri: str, resume: bool) -> None:
     """Never overwrite a sweep: a name that exists needs --resume, and --resume needs a sweep to resume."""
-    exists = experiment_dir.exists() and any(experiment_dir.iterdir())
+    exists = not storage.is_empty_dir(storage.join(name))
     if resume and not exists:
-        raise SpecError(f"--resume: there is no sweep {name!r} in {experiment_dir.parent}; start it without --resume")
+        raise SpecError(f"--resume: there is no sweep {name!r} in {storage.uri}; start it without --resume")
     if not resume and exists:
         raise SpecError(
-            f"a sweep named {name!r} already exists in {experiment_dir.parent}. Continue it with --resume, "
+            f"a sweep named {name!r} already exists in {storage.uri}. Continue it with --resume, "
             "or start a new one with --name NEW_NAME (results are never overwritten)"
         )
     if not resume and mlflow_uri.startswith("sqlite:///") and Path(mlflow_uri.removeprefix("sqlite:///")).exists():

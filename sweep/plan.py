@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,10 +162,11 @@ def _check_backbones_and_methods(spec: SweepSpec, plan: Plan, families: tuple[st
     return problems
 
 
-def prepare_data(plan: Plan, log=print) -> None:
+def prepare_data(plan: Plan, storage=None, log=print) -> dict[str, dict]:
     """Build every dataset's manifest and image cache here, before any trial starts: corrupt images, labels
     outside the class list and images in two splits stop the sweep now, and trials on this machine find the
-    cache ready."""
+    cache ready. With remote storage both files are uploaded to its cache/ folder, from which other nodes fetch
+    them instead of reading the raw dataset. Returns, per dataset key, what trials are told (`data.prepared`)."""
     import time
 
     from sweep.grid import data_config
@@ -174,11 +174,10 @@ def prepare_data(plan: Plan, log=print) -> None:
     from trainables.data import DatasetError, open_source, prepare_cache, prepare_manifest
     from trainables.data.prepare import drop_corrupt
 
-    seen = set()
+    prepared: dict[str, dict] = {}
     for cell in plan.cells:
-        if cell.dataset.key in seen:
+        if cell.dataset.key in prepared:
             continue
-        seen.add(cell.dataset.key)
         cfg = DataConfig.model_validate(data_config(cell.dataset, plan.spec.image_size))
         started = time.monotonic()
         try:
@@ -191,23 +190,15 @@ def prepare_data(plan: Plan, log=print) -> None:
         counts = manifest.frame["split"].value_counts()
         notes = "".join(f", {k.replace('_', ' ')}: {v}" for k, v in manifest.notes.items())
         skipped = f", {len(cache.errors)} unreadable images skipped" if cache.errors else ""
+        remote = None
+        if storage is not None and storage.remote:
+            remote = storage.join("cache")
+            for kind, path in (("manifests", manifest.path), ("images", cache.path)):
+                if not storage.exists(f"{remote}/{kind}/{path.name}"):
+                    storage.upload(path, f"{remote}/{kind}/{path.name}")
+        prepared[cell.dataset.key] = {"manifest": manifest.path.name, "images": cache.path.name,
+                                      "source": source.describe(), "remote": remote}
         log(f"Data {cell.dataset.key}: {counts.get('train', 0)} train / {counts.get('val', 0)} val / "
             f"{counts.get('test', 0)} test images, manifest {manifest.hash}{notes}{skipped}, "
             f"{plan.spec.image_size}px cache ready ({time.monotonic() - started:.1f}s)")
-
-
-def check_storage_writable(path: Path) -> None:
-    """The storage folder, or the nearest folder above it that exists, must take a new file (tried, then
-    removed: permission bits do not tell for root or read-only mounts). Leaves nothing behind."""
-    if path.exists() and not path.is_dir():
-        raise SpecError(f"storage {path} exists and is not a folder; pass --storage DIR")
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise SpecError(f"storage {path} cannot be created: {probe} is a file; pass --storage DIR")
-    try:
-        with tempfile.NamedTemporaryFile(dir=probe, prefix=".medpeft-write-probe-"):
-            pass
-    except OSError as e:
-        raise SpecError(f"storage {path} is not writable ({probe}: {e.strerror}); pass --storage DIR") from None
+    return prepared

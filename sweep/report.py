@@ -23,6 +23,8 @@ import pandas as pd
 from sweep import analysis, plots, tracking
 from sweep.document import Document
 from sweep.results import count
+from sweep.spec import SpecError
+from sweep.storage import Storage, parse_storage
 
 FORMATS = ("md", "html", "csv", "parquet")
 RAW_COLUMNS_DOC = (
@@ -219,13 +221,19 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
-def _tracking_uri(storage: Path, name: str, given: str | None) -> str:
+def _tracking_uri(storage: Storage, name: str, given: str | None) -> str:
     if given:
-        return given
-    saved = storage / name / "medpeft-sweep.json"
-    if saved.is_file():
-        return json.loads(saved.read_text())["mlflow_uri"]
+        return tracking.without_credentials(given)
+    saved = storage.join(name, "medpeft-sweep.json")
+    if storage.exists(saved):
+        return json.loads(storage.read_text(saved))["mlflow_uri"]
     return tracking.default_tracking_uri(storage)
+
+
+def _out(storage: Storage, given: str | None, *parts: str) -> Path:
+    if given:
+        return Path(given)
+    return Path(storage.join(*parts)) if not storage.remote else Path.cwd() / "-".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,7 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="default: <storage>/<name>/report")
     parser.add_argument("--format", default=",".join(FORMATS), help=f"comma-separated, of {', '.join(FORMATS)}")
     args = parser.parse_args(argv)
-    storage = Path(args.storage).expanduser().resolve()
+    try:
+        storage = parse_storage(args.storage)
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     if unknown := set(formats) - set(FORMATS):
         print(f"error: unknown format(s) {sorted(unknown)}; choose from {', '.join(FORMATS)}", file=sys.stderr)
@@ -245,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.compare:
             a, b = args.compare
-            out = Path(args.out) if args.out else storage / "compare"
+            out = _out(storage, args.out, "compare")
             path = compare(_tracking_uri(storage, a, args.mlflow_uri), a, _tracking_uri(storage, b, args.mlflow_uri),
                            b, out)
             print(f"comparison written to {path}")
@@ -253,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.name:
             print("error: give --name NAME (or --compare NAME_A NAME_B)", file=sys.stderr)
             return 2
-        out = Path(args.out) if args.out else storage / args.name / "report"
+        out = _out(storage, args.out, args.name, "report")
         report = build(_tracking_uri(storage, args.name, args.mlflow_uri), args.name, out, formats)
     except LookupError as e:
         print(f"error: {e}", file=sys.stderr)

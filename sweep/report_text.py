@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import shlex
 import textwrap
-from pathlib import Path
 
 from sweep.plan import Plan
 from sweep.results import format_table
@@ -68,7 +67,7 @@ def dry_run(plan: Plan, name: str) -> str:
     return "\n".join(out)
 
 
-def summary(plan: Plan, name: str, outcome, storage: Path, mlflow_uri: str, spec_path: Path) -> str:
+def summary(plan: Plan, name: str, outcome, storage, mlflow_uri: str) -> str:
     cells = outcome.cells
     done = int(cells["complete"].sum()) if len(cells) else 0
     minutes, seconds = divmod(int(outcome.seconds), 60)
@@ -94,7 +93,7 @@ def summary(plan: Plan, name: str, outcome, storage: Path, mlflow_uri: str, spec
         lines.append(f"  store file:   {store}")
     if not outcome.complete:
         lines += ["", "The sweep did not finish. Continue it with:",
-                  f"  python -m sweep.launch --name {name} --storage {shlex.quote(str(storage))} --resume"]
+                  f"  python -m sweep.launch --name {name} --storage {shlex.quote(storage.uri)} --resume"]
     return "\n".join(lines)
 
 

@@ -18,6 +18,8 @@ from sweep.grid import base_config
 from sweep.plan import Plan
 from sweep.results import cell_frame
 from sweep.spec import SpecError
+from sweep.storage import Storage
+from sweep.watch import StorageWatch
 
 SWEEP_FILE = "medpeft-sweep.json"  # what the sweep was started with; --resume reads it back
 
@@ -29,25 +31,29 @@ class Outcome:
     seconds: float
 
 
-def save_inputs(experiment_dir: Path, plan: Plan, data_root: str | None, mlflow_uri: str) -> None:
-    experiment_dir.mkdir(parents=True, exist_ok=True)
+class StorageLost(RuntimeError):
+    """The sweep's storage stopped answering mid-sweep."""
+
+
+def save_inputs(storage: Storage, name: str, plan: Plan, data_root: str | None, mlflow_uri: str) -> None:
     inputs = {
         "spec": plan.spec.model_dump(mode="json"),
         "spec_path": str(plan.spec_path),
         "data_root": data_root,
         "mlflow_uri": mlflow_uri,
     }
-    (experiment_dir / SWEEP_FILE).write_text(json.dumps(inputs, indent=2))
+    storage.write_text(storage.join(name, SWEEP_FILE), json.dumps(inputs, indent=2))
 
 
-def load_inputs(experiment_dir: Path) -> dict:
-    path = experiment_dir / SWEEP_FILE
-    if not path.is_file():
-        raise SpecError(f"{experiment_dir} holds no {SWEEP_FILE}: it was not started by sweep.launch")
-    return json.loads(path.read_text())
+def load_inputs(storage: Storage, name: str) -> dict:
+    path = storage.join(name, SWEEP_FILE)
+    if not storage.exists(path):
+        raise SpecError(f"{storage.join(name)} holds no {SWEEP_FILE}: it was not started by sweep.launch")
+    return json.loads(storage.read_text(path))
 
 
-def run_sweep(plan: Plan, name: str, storage: Path, mlflow_uri: str, resume: bool, address: str | None) -> Outcome:
+def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared: dict[str, dict], resume: bool,
+              address: str | None) -> Outcome:
     import ray
     from ray import tune
 
@@ -57,19 +63,22 @@ def run_sweep(plan: Plan, name: str, storage: Path, mlflow_uri: str, resume: boo
     from trainables.launch import run_trial, trial_resources
 
     started = time.monotonic()
-    experiment_dir = storage / name
-    ids = tracking.prepare(mlflow_uri, name, (storage / "mlartifacts").as_uri(), plan.cells,
+    experiment_dir = storage.join(name)
+    artifacts = storage.join("mlartifacts") if storage.remote else Path(storage.join("mlartifacts")).as_uri()
+    ids = tracking.prepare(mlflow_uri, name, artifacts, plan.cells,
                            json.dumps(plan.spec.model_dump(mode="json"), indent=2), plan.notes)
     trainable = tune.with_resources(run_trial, trial_resources)
     _start_ray(plan, address)
+    watch = StorageWatch(storage)
     try:
         if resume:
-            tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_errored=True)
+            tuner = tune.Tuner.restore(experiment_dir, trainable, resume_errored=True)
         else:
             state = SweepState()
             cells = [
                 CellPlan(c.key, c.space, c.budget,
-                         {**base_config(plan.spec, c, ids.for_cell(name, c)), "storage": str(experiment_dir)})
+                         {**base_config(plan.spec, c, ids.for_cell(name, c), prepared.get(c.dataset.key)),
+                          "storage": experiment_dir})
                 for c in plan.cells
             ]
             spec = plan.spec
@@ -97,20 +106,38 @@ def run_sweep(plan: Plan, name: str, storage: Path, mlflow_uri: str, resume: boo
                 ),
                 run_config=tune.RunConfig(
                     name=name,
-                    storage_path=str(storage),
+                    storage_path=storage.uri,
                     verbose=0,
                     callbacks=[progress],
                     failure_config=tune.FailureConfig(max_failures=1),
                 ),
             )
-        tuner.fit()
+        with watch:
+            tuner.fit()
+    except (KeyboardInterrupt, OSError, RuntimeError):
+        # Tune's last act reads the experiment state back from the storage: gone storage surfaces here.
+        if watch.error is None and storage_reachable(storage):
+            raise
+        watch.error = watch.error or "the experiment state could not be read back"
     finally:
         ray.shutdown()
+    if watch.error:
+        raise StorageLost(f"storage {storage.uri} stopped answering ({watch.error}). The sweep stopped; every result "
+                          f"up to now is kept. Once the storage is back: python -m sweep.launch --name {name} "
+                          f"--storage {storage.uri} --resume")
     trials, planned = trials_table(mlflow_uri, name)
     cells = cell_frame(trials, plan.cells, plan.max_epochs)
     complete = bool(len(cells)) and bool(cells["complete"].all())
     tracking.record_outcome(mlflow_uri, trials, cell_status(trials, planned), ids.parent_run_id if complete else None)
     return Outcome(complete, cells, time.monotonic() - started)
+
+
+def storage_reachable(storage: Storage) -> bool:
+    try:
+        storage.filesystem().get_file_info(storage.uri.removeprefix("s3://"))
+        return True
+    except Exception:
+        return False
 
 
 def concurrent_trials(plan: Plan) -> int:
@@ -139,9 +166,39 @@ def trial_dirname(trial) -> str:
     return f"{key[-100:]}_{trial.trial_id}"
 
 
+CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+
+def hide_credentials_from_ray() -> None:
+    """Ray Tune copies AWS keys from the driver's environment into every trial actor's runtime_env, and Ray's
+    runtime-env agent writes runtime_envs into its logs. Move keys given as environment variables into a private
+    credentials file instead (the AWS SDKs, boto3 and pyarrow read it; workers find it through the inherited
+    AWS_SHARED_CREDENTIALS_FILE), so no secret is ever written into a log."""
+    import atexit
+    import tempfile
+
+    keys = {name: os.environ[name] for name in CREDENTIAL_VARIABLES if name in os.environ}
+    if "AWS_SECRET_ACCESS_KEY" not in keys:
+        return
+    folder = tempfile.mkdtemp(prefix="medpeft-aws-")
+    path = Path(folder) / "credentials"
+    lines = ["[default]", f"aws_access_key_id = {keys.get('AWS_ACCESS_KEY_ID', '')}",
+             f"aws_secret_access_key = {keys['AWS_SECRET_ACCESS_KEY']}"]
+    token = keys.get("AWS_SESSION_TOKEN") or keys.get("AWS_SECURITY_TOKEN")
+    if token:
+        lines.append(f"aws_session_token = {token}")
+    path.touch(mode=0o600)
+    path.write_text("\n".join(lines) + "\n")
+    atexit.register(lambda: path.unlink(missing_ok=True))
+    for name in (*CREDENTIAL_VARIABLES, "AWS_PROFILE"):
+        os.environ.pop(name, None)
+    os.environ["AWS_SHARED_CREDENTIALS_FILE"] = str(path)
+
+
 def _start_ray(plan: Plan, address: str | None) -> None:
     import ray
 
+    hide_credentials_from_ray()
     from trainables.launch import DRIVER_RESOURCE
 
     address = address or os.environ.get("RAY_ADDRESS")

@@ -7,10 +7,12 @@ them. Trials nest their own runs under their cell's run (see trainables.tracking
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from sweep.grid import Cell
 
@@ -36,8 +38,24 @@ class Tracking:
         }
 
 
-def default_tracking_uri(storage: Path) -> str:
-    return f"sqlite:///{storage / 'mlflow.db'}"
+def default_tracking_uri(storage) -> str:
+    """A sqlite store beside the sweeps; for remote storage, on this machine (sqlite cannot live on S3: on a
+    cluster, pass --mlflow-uri of a tracking server)."""
+    if storage.remote:
+        return f"sqlite:///{Path.cwd() / 'medpeft-mlflow.db'}"
+    return f"sqlite:///{Path(storage.uri) / 'mlflow.db'}"
+
+
+def without_credentials(uri: str) -> str:
+    """The MLflow URI without credentials: user:password in it move to MLflow's environment variables, which
+    MLflow reads and nothing logs (a trial's config, Tune's state and MLflow itself never hold them)."""
+    parsed = urlparse(uri)
+    if not (parsed.username or parsed.password):
+        return uri
+    os.environ["MLFLOW_TRACKING_USERNAME"] = parsed.username or ""
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = parsed.password or ""
+    host = parsed.hostname + (f":{parsed.port}" if parsed.port else "")
+    return parsed._replace(netloc=host).geturl()
 
 
 def client(uri: str):

@@ -28,6 +28,9 @@ class DataConfig(_Strict):
     on_corrupt: Literal["error", "skip"] = "error"
     on_duplicate: Literal["error", "drop"] = "error"
     cache_dir: str | None = None
+    # The manifest and image cache the sweep's driver prepared: {"manifest", "images"} file names, the source's
+    # description, and "remote" (the storage's cache folder, from which nodes without them download them).
+    prepared: dict[str, Any] | None = None
     # Set when the sweep fell back to the synthetic dataset because the real one was missing.
     fallback_from: str | None = None
 

@@ -61,7 +61,7 @@ def build_manifest(
     ).encode()).hexdigest()[:20]
     path = Path(cache_dir or default_cache_dir()) / "manifests" / f"{source.name}-{key}.parquet"
     if path.is_file():
-        return _read(path, classes)
+        return read_manifest(path)
 
     rows = rows.rename(columns={"item": "path"})
     rows["label"] = rows["label"].astype(np.int64)
@@ -137,10 +137,10 @@ def _write(manifest: Manifest) -> None:
     os.replace(tmp.name, path)  # whole or not at all, also when several trials build it at once
 
 
-def _read(path: Path, classes: list[str]) -> Manifest:
+def read_manifest(path: Path) -> Manifest:
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-    return Manifest(table.to_pandas(), json.loads(meta["classes"]) if "classes" in meta else classes,
-                    meta["hash"], path, json.loads(meta.get("notes", "{}")))
+    return Manifest(table.to_pandas(), json.loads(meta["classes"]), meta["hash"], path,
+                    json.loads(meta.get("notes", "{}")))

@@ -6,7 +6,11 @@ images handled per `on_corrupt` -> nested, stratified fraction of the training s
 
 from __future__ import annotations
 
+import fcntl
+import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,8 +19,8 @@ from PIL import Image
 
 from trainables.config import DataConfig
 from trainables.data.base import SPLITS, DatasetError, Source, get_source
-from trainables.data.cache import ImageCache, image_cache
-from trainables.data.manifest import Manifest, build_manifest
+from trainables.data.cache import ImageCache, image_cache, open_cache
+from trainables.data.manifest import Manifest, build_manifest, default_cache_dir, read_manifest
 from trainables.data.splits import fraction_mask
 
 
@@ -67,18 +71,52 @@ def prepare_cache(cfg: DataConfig, source: Source | None = None, manifest: Manif
     return image_cache(manifest or prepare_manifest(cfg, source), source, cfg.image_size, cfg.cache_dir)
 
 
+def prepared(cfg: DataConfig) -> tuple[Manifest, ImageCache] | None:
+    """The manifest and image cache the driver prepared, from this machine's cache or downloaded from the sweep's
+    storage (so nodes need not hold the raw dataset); None when the config names none."""
+    if not cfg.prepared:
+        return None
+    local = Path(cfg.cache_dir or default_cache_dir())
+    paths = {kind: local / kind / cfg.prepared[key] for kind, key in (("manifests", "manifest"), ("images", "images"))}
+    for kind, path in paths.items():
+        if not path.is_file():
+            if not cfg.prepared.get("remote"):
+                return None
+            _download(f"{cfg.prepared['remote']}/{kind}/{path.name}", path)
+    return read_manifest(paths["manifests"]), open_cache(paths["images"])
+
+
+def _download(uri: str, path: Path) -> None:
+    import pyarrow.fs as pafs
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():
+            return
+        fs, remote = pafs.FileSystem.from_uri(uri)
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            pafs.copy_files(remote, str(Path(tmp) / path.name), source_filesystem=fs)
+            os.replace(Path(tmp) / path.name, path)
+
+
 def load_splits(cfg: DataConfig, seed: int) -> SplitData:
-    source = open_source(cfg)
-    manifest = prepare_manifest(cfg, source)
-    cache = prepare_cache(cfg, source, manifest)
+    found = prepared(cfg)
+    if found is not None:
+        (manifest, cache), describe = found, cfg.prepared.get("source", cfg.name)
+    else:
+        source = open_source(cfg)
+        manifest = prepare_manifest(cfg, source)
+        cache = prepare_cache(cfg, source, manifest)
+        describe = source.describe()
     frame = manifest.frame.assign(row=np.arange(len(manifest.frame)))
-    frame = drop_corrupt(frame, cache, cfg.on_corrupt, source.name)
+    frame = drop_corrupt(frame, cache, cfg.on_corrupt, cfg.name)
     train = frame[frame["split"] == "train"]
     keep = fraction_mask(train["label"].to_numpy(), cfg.fraction, seed, manifest.classes)
     splits = {"train": train[keep], "val": frame[frame["split"] == "val"], "test": frame[frame["split"] == "test"]}
     data = {name: _split(cache.images, rows) for name, rows in splits.items()}
     params = {
-        "data.source": source.describe(),
+        "data.source": describe,
         "data.classes": str(len(manifest.classes)),
         "data.manifest_hash": manifest.hash,
         "data.cache_key": cache.key,
