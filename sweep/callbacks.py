@@ -29,15 +29,16 @@ class SweepProgress(Callback):
         key = trial_key_of(trial)
         result = trial.last_result or {}
         epoch = int(result.get("epoch", 0) or 0)
+        stopped = key in self.state.stopped_early
         if result.get("failed"):
             verdict = f"FAILED at epoch {epoch}: {result.get('failure_reason', '')}"
-        elif key in self.state.stopped_early:
+        elif stopped:
             verdict = f"stopped by ASHA after {epoch}/{self.max_t} epochs"
             self._mark_stopped(key)
-        elif result.get("replayed"):
-            verdict = f"finished {epoch}/{self.max_t} epochs before the interruption (replayed from MLflow)"
         else:
             verdict = f"finished {epoch}/{self.max_t} epochs"
+        if result.get("replayed"):
+            verdict += " before the interruption (replayed from MLflow)"
         self._print(trials, key, trial, verdict, result)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
@@ -62,6 +63,6 @@ class SweepProgress(Callback):
 
         self._client = self._client or MlflowClient(self.uri)
         run = find_run(self._client, self.experiment_id, "trial_key", trial_key)
-        if run is not None and run.data.tags.get("status") != "stopped_early":
+        if run is not None and run.data.tags.get("status") == "running":  # the worker's final word stands
             self._client.set_tag(run.info.run_id, "status", "stopped_early")
             self._client.set_terminated(run.info.run_id, "FINISHED")

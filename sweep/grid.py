@@ -100,9 +100,13 @@ def trial_budget(spec: SweepSpec, space: dict[str, Dist]) -> int:
 def method_resources(spec: SweepSpec, method: str) -> Resources:
     base = spec.resources
     own = base.per_method.get(method)
+    gpus = own.gpus if own and own.gpus is not None else base.gpus_per_trial
+    memory = own.gpu_memory_gb if own and own.gpu_memory_gb is not None else base.gpu_memory_per_trial_gb
+    if gpus and memory and base.gpu_memory_gb:
+        gpus = min(1.0, max(gpus, round(memory / base.gpu_memory_gb, 4))) if gpus <= 1 else gpus
     return Resources(
         cpus=(own.cpus if own and own.cpus is not None else base.cpus_per_trial),
-        gpus=(own.gpus if own and own.gpus is not None else base.gpus_per_trial),
+        gpus=gpus,
         workers=(own.workers if own and own.workers is not None else base.workers_per_trial),
     )
 

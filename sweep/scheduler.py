@@ -70,6 +70,13 @@ class PerCellASHA(FIFOScheduler):
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
         decision = self._member(tune_controller, trial).on_trial_result(tune_controller, trial, result)
+        if result.get("replayed"):
+            # An attempt that had already ended, reported again after a restore: its values join the rungs and it
+            # ends exactly as it did (stopped early only if it was).
+            if result.get("replayed_stopped_early"):
+                self.state.stopped_early.add(trial_key_of(trial))
+                return TrialScheduler.STOP
+            return TrialScheduler.CONTINUE if result.get(self.time_attr, 0) < self.max_t else decision
         if decision == TrialScheduler.STOP and result.get(self.time_attr, self.max_t) < self.max_t:
             self.state.stopped_early.add(trial_key_of(trial))
         return decision

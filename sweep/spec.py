@@ -147,6 +147,7 @@ class MethodResources(_Model):
     cpus: float | None = Field(None, gt=0)
     gpus: float | None = Field(None, ge=0)
     workers: int | None = Field(None, ge=1)
+    gpu_memory_gb: float | None = Field(None, gt=0)  # what one worker of this method needs on its GPU
 
 
 class ResourcesSpec(_Model):
@@ -155,6 +156,10 @@ class ResourcesSpec(_Model):
     workers_per_trial: int = Field(1, ge=1)
     max_concurrent_trials: int | None = Field(None, ge=1)
     per_method: dict[str, MethodResources] = Field(default_factory=dict)
+    # Fractional GPUs are a scheduling label, not memory isolation: with the GPUs' memory and what a trial needs,
+    # a trial's GPU share grows to what its memory takes, so Ray never packs more trials on a GPU than fit.
+    gpu_memory_gb: float | None = Field(None, gt=0)  # memory of one GPU of the cluster
+    gpu_memory_per_trial_gb: float | None = Field(None, gt=0)
     # Resources of the local Ray instance started when no cluster address is given (None: Ray's own count).
     num_cpus: int | None = Field(None, ge=1)
     num_gpus: int | None = Field(None, ge=0)

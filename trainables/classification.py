@@ -101,7 +101,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, warmup_steps, total_steps))
 
     # Resume: a restarted trial continues after its last checkpoint (same place for a re-suggested trial).
-    trial = Trial(config, cfg, session, train.checkpoint_every)
+    trial = Trial(config, cfg, session, f"val/best_{train.select_metric}", train.checkpoint_every)
     progress, best_state = Progress(), None
     with trial.latest_checkpoint() as checkpoint:
         if checkpoint is not None:

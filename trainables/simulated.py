@@ -40,7 +40,7 @@ def curve(cell: str, lr: float, epoch: int) -> float:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = TrialConfig.model_validate(config)
     train = SimulatedTrain.model_validate(cfg.train)
-    trial = Trial(config, cfg, current_session())
+    trial = Trial(config, cfg, current_session(), f"val/best_{train.select_metric}")
     best, start = -math.inf, 0
     with trial.latest_checkpoint() as checkpoint:
         if checkpoint is not None:

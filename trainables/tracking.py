@@ -6,8 +6,10 @@ instead of opening a second one (what Ray's MLflowLoggerCallback does after `Tun
 - no run yet: create it under the cell's run and log every param once (params are immutable in MLflow);
 - a run exists and we resume from a checkpoint: append to it;
 - a run exists but we start from scratch: it belongs to an attempt that left no checkpoint (the driver died
-  before recording the trial). If it finished with the same config, the loop replays its metrics instead of
-  training again; otherwise it is deleted and a fresh run is created.
+  before recording the trial), and is deleted; a fresh run is created.
+
+Either way, if that run had already ended with the same config (finished, stopped early, or diverged), the loop
+replays its metrics instead of training again: the sweep sees the same outcome as before the driver died.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from typing import Any
 from trainables.config import TrackingConfig
 
 STATUS_TAG = "status"
+# Outcomes that are results: an attempt that reached one is replayed, never trained again. (A crash is not one:
+# the trial is retried.)
+ENDED = ("finished", "stopped_early", "diverged")
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 
@@ -34,8 +39,10 @@ def config_hash(config: dict[str, Any]) -> str:
 class TrialRun:
     """Where a trial's params, metrics and status go. `NullRun` stands in when tracking is off or rank != 0."""
 
-    def __init__(self, client, run_id: str, finished_before: bool = False, logged_steps: set[int] | None = None):
-        self.client, self.run_id, self.finished_before = client, run_id, finished_before
+    def __init__(self, client, run_id: str, ended: str | None = None, logged_steps: set[int] | None = None,
+                 failure_reason: str = ""):
+        self.client, self.run_id = client, run_id
+        self.ended, self.failure_reason = ended, failure_reason  # how an earlier attempt ended (see ENDED)
         # Epochs an earlier attempt already logged: a resumed trial redoes at most the epoch after its last
         # checkpoint, identically (seeded per epoch), and its metrics are not logged twice.
         self.logged_steps = logged_steps or set()
@@ -54,14 +61,18 @@ class TrialRun:
         client = MlflowClient(tracking.uri)
         existing = find_run(client, tracking.experiment_id, "trial_key", tracking.trial_key)
         if existing is not None:
-            same_config = existing.data.tags.get("config_hash") == digest
-            finished = existing.data.tags.get(STATUS_TAG) == "finished"
-            if same_config and (resuming or finished):
+            tags_now = existing.data.tags
+            same_config = tags_now.get("config_hash") == digest
+            outcome = tags_now.get(STATUS_TAG)
+            if outcome == "failed" and tags_now.get("failure_kind") == "diverged":
+                outcome = "diverged"
+            ended = outcome if outcome in ENDED else None
+            if same_config and (resuming or ended):
                 run_id = existing.info.run_id
-                if not finished:
+                if not ended:
                     client.set_tag(run_id, STATUS_TAG, "running")
                 steps = {int(m.step) for m in client.get_metric_history(run_id, "epoch")}
-                return cls(client, run_id, finished_before=finished, logged_steps=steps)
+                return cls(client, run_id, ended, steps, tags_now.get("failure_reason", ""))
             client.delete_run(existing.info.run_id)
         run_tags = {
             **tracking.tags,
@@ -96,10 +107,12 @@ class TrialRun:
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def finish(self, status: str, reason: str | None = None) -> None:
+    def finish(self, status: str, reason: str | None = None, kind: str | None = None) -> None:
         tags = {STATUS_TAG: status}
         if reason:
             tags["failure_reason"] = reason[:5000]
+        if kind:
+            tags["failure_kind"] = kind
         self.set_tags(tags)
         self.client.set_terminated(self.run_id, "FAILED" if status == "failed" else "FINISHED")
 
@@ -115,7 +128,7 @@ class TrialRun:
 
 class NullRun(TrialRun):
     def __init__(self) -> None:
-        super().__init__(client=None, run_id="", finished_before=False)
+        super().__init__(client=None, run_id="")
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         pass
@@ -123,7 +136,7 @@ class NullRun(TrialRun):
     def set_tags(self, tags: dict[str, str]) -> None:
         pass
 
-    def finish(self, status: str, reason: str | None = None) -> None:
+    def finish(self, status: str, reason: str | None = None, kind: str | None = None) -> None:
         pass
 
     def history(self) -> dict[int, dict[str, float]]:

@@ -21,8 +21,11 @@ class Diverged(RuntimeError):
 
 
 class Trial:
-    def __init__(self, config: dict[str, Any], cfg: TrialConfig, session: Session, checkpoint_every: int = 1):
-        self.cfg, self.session, self.every = cfg, session, checkpoint_every
+    def __init__(self, config: dict[str, Any], cfg: TrialConfig, session: Session, objective: str,
+                 checkpoint_every: int = 1):
+        # `objective`: the metric the sweep compares trials on; a failed trial reports it as NaN (Tune requires
+        # every result to carry it).
+        self.cfg, self.session, self.every, self.objective = cfg, session, checkpoint_every, objective
         self.digest = config_hash(config)
         self.store = (CheckpointStore(f"{cfg.storage}/checkpoints", cfg.tracking.trial_key, self.digest)
                       if cfg.storage else None)
@@ -39,18 +42,28 @@ class Trial:
             yield checkpoint
 
     def start(self, params: dict[str, Any], tags: dict[str, str], resumed_epoch: int) -> bool:
-        """Open the MLflow run. Returns True when an earlier attempt of this exact trial already finished: its
-        metrics have then been reported again and the loop must not train."""
+        """Open the MLflow run. Returns True when an earlier attempt of this exact trial already ended (finished,
+        stopped early or diverged): its reports are then replayed from MLflow and the loop must not train."""
         self.epoch = resumed_epoch
         self.run = open_trial_run(self.cfg.tracking, self.session.world_rank, params, tags, self.digest,
                                   resuming=resumed_epoch > 0)
-        if self.run.finished_before:
-            for metrics in self.run.history().values():
-                self.session.report({**metrics, "replayed": 1})
+        if self.run.ended:
+            self.replay()
             return True
         if resumed_epoch:
             self.run.set_tags({"resumed_from_epoch": str(resumed_epoch)})
         return False
+
+    def replay(self) -> None:
+        """Report again what the earlier attempt reported, marked `replayed`, ending the way it ended."""
+        history = list(self.run.history().values())
+        for i, metrics in enumerate(history):
+            last = i == len(history) - 1
+            mark = {"replayed": 1, **({"replayed_stopped_early": 1} if last and self.run.ended == "stopped_early"
+                                      else {})}
+            self.session.report({**metrics, **mark})
+        if self.run.ended == "diverged":
+            self.session.report(self._failure(len(history) + 1, self.run.failure_reason) | {"replayed": 1})
 
     def end_epoch(self, epoch: int, metrics: dict[str, Any], last: bool,
                   save: Callable[[Path], None] | None = None) -> None:
@@ -66,6 +79,9 @@ class Trial:
                 self.store.save(Path(directory), epoch)
         self.session.report(metrics)
 
+    def _failure(self, epoch: int, reason: str) -> dict[str, Any]:
+        return {"epoch": epoch, "failed": 1, "failure_reason": reason, self.objective: float("nan")}
+
     @contextlib.contextmanager
     def failures(self) -> Iterator[None]:
         """Around the epoch loop: divergence ends the trial as failed (reported, so the sweep goes on and the
@@ -73,11 +89,11 @@ class Trial:
         try:
             yield
         except Diverged as e:
-            self.run.finish("failed", str(e))
-            self.session.report({"epoch": self.epoch + 1, "failed": 1, "failure_reason": str(e)})
+            self.run.finish("failed", str(e), kind="diverged")
+            self.session.report(self._failure(self.epoch + 1, str(e)))
         except SystemExit:
             raise  # Tune stopped the trial (early stop or shutdown); the driver records why.
         except BaseException as e:
             if self.run is not None:
-                self.run.finish("failed", f"{type(e).__name__}: {e}")
+                self.run.finish("failed", f"{type(e).__name__}: {e}", kind="error")
             raise
