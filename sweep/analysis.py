@@ -42,7 +42,8 @@ def trials_table(uri: str, sweep: str) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 _TRIAL_COLUMNS = [
     "sweep", "trial_key", "cell_key", "run_id", *CELL_FIELDS, "status", "stopped_early", "failure_reason",
-    "select_metric", "val_best", "val_best_loss", "test_acc", "test_balanced_acc", "test_auroc", "test_loss",
+    "score", "val_metric", "val_best", "val_best_loss", "test_metric", "test_higher_is_better", "test_main",
+    "test_acc", "test_balanced_acc", "test_auroc", "test_loss",
     "trainable_params", "total_params", "trainable_share", "epochs_run", "max_epochs", "wall_seconds",
     "peak_mem_mb", "cpus", "gpus", "workers",
 ]
@@ -50,7 +51,8 @@ _TRIAL_COLUMNS = [
 
 def _trial_row(sweep: str, run) -> dict[str, Any]:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-    select = params.get("train.select_metric", "acc")
+    val_key = params.get("selection.val", "val/best_acc")
+    test_key = params.get("selection.test", "test/acc")
     end = run.info.end_time or None
     row: dict[str, Any] = {
         "sweep": sweep,
@@ -66,9 +68,13 @@ def _trial_row(sweep: str, run) -> dict[str, Any]:
         "status": tags.get("status", "running"),
         "stopped_early": tags.get("status") == "stopped_early",
         "failure_reason": tags.get("failure_reason", ""),
-        "select_metric": select,
-        "val_best": metrics.get(f"val/best_{select}", math.nan),
+        "score": metrics.get("score", math.nan),
+        "val_metric": val_key,
+        "val_best": metrics.get(val_key, math.nan),
         "val_best_loss": metrics.get("val/best_loss", math.nan),
+        "test_metric": test_key,
+        "test_higher_is_better": params.get("selection.test_higher_is_better", "True") == "True",
+        "test_main": metrics.get(test_key, math.nan),
         "test_acc": metrics.get("test/acc", math.nan),
         "test_balanced_acc": metrics.get("test/balanced_acc", math.nan),
         "test_auroc": metrics.get("test/auroc", math.nan),
@@ -98,10 +104,10 @@ def _number(value: str) -> Any:
 
 
 def chosen_trials(trials: pd.DataFrame) -> pd.DataFrame:
-    """Each cell's chosen trial: the best validation score among trials that ran to the end; ties go to the lower
-    validation loss at that epoch. Test metrics play no part."""
-    finished = trials[(trials["status"] == "finished") & trials["val_best"].notna()]
-    ordered = finished.sort_values(["cell_key", "val_best", "val_best_loss", "trial_key"],
+    """Each cell's chosen trial: the best validation score among trials that ran to the end (`score`: higher is
+    better, whatever the task); ties go to the lower validation loss at that epoch. Test metrics play no part."""
+    finished = trials[(trials["status"] == "finished") & trials["score"].notna()]
+    ordered = finished.sort_values(["cell_key", "score", "val_best_loss", "trial_key"],
                                    ascending=[True, False, True, True], kind="stable")
     return ordered.groupby("cell_key", sort=True).head(1).reset_index(drop=True)
 
@@ -136,48 +142,60 @@ def bootstrap_ci(values: np.ndarray, level: float = 0.95, resamples: int = 2000,
     return (float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail)))
 
 
-def method_scores(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
+PERCENT_METRICS = ("acc", "balanced_acc", "auroc")
+
+
+def method_scores(trials: pd.DataFrame) -> pd.DataFrame:
     """Per (task, backbone, dataset, fraction, method): the chosen trials' test metric over seeds — mean, std,
-    95% bootstrap CI, seeds — with the trainable share and the gain over full fine-tuning (points)."""
+    95% bootstrap CI, seeds — in display units (percent for accuracies and AUROC), with the trainable share, the
+    gain over full fine-tuning (positive: better, in display units) and the winner of each dataset/fraction.
+    `oriented` is the mean signed so that higher is better (FID is lower-is-better)."""
     chosen = chosen_trials(trials)
     keys = ["task", "backbone", "dataset", "fraction", "method"]
     rows = []
     for key, group in chosen.groupby(keys, sort=True):
-        values = group[metric].dropna().to_numpy(dtype=float)
+        metric = group["test_metric"].iloc[0]
+        scale = 100.0 if metric.rsplit("/", 1)[-1] in PERCENT_METRICS else 1.0
+        values = group["test_main"].dropna().to_numpy(dtype=float) * scale
         low, high = bootstrap_ci(values)
+        higher = bool(group["test_higher_is_better"].iloc[0])
+        mean = float(values.mean()) if len(values) else math.nan
         rows.append({
             **dict(zip(keys, key, strict=True)),
-            "mean": float(values.mean()) if len(values) else math.nan,
+            "metric": metric, "unit": "%" if scale == 100 else "", "higher_is_better": higher,
+            "mean": mean, "oriented": mean if higher else -mean,
             "std": float(values.std(ddof=1)) if len(values) > 1 else math.nan,
             "ci_low": low, "ci_high": high, "seeds": len(values),
             "trainable_share": float(group["trainable_share"].mean()),
             "trainable_params": int(group["trainable_params"].median()),
         })
-    scores = pd.DataFrame(rows, columns=[*keys, "mean", "std", "ci_low", "ci_high", "seeds", "trainable_share",
-                                         "trainable_params"])
-    full = scores[scores["method"] == "full"].set_index(["task", "backbone", "dataset", "fraction"])["mean"]
-    index = pd.MultiIndex.from_frame(scores[["task", "backbone", "dataset", "fraction"]])
-    scores["gain_vs_full"] = (scores["mean"].to_numpy() - full.reindex(index).to_numpy()) * 100
-    best = scores.groupby(["task", "backbone", "dataset", "fraction"])["mean"].transform("max")
-    scores["winner"] = scores["mean"] == best
+    scores = pd.DataFrame(rows, columns=[*keys, "metric", "unit", "higher_is_better", "mean", "oriented", "std",
+                                         "ci_low", "ci_high", "seeds", "trainable_share", "trainable_params"])
+    where = ["task", "backbone", "dataset", "fraction"]
+    full = scores[scores["method"] == "full"].set_index(where)["oriented"]
+    index = pd.MultiIndex.from_frame(scores[where])
+    scores["gain_vs_full"] = scores["oriented"].to_numpy() - full.reindex(index).to_numpy()
+    scores["winner"] = scores["oriented"] == scores.groupby(where)["oriented"].transform("max")
     return scores
 
 
 def peft_vs_full(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per dataset and fraction: the best PEFT method against full fine-tuning, in points."""
+    """Per dataset and fraction: the best PEFT method against full fine-tuning (margin: positive is better)."""
     rows = []
     for key, group in scores.groupby(["task", "backbone", "dataset", "fraction"], sort=True):
         full = group[group["method"] == "full"]
-        peft = group[~group["method"].isin(["full"])].sort_values("mean", ascending=False)
+        peft = group[group["method"] != "full"].sort_values("oriented", ascending=False)
         if full.empty or peft.empty:
             continue
         best, reference = peft.iloc[0], full.iloc[0]
         rows.append({
             "task": key[0], "backbone": key[1], "dataset": key[2], "fraction": key[3],
             "best_peft": best["method"], "best_peft_mean": best["mean"], "full_mean": reference["mean"],
-            "margin_points": (best["mean"] - reference["mean"]) * 100,
-            "peft_wins": bool(best["mean"] > reference["mean"]),
-            "ci_overlap": bool(best["ci_low"] <= reference["ci_high"] and reference["ci_low"] <= best["ci_high"]),
+            "margin": best["oriented"] - reference["oriented"], "unit": best["unit"],
+            "peft_wins": bool(best["oriented"] > reference["oriented"]),
+            # With one seed there is no interval to compare.
+            "ci_overlap": (None if min(best["seeds"], reference["seeds"]) < 2 else
+                           bool(best["ci_low"] <= reference["ci_high"] and reference["ci_low"] <= best["ci_high"])),
         })
     return pd.DataFrame(rows)
 
@@ -196,7 +214,7 @@ def cost_table(trials: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
-def pareto_front(points: pd.DataFrame, x: str = "trainable_params", y: str = "mean") -> pd.DataFrame:
+def pareto_front(points: pd.DataFrame, x: str = "trainable_params", y: str = "oriented") -> pd.DataFrame:
     """The methods no other method beats with fewer (or as many) trainable parameters."""
     ordered = points.sort_values([x, y], ascending=[True, False])
     front, best = [], -math.inf
@@ -230,22 +248,25 @@ def recommendations(scores: pd.DataFrame) -> list[str]:
             mine = part[part["method"] == method]
             runner = []
             for (_dataset, _fraction), cell in cells:
-                others = cell[cell["method"] != method].sort_values("mean", ascending=False)
+                others = cell[cell["method"] != method].sort_values("oriented", ascending=False)
                 ours = cell[cell["method"] == method]
                 if others.empty or ours.empty:
                     continue
                 o, r = ours.iloc[0], others.iloc[0]
-                runner.append({"margin": (o["mean"] - r["mean"]) * 100,
+                runner.append({"margin": o["oriented"] - r["oriented"],
                                "overlap": o["ci_low"] <= r["ci_high"] and r["ci_low"] <= o["ci_high"],
                                "single_seed": o["seeds"] < 2})
             margin = np.mean([r["margin"] for r in runner]) if runner else math.nan
             overlaps = sum(r["overlap"] for r in runner)
             single = all(r["single_seed"] for r in runner) if runner else True
             gain = mine["gain_vs_full"].mean()
-            evidence = (f"best in {int(wins.iloc[0])} of {cells.ngroups} dataset/fraction cells; mean margin over "
-                        f"the runner-up {margin:+.1f} points" if runner else f"best in {int(wins.iloc[0])} cells")
+            unit = " points" if mine["unit"].iloc[0] == "%" else ""
+            metric = mine["metric"].iloc[0]
+            evidence = (f"best {metric} in {int(wins.iloc[0])} of {cells.ngroups} dataset/fraction cells; mean "
+                        f"margin over the runner-up {margin:+.1f}{unit}" if runner
+                        else f"best in {int(wins.iloc[0])} cells")
             if method != "full" and not math.isnan(gain):
-                evidence += f", {gain:+.1f} points against full fine-tuning"
+                evidence += f", {gain:+.1f}{unit} against full fine-tuning"
             confidence = ("one seed per cell, so no confidence interval: treat as a hint" if single else
                           f"95% CIs overlap the runner-up's in {overlaps} of {len(runner)} cells")
             lines.append(f"{backbone} ({task}), {regime} (fraction {', '.join(f'{f:g}' for f in fractions)}): "

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from sweep.grid import Cell, expand, grid_points
 from sweep.spec import DatasetEntry, SpecError, SweepSpec, format_validation_error, load_method_spaces
+from trainables.tasks import Selection
 
 
 @dataclass
@@ -26,8 +27,7 @@ class Plan:
     spec_path: Path
     cells: list[Cell]
     task_short: str
-    metric: str
-    mode: str
+    selection: Selection  # what trials are chosen on and reported with (the sweep compares their `score`)
     max_epochs: int
     grid_points: int
     notes: list[str] = field(default_factory=list)  # loud warnings (e.g. synthetic fallback)
@@ -55,8 +55,7 @@ def make_plan(spec: SweepSpec, spec_path: Path, data_root: str | None, allow_mis
 
     spaces = load_method_spaces(spec, spec_path)
     cells = expand(spec, task.short, spaces)
-    plan = Plan(spec, spec_path, cells, task.short, task.objective(train), task.mode, task.max_epochs(train),
-                grid_points(spec))
+    plan = Plan(spec, spec_path, cells, task.short, task.selection(train), task.max_epochs(train), grid_points(spec))
 
     for cell in cells:
         if not cell.space:

@@ -14,42 +14,48 @@ import matplotlib.pyplot as plt
 from sweep.analysis import pareto_front
 
 
-def data_volume(scores: pd.DataFrame, metric: str, path: Path, title: str) -> Path:
+def data_volume(scores: pd.DataFrame, path: Path, title: str) -> Path:
     """Test metric against training fraction, one line per method (error bars: std over seeds)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     for method, group in scores.sort_values("fraction").groupby("method", sort=True):
         style = {"linewidth": 2.6, "color": "black"} if method == "full" else {"linewidth": 1.4}
-        ax.errorbar(group["fraction"], group["mean"] * 100, yerr=group["std"].fillna(0) * 100, marker="o",
+        ax.errorbar(group["fraction"], group["mean"], yerr=group["std"].fillna(0), marker="o",
                     markersize=4, capsize=2, label=method, **style)
     ax.set_xscale("log")
     fractions = sorted(scores["fraction"].unique())
     ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("fraction of the training set")
-    ax.set_ylabel(f"test {metric} (%)")
+    ax.set_ylabel(_label(scores))
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2, frameon=False)
     return _save(fig, path)
 
 
-def pareto(points: pd.DataFrame, metric: str, path: Path, title: str) -> Path:
+def pareto(points: pd.DataFrame, path: Path, title: str) -> Path:
     """Test metric against trainable parameters (log scale), with the Pareto front."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    ax.scatter(points["trainable_params"], points["mean"] * 100, s=28, zorder=3)
+    ax.scatter(points["trainable_params"], points["mean"], s=28, zorder=3)
     for _, row in points.iterrows():
-        ax.annotate(row["method"], (row["trainable_params"], row["mean"] * 100), fontsize=7,
+        ax.annotate(row["method"], (row["trainable_params"], row["mean"]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
     front = pareto_front(points)
-    ax.step(front["trainable_params"], front["mean"] * 100, where="post", color="tab:red", linewidth=1.2,
+    ax.step(front["trainable_params"], front["mean"], where="post", color="tab:red", linewidth=1.2,
             marker="s", markersize=7, markerfacecolor="none", label="Pareto front")
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters")
-    ax.set_ylabel(f"test {metric} (%)")
+    ax.set_ylabel(_label(points))
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, frameon=False)
     return _save(fig, path)
+
+
+def _label(scores: pd.DataFrame) -> str:
+    unit = " (%)" if scores["unit"].iloc[0] == "%" else ""
+    better = "higher" if scores["higher_is_better"].iloc[0] else "lower"
+    return f"{scores['metric'].iloc[0]}{unit}, {better} is better"
 
 
 def _save(fig, path: Path) -> Path:

@@ -29,8 +29,9 @@ from sweep.storage import Storage, parse_storage
 FORMATS = ("md", "html", "csv", "parquet")
 RAW_COLUMNS_DOC = (
     "one row per trial: sweep, trial_key, cell_key, run_id, task, dataset, backbone, method, fraction, seed, status, "
-    "stopped_early, failure_reason, select_metric, val_best, val_best_loss, test_acc, test_balanced_acc, "
-    "test_auroc, test_loss, trainable_params, total_params, trainable_share, epochs_run, max_epochs, "
+    "stopped_early, failure_reason, score (the validation selection metric, higher is better), val_metric, "
+    "val_best, val_best_loss, test_metric, test_main, test_acc, test_balanced_acc, test_auroc, test_loss, "
+    "trainable_params, total_params, trainable_share, epochs_run, max_epochs, "
     "wall_seconds, peak_mem_mb, cpus, gpus, workers, is_best_in_cell, and every hyperparameter as "
     "searched.* / train.* / method.*"
 )
@@ -47,9 +48,7 @@ class Report:
 def build(uri: str, sweep: str, out: Path, formats: tuple[str, ...] = FORMATS, log_to_mlflow: bool = True) -> Report:
     trials, cells = analysis.trials_table(uri, sweep)
     status = analysis.cell_status(trials, cells)
-    select = trials["select_metric"].mode().iloc[0] if len(trials) else "acc"
-    metric = f"test_{select}"
-    scores = analysis.method_scores(trials, metric)
+    scores = analysis.method_scores(trials)
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     if "parquet" in formats:
@@ -60,11 +59,11 @@ def build(uri: str, sweep: str, out: Path, formats: tuple[str, ...] = FORMATS, l
         files.append(out / "results.csv")
 
     doc = Document(f"Sweep {sweep!r}: which PEFT method, where")
-    _overview(doc, trials, status, select)
+    _overview(doc, trials, status)
     for (task, backbone), group in scores.groupby(["task", "backbone"], sort=True):
-        _main_table(doc, task, backbone, group, select)
-    _data_volume(doc, scores, select, out, files)
-    _pareto(doc, scores, select, out, files)
+        _main_table(doc, task, backbone, group)
+    _data_volume(doc, scores, out, files)
+    _pareto(doc, scores, out, files)
     _cost(doc, trials)
     doc.heading("Recommendations")
     doc.bullets(analysis.recommendations(scores) or ["No cell has a finished trial yet."])
@@ -81,13 +80,15 @@ def build(uri: str, sweep: str, out: Path, formats: tuple[str, ...] = FORMATS, l
     return Report(files, trials, scores, status)
 
 
-def _overview(doc: Document, trials: pd.DataFrame, status: pd.DataFrame, select: str) -> None:
+def _overview(doc: Document, trials: pd.DataFrame, status: pd.DataFrame) -> None:
     states = trials["status"].value_counts().to_dict() if len(trials) else {}
+    selections = sorted({f"{v} (test: {t})" for v, t in zip(trials["val_metric"], trials["test_metric"],
+                                                              strict=True)}) if len(trials) else []
     doc.text(
         f"{len(status)} cells, {int(status['complete'].sum()) if len(status) else 0} complete; {len(trials)} trials "
-        f"({', '.join(f'{n} {s}' for s, n in sorted(states.items()))}). Each cell's trial is chosen on validation "
-        f"{select} alone; the tables show the test {select} of those trials, as mean ± std over seeds with a 95% "
-        "bootstrap confidence interval, in percent."
+        f"({', '.join(f'{n} {s}' for s, n in sorted(states.items()))}). Each cell's trial is chosen on its "
+        f"validation metric alone ({'; '.join(selections)}); the tables show those trials' test metric as "
+        "mean ± std over seeds with a 95% bootstrap confidence interval (accuracies and AUROC in percent)."
     )
     incomplete = status[~status["complete"]] if len(status) else status
     if len(incomplete):
@@ -102,17 +103,18 @@ def _overview(doc: Document, trials: pd.DataFrame, status: pd.DataFrame, select:
 
 
 def _fmt(row) -> str:
-    text = f"{row['mean'] * 100:.1f}"
+    text = f"{row['mean']:.1f}"
     if row["seeds"] > 1:
-        text += f" ± {row['std'] * 100:.1f} [{row['ci_low'] * 100:.1f}, {row['ci_high'] * 100:.1f}]"
+        text += f" ± {row['std']:.1f} [{row['ci_low']:.1f}, {row['ci_high']:.1f}]"
     return f"**{text}**" if row["winner"] else text
 
 
-def _main_table(doc: Document, task: str, backbone: str, scores: pd.DataFrame, select: str) -> None:
+def _main_table(doc: Document, task: str, backbone: str, scores: pd.DataFrame) -> None:
     fraction = scores["fraction"].max()
     part = scores[scores["fraction"] == fraction]
+    metric, unit = part["metric"].iloc[0], part["unit"].iloc[0]
     datasets = sorted(part["dataset"].unique())
-    order = part.groupby("method")["mean"].mean().sort_values(ascending=False).index.tolist()
+    order = part.groupby("method")["oriented"].mean().sort_values(ascending=False).index.tolist()
     order = [m for m in ("full", "linear") if m in order] + [m for m in order if m not in ("full", "linear")]
     rows = []
     for method in order:
@@ -122,44 +124,46 @@ def _main_table(doc: Document, task: str, backbone: str, scores: pd.DataFrame, s
             row[dataset] = _fmt(mine.loc[dataset]) if dataset in mine.index else "-"
         row["trainable %"] = f"{mine['trainable_share'].mean() * 100:.3g}"
         gain = mine["gain_vs_full"].mean()
-        row["Δ vs full (points)"] = "-" if method == "full" or math.isnan(gain) else f"{gain:+.1f}"
+        row["Δ vs full"] = "-" if method == "full" or math.isnan(gain) else f"{gain:+.1f}"
         rows.append(row)
-    doc.heading(f"{backbone} ({task}): test {select} with {fraction:.0%} of the training data")
-    doc.text("Bold: the best method for that dataset. Δ vs full: mean difference to full fine-tuning over the "
-             "datasets, in percentage points.")
+    direction = "higher" if part["higher_is_better"].iloc[0] else "lower"
+    doc.heading(f"{backbone} ({task}): {metric}{' (%)' if unit else ''} with {fraction:.0%} of the training data")
+    doc.text(f"Bold: the best method for that dataset ({direction} is better). Δ vs full: mean improvement over "
+             f"full fine-tuning across the datasets{' in percentage points' if unit else ''} (positive: better).")
     doc.table(pd.DataFrame(rows))
 
 
-def _data_volume(doc: Document, scores: pd.DataFrame, select: str, out: Path, files: list[Path]) -> None:
+def _data_volume(doc: Document, scores: pd.DataFrame, out: Path, files: list[Path]) -> None:
     if scores["fraction"].nunique() < 2:
         return
     doc.heading("Data-volume study")
     for (_task, backbone, dataset), group in scores.groupby(["task", "backbone", "dataset"], sort=True):
         name = _slug(f"volume-{backbone}-{dataset}") + ".png"
-        plots.data_volume(group, select, out / name, f"{dataset}, {backbone}")
+        plots.data_volume(group, out / name, f"{dataset}, {backbone}")
         files.append(out / name)
-        doc.image(out / name, f"Test {select} against training fraction: {dataset}, {backbone}")
+        doc.image(out / name, f"{group['metric'].iloc[0]} against training fraction: {dataset}, {backbone}")
     versus = analysis.peft_vs_full(scores)
     if len(versus):
-        doc.text("Where the best PEFT method beats full fine-tuning, and by how much (points of test "
-                 f"{select}); 'CIs overlap' means the difference is within seed noise.")
+        doc.text("Where the best PEFT method beats full fine-tuning, and by how much (positive: better; points for "
+                 "accuracies); 'CIs overlap' means the difference is within seed noise.")
         doc.table(pd.DataFrame({
             "backbone": versus["backbone"], "dataset": versus["dataset"],
             "fraction": versus["fraction"].map(lambda f: f"{f:g}"), "best PEFT": versus["best_peft"],
-            "margin": versus["margin_points"].map(lambda m: f"{m:+.1f}"),
+            "margin": versus["margin"].map(lambda m: f"{m:+.1f}"),
             "PEFT wins": versus["peft_wins"].map({True: "yes", False: "no"}),
-            "CIs overlap": versus["ci_overlap"].map({True: "yes", False: "no"}),
+            "CIs overlap": versus["ci_overlap"].map(lambda o: "n/a (1 seed)" if o is None else "yes" if o else "no"),
         }))
 
 
-def _pareto(doc: Document, scores: pd.DataFrame, select: str, out: Path, files: list[Path]) -> None:
-    doc.heading("Accuracy against trainable parameters")
+def _pareto(doc: Document, scores: pd.DataFrame, out: Path, files: list[Path]) -> None:
+    doc.heading("Test metric against trainable parameters")
     for (_task, backbone, dataset), group in scores.groupby(["task", "backbone", "dataset"], sort=True):
         part = group[group["fraction"] == group["fraction"].max()]
         name = _slug(f"pareto-{backbone}-{dataset}") + ".png"
-        plots.pareto(part, select, out / name, f"{dataset}, {backbone} (fraction {part['fraction'].iloc[0]:g})")
+        plots.pareto(part, out / name, f"{dataset}, {backbone} (fraction {part['fraction'].iloc[0]:g})")
         files.append(out / name)
-        doc.image(out / name, f"Test {select} against trainable parameters, Pareto front in red: {dataset}")
+        doc.image(out / name, f"{part['metric'].iloc[0]} against trainable parameters, Pareto front in red: "
+                              f"{dataset}")
 
 
 def _cost(doc: Document, trials: pd.DataFrame) -> None:
@@ -193,20 +197,19 @@ def compare(uri_a: str, a: str, uri_b: str, b: str, out: Path) -> Path:
     scores = []
     for uri, name in ((uri_a, a), (uri_b, b)):
         trials, _ = analysis.trials_table(uri, name)
-        select = trials["select_metric"].mode().iloc[0] if len(trials) else "acc"
-        scores.append(analysis.method_scores(trials, f"test_{select}"))
+        scores.append(analysis.method_scores(trials))
     keys = ["task", "dataset", "method", "fraction"]
     merged = scores[0].merge(scores[1], on=keys, how="outer", suffixes=("_a", "_b")).sort_values(keys)
     table = pd.DataFrame({
         "dataset": merged["dataset"], "fraction": merged["fraction"].map(lambda f: f"{f:g}"),
         "method": merged["method"],
-        a: merged["mean_a"].map(lambda v: "-" if pd.isna(v) else f"{v * 100:.1f}"),
-        b: merged["mean_b"].map(lambda v: "-" if pd.isna(v) else f"{v * 100:.1f}"),
-        "Δ (b − a, points)": ((merged["mean_b"] - merged["mean_a"]) * 100).map(
+        a: merged["mean_a"].map(lambda v: "-" if pd.isna(v) else f"{v:.1f}"),
+        b: merged["mean_b"].map(lambda v: "-" if pd.isna(v) else f"{v:.1f}"),
+        "Δ (b − a, better is +)": (merged["oriented_b"] - merged["oriented_a"]).map(
             lambda v: "-" if pd.isna(v) else f"{v:+.1f}"),
     })
     doc = Document(f"Sweeps {a!r} and {b!r} compared")
-    doc.text(f"Test metric of each cell's validation-chosen trial, mean over seeds, in percent. Backbones: "
+    doc.text(f"Test metric of each cell's validation-chosen trial, mean over seeds (accuracies in percent). Backbones: "
              f"{a}: {', '.join(sorted(scores[0]['backbone'].unique()))}; "
              f"{b}: {', '.join(sorted(scores[1]['backbone'].unique()))}.")
     doc.table(table)

@@ -37,7 +37,7 @@ def dry_run(plan: Plan, name: str) -> str:
         f"scheduler {spec.scheduler.type}"
         + (f" per cell (grace {spec.scheduler.grace_period}, reduction {spec.scheduler.reduction_factor:g})"
            if spec.scheduler.type == "asha" else "")
-        + f"; up to {plan.max_epochs} epochs; selection on {plan.metric}",
+        + f"; up to {plan.max_epochs} epochs; selection on {plan.selection.val}",
         f"  datasets: {', '.join(d.key for d in spec.datasets)}",
         f"  backbones: {', '.join(b.key for b in spec.backbones)}",
         f"  fractions: {', '.join(f'{f:g}' for f in spec.fractions)}; seeds: {', '.join(map(str, spec.seeds))}",
@@ -75,9 +75,10 @@ def summary(plan: Plan, name: str, outcome, storage, mlflow_uri: str) -> str:
     lines = [
         "",
         f"=== Sweep {name!r}: {done}/{len(plan.cells)} cells complete ({state}) in {minutes}m{seconds:02d}s ===",
-        format_table(cells, plan.metric),
+        format_table(cells, plan.selection),
         "",
-        f"Each cell's trial is chosen on validation ({plan.metric}); its test metric is shown for reporting only.",
+        f"Each cell's trial is chosen on validation ({plan.selection.val}); its {plan.selection.test} is shown for "
+        "reporting only.",
         "epochs: trial-epochs run / an exhaustive search's; stopped: trials ASHA stopped early.",
     ]
     if plan.notes:

@@ -35,7 +35,7 @@ def cell_frame(trials: pd.DataFrame, cells: list, max_epochs: int) -> pd.DataFra
                 chosen=", ".join(f"{k}={_short(v)}" for k, v in sorted(searched.items())),
                 chosen_lr=float(searched["lr"]) if "lr" in searched else math.nan,
                 val=float(best["val_best"]),
-                test=float(best[f"test_{best['select_metric']}"]),
+                test=float(best["test_main"]),
                 trainable_params=int(best["trainable_params"]),
                 total_params=int(best["total_params"]),
             )
@@ -43,9 +43,9 @@ def cell_frame(trials: pd.DataFrame, cells: list, max_epochs: int) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
-def format_table(cells: pd.DataFrame, metric: str) -> str:
-    select = metric.rsplit("best_", 1)[-1]
-    header = ["cell", "chosen", f"val {select}", f"test {select}", "trainable / total", "epochs", "stopped"]
+def format_table(cells: pd.DataFrame, selection) -> str:
+    header = ["cell", "chosen", selection.val.replace("/best_", " "), selection.test.replace("/", " "),
+              "trainable / total", "epochs", "stopped"]
     lines = []
     for _, c in cells.iterrows():
         has = isinstance(c.get("chosen_trial"), str)

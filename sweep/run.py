@@ -20,6 +20,7 @@ from sweep.results import cell_frame
 from sweep.spec import SpecError
 from sweep.storage import Storage
 from sweep.watch import StorageWatch
+from trainables.tasks import SCORE
 
 SWEEP_FILE = "medpeft-sweep.json"  # what the sweep was started with; --resume reads it back
 
@@ -82,16 +83,16 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
                 for c in plan.cells
             ]
             spec = plan.spec
-            searcher = CellSearcher(cells, state, plan.metric, plan.mode, spec.search.sampler, plan.grid_points,
+            searcher = CellSearcher(cells, state, SCORE, "max", spec.search.sampler, plan.grid_points,
                                     spec.search.seed)
             if spec.scheduler.type == "asha":
-                scheduler = PerCellASHA(state, plan.metric, plan.mode, plan.max_epochs, "epoch",
+                scheduler = PerCellASHA(state, SCORE, "max", plan.max_epochs, "epoch",
                                         spec.scheduler.grace_period, spec.scheduler.reduction_factor)
             else:
                 from ray.tune.schedulers import FIFOScheduler
 
                 scheduler = FIFOScheduler()
-            progress = SweepProgress(state, mlflow_uri, ids.experiment_id, plan.total_trials, plan.metric,
+            progress = SweepProgress(state, mlflow_uri, ids.experiment_id, plan.total_trials, plan.selection.val,
                                      plan.max_epochs)
             tuner = tune.Tuner(
                 trainable,

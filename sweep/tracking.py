@@ -159,7 +159,7 @@ def record_outcome(uri: str, trials, status, finished_parent: str | None = None)
             tags += [RunTag("chosen_trial", best["trial_key"]),
                      RunTag("chosen", ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                                 for k, v in sorted(searched.items())))]
-            values = {"val": best["val_best"], "test": best[f"test_{best['select_metric']}"],
+            values = {"val": best["val_best"], "test": best["test_main"],
                       "chosen_lr": searched.get("lr")}
             metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if isinstance(v, int | float)]
         mlflow.log_batch(cell.cell_run_id, metrics=metrics, tags=tags)

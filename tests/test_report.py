@@ -18,7 +18,8 @@ from tests.conftest import needs_shared_data
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 COLUMNS = ["sweep", "trial_key", "cell_key", "run_id", "task", "dataset", "backbone", "method", "fraction", "seed",
-           "status", "stopped_early", "select_metric", "val_best", "val_best_loss", "test_acc", "test_balanced_acc",
+           "status", "stopped_early", "score", "val_metric", "val_best", "val_best_loss", "test_metric", "test_main",
+           "test_acc", "test_balanced_acc",
            "test_auroc", "trainable_params", "total_params", "trainable_share", "epochs_run", "max_epochs",
            "wall_seconds", "peak_mem_mb", "is_best_in_cell", "searched.lr", "train.lr", "train.epochs"]
 
@@ -43,9 +44,12 @@ def fake_sweep(uri: str, name: str, cells: dict[str, list[dict]], budget: int | 
                                                       "status": t.get("status", "finished"), **fields}).info.run_id
             for k, v in {"train.select_metric": "acc", "train.epochs": 4, "trainable_params": t.get("params", 1000),
                          "total_params": 100_000, "trainable_share": t.get("params", 1000) / 100_000,
-                         "searched.lr": t["lr"], "train.lr": t["lr"], "resources.gpus": 0, "resources.cpus": 1}.items():
+                         "searched.lr": t["lr"], "train.lr": t["lr"], "resources.gpus": 0, "resources.cpus": 1,
+                         "selection.val": "val/best_acc", "selection.test": "test/acc",
+                         "selection.test_higher_is_better": True}.items():
                 client.log_param(run, k, v)
-            for k, v in {"val/best_acc": t["val"], "val/best_loss": t.get("loss", 0.5), "epoch": t.get("epochs", 4),
+            for k, v in {"val/best_acc": t["val"], "score": t["val"], "val/best_loss": t.get("loss", 0.5),
+                         "epoch": t.get("epochs", 4),
                          **({"test/acc": t["test"]} if "test" in t else {})}.items():
                 client.log_metric(run, k, v)
             if t.get("status", "finished") != "running":
@@ -106,7 +110,7 @@ def test_quickstart_report_files_and_numbers(quickstart, tmp_path):
 
     # The main table, recomputed from the raw rows: per cell the finished trial with the best validation accuracy
     # (ties: lower validation loss), its test accuracy.
-    finished = raw[raw["status"] == "finished"].sort_values(["val_best", "val_best_loss"], ascending=[False, True])
+    finished = raw[raw["status"] == "finished"].sort_values(["score", "val_best_loss"], ascending=[False, True])
     chosen = finished.groupby("cell_key").head(1)
     full_data = chosen[chosen["fraction"] == 1.0].set_index("method")["test_acc"] * 100
     text = (out / "report.md").read_text()

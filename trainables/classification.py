@@ -33,6 +33,7 @@ from trainables.data import Batches, ImageSplit, load_splits
 from trainables.methods import load_trainable_state, prepare_model, train_mode, trainable_state_dict
 from trainables.metrics import classification_metrics
 from trainables.session import current_session
+from trainables.tasks import SCORE
 from trainables.trial import Diverged, Trial
 
 
@@ -101,7 +102,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, warmup_steps, total_steps))
 
     # Resume: a restarted trial continues after its last checkpoint (same place for a re-suggested trial).
-    trial = Trial(config, cfg, session, f"val/best_{train.select_metric}", train.checkpoint_every)
+    trial = Trial(config, cfg, session, train.checkpoint_every)
     progress, best_state = Progress(), None
     with trial.latest_checkpoint() as checkpoint:
         if checkpoint is not None:
@@ -145,6 +146,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 **{f"val/{k}": v for k, v in val.items()},
                 f"val/best_{train.select_metric}": progress.best,
                 "val/best_loss": progress.best_val_loss,
+                SCORE: progress.best,
                 "best_epoch": progress.best_epoch,
                 "lr": schedule.get_last_lr()[0],
                 "time/epoch_s": time.perf_counter() - started,
@@ -226,6 +228,9 @@ def _params(cfg: TrialConfig, train: ClassificationTrain, weight_source: str, pr
         "trainable_params": prepared.trainable_params,
         "total_params": prepared.total_params,
         "trainable_share": f"{prepared.trainable_params / prepared.total_params:.6f}",
+        "selection.val": f"val/best_{train.select_metric}",
+        "selection.test": f"test/{train.select_metric}",
+        "selection.test_higher_is_better": True,
         **{f"train.{k}": v for k, v in train.model_dump().items()},
         **{f"searched.{k}": v for k, v in cfg.searched.items()},
         "resources.num_workers": cfg.resources.num_workers,

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from trainables.config import TrialConfig
 from trainables.session import current_session
+from trainables.tasks import SCORE
 from trainables.trial import Trial
 
 
@@ -25,7 +26,6 @@ class SimulatedTrain(BaseModel):
     epochs: int = Field(10, ge=1)
     lr: float = Field(1e-3, gt=0)
     epoch_seconds: float = Field(0.005, ge=0)
-    select_metric: str = "acc"
 
 
 def curve(cell: str, lr: float, epoch: int) -> float:
@@ -40,13 +40,14 @@ def curve(cell: str, lr: float, epoch: int) -> float:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = TrialConfig.model_validate(config)
     train = SimulatedTrain.model_validate(cfg.train)
-    trial = Trial(config, cfg, current_session(), f"val/best_{train.select_metric}")
+    trial = Trial(config, cfg, current_session())
     best, start = -math.inf, 0
     with trial.latest_checkpoint() as checkpoint:
         if checkpoint is not None:
             state = json.loads((checkpoint / "state.json").read_text())
             best, start = state["best"], state["epoch"]
     params = {"task": cfg.task, "method": cfg.method.name, "train.lr": train.lr, "train.epochs": train.epochs,
+              "selection.val": "val/best_acc", "selection.test": "test/acc",
               **{f"searched.{k}": v for k, v in cfg.searched.items()}, "trainable_params": 1, "total_params": 1}
     tags = {"task": cfg.task, "dataset": cfg.data.name, "backbone": cfg.backbone.name, "method": cfg.method.name,
             "fraction": str(cfg.data.fraction), "seed": str(cfg.seed)}
@@ -58,7 +59,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             acc = curve(cfg.tracking.cell_key, train.lr, epoch)
             best = max(best, acc)
             metrics = {"epoch": epoch, "train/loss": 1 - acc, "val/acc": acc, "val/best_acc": best,
-                       "val/best_loss": 1 - best}
+                       "val/best_loss": 1 - best, SCORE: best}
             last = epoch == train.epochs
             if last:
                 metrics["test/acc"] = best - 0.01

@@ -1,5 +1,11 @@
-"""The interface `sweep/` uses to know a task: its worker function, the schema of its `train:` section, and what
-the scheduler watches. Nothing else of trainables is needed to plan or run a sweep."""
+"""The interface `sweep/` uses to know a task: its worker function, the schema of its `train:` section, the
+backbone families it trains, how to check a backbone/method pair without training, and which metrics it reports.
+Nothing else of trainables is needed to plan or run a sweep.
+
+Every task reports `score` each epoch: its selection metric oriented so that higher is better (the best-so-far
+validation accuracy for classification, minus the best validation denoising loss for text-to-image). The sweep's
+searcher and per-cell scheduler compare trials on it, whatever the task.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,17 @@ from typing import Any
 
 from pydantic import BaseModel
 
+SCORE = "score"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a task's trials are chosen on (validation) and reported with (test), and which way is better."""
+
+    val: str  # e.g. "val/best_acc"
+    test: str  # e.g. "test/acc"
+    test_higher_is_better: bool = True
+
 
 @dataclass(frozen=True)
 class Task:
@@ -17,27 +34,33 @@ class Task:
     worker: Callable[[dict[str, Any]], None]
     train_schema: type[BaseModel]
     families: tuple[str, ...]  # backbone families the task trains
-    metric_template: str  # the per-epoch metric the scheduler and searcher compare, e.g. "val/best_{select}"
-    mode: str  # "max" or "min"
-
-    def objective(self, train: BaseModel) -> str:
-        return self.metric_template.format(select=getattr(train, "select_metric", ""))
+    selection: Callable[[BaseModel], Selection]
+    # (backbone, method, knobs, bn_mode, image_size, backbone kwargs) -> PreparedModel; raises MethodError
+    probe: Callable[..., Any]
+    check_weights: Callable[[str, str, dict], str]  # (backbone, weights, kwargs) -> resolved source; WeightsError
 
     def max_epochs(self, train: BaseModel) -> int:
         return int(train.epochs)
 
 
 def _classification() -> Task:
+    from trainables.backbones import check_weights
     from trainables.classification import ClassificationTrain, train_loop_per_worker
+    from trainables.probe import probe
 
     return Task("classification", "cls", train_loop_per_worker, ClassificationTrain, ("vit", "cnn"),
-                "val/best_{select}", "max")
+                lambda t: Selection(f"val/best_{t.select_metric}", f"test/{t.select_metric}"), probe,
+                lambda name, weights, kwargs: check_weights(name, weights))
 
 
 def _simulated() -> Task:
+    from trainables.backbones import check_weights
+    from trainables.probe import probe
     from trainables.simulated import SimulatedTrain, train_loop_per_worker
 
-    return Task("simulated", "sim", train_loop_per_worker, SimulatedTrain, ("vit", "cnn"), "val/best_{select}", "max")
+    return Task("simulated", "sim", train_loop_per_worker, SimulatedTrain, ("vit", "cnn"),
+                lambda t: Selection("val/best_acc", "test/acc"), probe,
+                lambda name, weights, kwargs: check_weights(name, weights))
 
 
 _TASKS: dict[str, Callable[[], Task]] = {"classification": _classification, "simulated": _simulated}

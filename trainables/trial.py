@@ -13,6 +13,7 @@ from typing import Any
 from trainables.checkpoints import CheckpointStore
 from trainables.config import TrialConfig
 from trainables.session import Session
+from trainables.tasks import SCORE
 from trainables.tracking import TrialRun, config_hash, open_trial_run
 
 
@@ -21,11 +22,8 @@ class Diverged(RuntimeError):
 
 
 class Trial:
-    def __init__(self, config: dict[str, Any], cfg: TrialConfig, session: Session, objective: str,
-                 checkpoint_every: int = 1):
-        # `objective`: the metric the sweep compares trials on; a failed trial reports it as NaN (Tune requires
-        # every result to carry it).
-        self.cfg, self.session, self.every, self.objective = cfg, session, checkpoint_every, objective
+    def __init__(self, config: dict[str, Any], cfg: TrialConfig, session: Session, checkpoint_every: int = 1):
+        self.cfg, self.session, self.every = cfg, session, checkpoint_every
         self.digest = config_hash(config)
         self.store = (CheckpointStore(f"{cfg.storage}/checkpoints", cfg.tracking.trial_key, self.digest)
                       if cfg.storage else None)
@@ -79,8 +77,10 @@ class Trial:
                 self.store.save(Path(directory), epoch)
         self.session.report(metrics)
 
-    def _failure(self, epoch: int, reason: str) -> dict[str, Any]:
-        return {"epoch": epoch, "failed": 1, "failure_reason": reason, self.objective: float("nan")}
+    @staticmethod
+    def _failure(epoch: int, reason: str) -> dict[str, Any]:
+        # The score as NaN: Tune requires every result to carry the metric the sweep compares on.
+        return {"epoch": epoch, "failed": 1, "failure_reason": reason, SCORE: float("nan")}
 
     @contextlib.contextmanager
     def failures(self) -> Iterator[None]:
