@@ -134,6 +134,7 @@ def data_config(dataset: DatasetEntry, image_size: int, fraction: float = 1.0,
     """The `data` section of a trial config (trainables.config.DataConfig) for a dataset entry."""
     return {
         "name": dataset.name,
+        "id": dataset.key,
         "root": dataset.root,
         "options": dict(dataset.options),
         "fraction": fraction,

@@ -4,9 +4,14 @@
     python -m sweep.launch --config search_spaces/paper.yaml --dry-run
     python -m sweep.launch --config my.yaml --data-root /data --set train.epochs=20
     python -m sweep.launch --config my.yaml --resume        # after a crash, Ctrl-C or preemption
+    python -m sweep.launch --config search_spaces/paper.yaml --arm t2i   # one arm of a spec with `arms:`
+
+A spec with `arms:` runs its arms one after another, each a sweep of its own named `<name>-<arm>` (its own Ray
+Tune experiment, MLflow experiment and report); every arm's input is checked before the first one starts.
 
 Exit codes: 0 done, 2 bad input (nothing was created), 3 storage lost mid-sweep (resumable once it is back),
-130 interrupted (resumable), 1 anything else.
+130 interrupted (resumable), 1 the sweep ended but some cell has no successful trial (every trial failed), or
+anything else.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ import logging
 import os
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sweep.spec import SpecError, load_spec
+from sweep.spec import SpecError
 
 EXIT_BAD_INPUT = 2
 EXIT_STORAGE = 3
@@ -37,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="print the grid and what is missing, then exit")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec value, e.g. --set train.epochs=2 (repeatable)")
+    p.add_argument("--arm", action="append", default=[], metavar="ID",
+                   help="run only this arm of a spec with `arms:` (repeatable; default: every arm, in order)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     return p.parse_args(argv)
 
@@ -45,70 +54,110 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     _quiet()
     try:
-        setup = _setup(args)
+        sweeps = _setup(args)
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    plan, name, storage, mlflow_uri, data_root = setup
 
     from sweep import report_text
 
     if args.dry_run:
-        print(report_text.dry_run(plan, name))
+        print("\n\n".join(report_text.dry_run(s.plan, s.name) for s in sweeps))
         return 0
-    for note in plan.notes:
+    for note in dict.fromkeys(note for s in sweeps for note in s.plan.notes):
         print(report_text.banner(note), flush=True)
 
     from sweep.plan import prepare_data
     from sweep.run import StorageLost, run_sweep, save_inputs
 
-    try:
-        prepared = prepare_data(plan, storage, log=lambda line: print(line, flush=True))
+    try:  # every arm's data, before any arm starts: bad data stops the whole sweep now
+        prepared = [prepare_data(s.plan, s.storage, log=lambda line: print(line, flush=True)) for s in sweeps]
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if not args.resume:
-        save_inputs(storage, name, plan, data_root, mlflow_uri)
-    print(f"Sweep {name!r}: {len(plan.cells)} cells, {plan.total_trials} trials -> {storage.join(name)}", flush=True)
-    try:
-        outcome = run_sweep(plan, name, storage, mlflow_uri, prepared, resume=args.resume, address=args.address)
-    except StorageLost as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_STORAGE
-    print(report_text.summary(plan, name, outcome, storage, mlflow_uri))
-    return 0 if outcome.complete else EXIT_INTERRUPTED
+    code = 0
+    for sweep, data in zip(sweeps, prepared, strict=True):
+        plan, name, storage = sweep.plan, sweep.name, sweep.storage
+        if not sweep.resume:
+            save_inputs(storage, name, plan, sweep.data_root, sweep.mlflow_uri)
+        print(f"Sweep {name!r}: {len(plan.cells)} cells, {plan.total_trials} trials -> {storage.join(name)}",
+              flush=True)
+        try:
+            outcome = run_sweep(plan, name, storage, sweep.mlflow_uri, data, resume=sweep.resume,
+                                address=args.address)
+        except StorageLost as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_STORAGE
+        print(report_text.summary(plan, name, outcome, storage, sweep.mlflow_uri))
+        if not outcome.complete:
+            return EXIT_INTERRUPTED
+        empty = outcome.cells.loc[~outcome.cells["has_result"], "cell_key"].tolist()
+        if empty:
+            print(f"error: {len(empty)} cell(s) of {name!r} ended with every trial failed (first: {empty[0]}); the "
+                  "error.txt paths above say why", file=sys.stderr)
+            code = 1
+    return code
 
 
-def _setup(args: argparse.Namespace):
+@dataclass
+class Setup:
+    """One sweep to run: a spec without arms, or one arm of a spec with `arms:`."""
+
+    plan: Any
+    name: str
+    storage: Any
+    mlflow_uri: str
+    data_root: str | None
+    resume: bool
+
+
+def _setup(args: argparse.Namespace) -> list[Setup]:
     """Everything that can be wrong with the input, checked before anything is created."""
     from sweep.plan import make_plan
     from sweep.run import load_inputs
-    from sweep.spec import DEFAULT_SPEC, SweepSpec
+    from sweep.spec import DEFAULT_SPEC, SweepSpec, load_specs
     from sweep.storage import parse_storage
     from sweep.tracking import without_credentials
 
     spec_path = Path(args.config) if args.config else DEFAULT_SPEC
     storage = parse_storage(args.storage)
-    if args.resume:
-        name = args.name or load_spec(spec_path).name
-        _check_name(storage, name, "", resume=True)
-        if args.overrides:
-            raise SpecError("--set cannot change a sweep on --resume: it continues as it was started")
-        inputs = load_inputs(storage, name)
-        spec = SweepSpec.model_validate(inputs["spec"])
-        spec_path = Path(inputs["spec_path"])
-        mlflow_uri = without_credentials(args.mlflow_uri or inputs["mlflow_uri"])
-        data_root = args.data_root or inputs["data_root"]
-    else:
-        spec = load_spec(spec_path, args.overrides)
-        name = args.name or spec.name
-        mlflow_uri = without_credentials(args.mlflow_uri or _default_tracking_uri(storage))
-        data_root = args.data_root or os.environ.get("MEDPEFT_DATA_ROOT") or None
-        if not args.dry_run:
-            storage.preflight()
-            _check_name(storage, name, mlflow_uri, resume=False)
-    plan = make_plan(spec, spec_path, data_root, allow_missing=args.dry_run)
-    return plan, name, storage, mlflow_uri, data_root
+    if args.resume and args.overrides:
+        raise SpecError("--set cannot change a sweep on --resume: it continues as it was started")
+    specs = _chosen_arms(load_specs(spec_path, args.overrides), args.arm)
+    data_root = args.data_root or os.environ.get("MEDPEFT_DATA_ROOT") or None
+    checked_storage = False
+    setups = []
+    for spec in specs:
+        name = (f"{args.name}-{spec.arm}" if spec.arm else args.name) if args.name else spec.name
+        # With arms, --resume also starts an arm the interrupted run never reached.
+        resume = args.resume and (len(specs) == 1 or not storage.is_empty_dir(storage.join(name)))
+        if resume:
+            _check_name(storage, name, "", resume=True)
+            inputs = load_inputs(storage, name)
+            spec, path = SweepSpec.model_validate(inputs["spec"]), Path(inputs["spec_path"])
+            mlflow_uri = without_credentials(args.mlflow_uri or inputs["mlflow_uri"])
+            root = args.data_root or inputs["data_root"]
+        else:
+            path, root = spec_path, data_root
+            mlflow_uri = without_credentials(args.mlflow_uri or _default_tracking_uri(storage))
+            if not args.dry_run:
+                if not checked_storage:
+                    storage.preflight()
+                    checked_storage = True
+                _check_name(storage, name, mlflow_uri, resume=False)
+        plan = make_plan(spec, path, root, allow_missing=args.dry_run)
+        setups.append(Setup(plan, name, storage, mlflow_uri, root, resume))
+    return setups
+
+
+def _chosen_arms(specs: list, arms: list[str]) -> list:
+    if not arms:
+        return specs
+    known = [s.arm for s in specs if s.arm]
+    unknown = sorted(set(arms) - set(known))
+    if unknown:
+        raise SpecError(f"--arm {', '.join(unknown)}: this spec's arms are {', '.join(known) or '(none)'}")
+    return [s for s in specs if s.arm in arms]
 
 
 def _default_tracking_uri(storage) -> str:

@@ -73,7 +73,7 @@ def make_plan(spec: SweepSpec, spec_path: Path, data_root: str | None, allow_mis
             (plan.missing if allow_missing else problems).append(str(e))
             datasets[entry.key] = entry
 
-    problems += _check_backbones_and_methods(spec, plan, task.families, allow_missing)
+    problems += _check_backbones_and_methods(spec, plan, task, allow_missing)
     problems = list(dict.fromkeys(problems))
     if problems:
         raise SpecError("the sweep cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
@@ -131,32 +131,28 @@ def _with_dataset(cell: Cell, dataset: DatasetEntry, task_short: str) -> Cell:
     return dataclasses.replace(cell, dataset=dataset, key=key, tags=tags)
 
 
-def _check_backbones_and_methods(spec: SweepSpec, plan: Plan, families: tuple[str, ...], allow_missing: bool):
-    from trainables.backbones import WeightsError, build_backbone, check_weights
+def _check_backbones_and_methods(spec: SweepSpec, plan: Plan, task, allow_missing: bool) -> list[str]:
+    """Every backbone's weights can be loaded, and every method fits every backbone it is crossed with (applied
+    to the backbone built without weights); records each pair's parameter counts."""
+    from trainables.backbones import WeightsError
     from trainables.methods import MethodError
-    from trainables.probe import probe
 
     problems = []
     for backbone in spec.backbones:
         try:
-            check_weights(backbone.name, backbone.weights)
+            task.check_weights(backbone.name, backbone.weights, backbone.kwargs)
         except WeightsError as e:
             (plan.missing if allow_missing else problems).append(str(e))
-        try:
-            _, info = build_backbone(backbone.name, 2, "random", spec.image_size, device="meta", **backbone.kwargs)
-        except (ValueError, RuntimeError, TypeError) as e:
-            problems.append(f"backbone {backbone.name!r}: {e}")
-            continue
-        if info.family not in families:
-            problems.append(f"backbone {backbone.name!r} is a {info.family}; task {spec.task!r} trains {families}")
-            continue
         for method in spec.methods_for(backbone):
             try:
-                prepared = probe(backbone.name, method.name, method.knobs, method.bn_mode, spec.image_size,
-                                 **backbone.kwargs)
+                prepared = task.probe(backbone.name, method.name, method.knobs, method.bn_mode, spec.image_size,
+                                      weights=backbone.weights, **backbone.kwargs)
             except MethodError as e:
                 problems.append(str(e))
                 continue
+            except (ValueError, RuntimeError, TypeError, OSError) as e:
+                problems.append(f"backbone {backbone.name!r} cannot be built for task {spec.task!r}: {e}")
+                break
             plan.params[(backbone.key, method.key)] = (prepared.trainable_params, prepared.total_params)
     return problems
 
@@ -170,9 +166,11 @@ def prepare_data(plan: Plan, storage=None, log=print) -> dict[str, dict]:
 
     from sweep.grid import data_config
     from trainables.config import DataConfig
-    from trainables.data import DatasetError, open_source, prepare_cache, prepare_manifest
+    from trainables.data import DatasetError, check_captions, open_source, prepare_cache, prepare_manifest
     from trainables.data.prepare import drop_corrupt
+    from trainables.tasks import get_task
 
+    needs_captions = get_task(plan.spec.task).needs_captions
     prepared: dict[str, dict] = {}
     for cell in plan.cells:
         if cell.dataset.key in prepared:
@@ -182,6 +180,8 @@ def prepare_data(plan: Plan, storage=None, log=print) -> dict[str, dict]:
         try:
             source = open_source(cfg)
             manifest = prepare_manifest(cfg, source)
+            if needs_captions:
+                check_captions(manifest, cell.dataset.key)
             cache = prepare_cache(cfg, source, manifest)
             drop_corrupt(manifest.frame.assign(row=range(len(manifest.frame))), cache, cfg.on_corrupt, source.name)
         except DatasetError as e:

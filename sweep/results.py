@@ -25,6 +25,7 @@ def cell_frame(trials: pd.DataFrame, cells: list, max_epochs: int) -> pd.DataFra
             "failed": int((mine["status"] == "failed").sum()) if len(mine) else 0,
             "epochs_run": int(mine["epochs_run"].sum()) if len(mine) else 0,
             "epochs_max": cell.budget * max_epochs,
+            "has_result": cell.key in chosen.index,
         }
         if cell.key in chosen.index:
             best = chosen.loc[cell.key]

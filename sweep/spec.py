@@ -167,6 +167,7 @@ class ResourcesSpec(_Model):
 
 class SweepSpec(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    arm: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # set for the arms of a spec with `arms:`
     task: str = "classification"
     description: str = ""
     datasets: list[DatasetEntry] = Field(min_length=1)
@@ -207,8 +208,15 @@ class SweepSpec(_Model):
         return self
 
 
-def load_spec(path: str | Path | None = None, overrides: list[str] | None = None) -> SweepSpec:
-    """Read a spec YAML, apply `KEY=VALUE` overrides (dotted keys, YAML values), validate."""
+# What an arm gives replaces the top level's value, except these mappings, which it updates key by key.
+ARM_MERGED = ("search", "scheduler", "resources")
+
+
+def load_specs(path: str | Path | None = None, overrides: list[str] | None = None) -> list[SweepSpec]:
+    """Read a spec YAML, apply `KEY=VALUE` overrides (dotted keys, YAML values), validate. A spec with `arms:`
+    (e.g. the study's classification and text-to-image arms) gives one spec per arm, named `<name>-<arm id>`: the
+    top level is what arms share, each arm's keys replace it (search, scheduler and resources merge key by key).
+    Overrides apply to every arm, except `arms.N...`, which address one."""
     path = Path(path) if path else DEFAULT_SPEC
     if not path.is_file():
         raise SpecError(f"spec file {path} does not exist (specs shipped with the tool are in {SPACES_DIR})")
@@ -218,12 +226,59 @@ def load_spec(path: str | Path | None = None, overrides: list[str] | None = None
         raise SpecError(f"spec file {path} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"spec file {path} must hold a mapping (name:, task:, datasets:, ...)")
-    for override in overrides or []:
-        apply_override(raw, override)
+    overrides = overrides or []
+    for override in overrides:
+        if override.startswith("arms."):
+            apply_override(raw, override)
+    arms = raw.pop("arms", None)
+    for override in overrides:
+        if not override.startswith("arms.") and arms is None:
+            apply_override(raw, override)
+    if arms is None:
+        return [_validate(raw, f"spec {path}")]
+    if not isinstance(arms, list) or not arms or not all(isinstance(a, dict) and a.get("id") for a in arms):
+        raise SpecError(f"spec {path}: `arms` must be a list of mappings, each with an `id` (e.g. - id: t2i)")
+    ids = [str(a["id"]) for a in arms]
+    if len(set(ids)) != len(ids):
+        raise SpecError(f"spec {path}: arm ids {ids} must be distinct")
+    specs = []
+    for arm in arms:
+        merged = copy.deepcopy(raw)
+        for key, value in arm.items():
+            if key in ARM_MERGED and isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = _deep_update(merged[key], value)
+            elif key != "id":
+                merged[key] = copy.deepcopy(value)
+        merged["name"], merged["arm"] = f"{raw.get('name', 'sweep')}-{arm['id']}", str(arm["id"])
+        for override in overrides:
+            if not override.startswith("arms."):
+                apply_override(merged, override)
+        specs.append(_validate(merged, f"spec {path}, arm {arm['id']!r}"))
+    return specs
+
+
+def load_spec(path: str | Path | None = None, overrides: list[str] | None = None) -> SweepSpec:
+    """A spec without arms (see load_specs)."""
+    specs = load_specs(path, overrides)
+    if len(specs) != 1:
+        raise SpecError(f"spec {path} has {len(specs)} arms ({', '.join(s.name for s in specs)}); load it with "
+                        "load_specs")
+    return specs[0]
+
+
+def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        out[key] = _deep_update(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else copy.deepcopy(value)
+    return out
+
+
+def _validate(raw: dict[str, Any], where: str) -> SweepSpec:
     try:
         return SweepSpec.model_validate(raw)
     except ValidationError as e:
-        raise SpecError(f"spec {path} is invalid:\n{format_validation_error(e)}") from None
+        raise SpecError(f"{where} is invalid:\n{format_validation_error(e)}") from None
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:
@@ -255,8 +310,8 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
 
 
 def load_method_spaces(spec: SweepSpec, spec_path: Path | None = None) -> dict[str, dict[str, Dist]]:
-    """Every method's search space: the spaces file, then the spec's own overrides, flattened to
-    {"lr": Dist, "knobs.r": Dist, ...}."""
+    """Every method's search space: the spaces file, its section for the spec's task, then the spec's own
+    overrides, flattened to {"lr": Dist, "knobs.r": Dist, ...}."""
     path = Path(spec.search.spaces_file) if spec.search.spaces_file else DEFAULT_METHOD_SPACES
     if not path.is_absolute() and spec_path is not None and (spec_path.parent / path).is_file():
         path = spec_path.parent / path
@@ -265,6 +320,10 @@ def load_method_spaces(spec: SweepSpec, spec_path: Path | None = None) -> dict[s
     except (OSError, yaml.YAMLError) as e:
         raise SpecError(f"search spaces file {path} could not be read: {e}") from None
     merged = copy.deepcopy(raw)
+    per_task = merged.pop("tasks", None) or {}
+    if not isinstance(per_task, dict):
+        raise SpecError(f"search spaces file {path}: `tasks` must map task names to {{method: space}} mappings")
+    merged.update(per_task.get(spec.task) or {})
     for method, space in spec.search.spaces.items():
         merged[method] = {**merged.get(method, {}), **space}
     spaces: dict[str, dict[str, Dist]] = {}

@@ -36,6 +36,28 @@ def launch(*args: str, check: int | None = 0) -> subprocess.CompletedProcess:
     return result
 
 
+def run_worker(worker, config: dict, session=None):
+    """A task's worker function run without Ray, reporting to a LocalSession (stopped like Tune stops a trial)."""
+    import contextlib
+
+    from trainables.session import LocalSession, StopTraining, use_session
+
+    session = session or LocalSession()
+    with use_session(session), contextlib.suppress(StopTraining):
+        worker(config)
+    return session
+
+
+def mlflow_experiment(config: dict, folder: Path) -> dict:
+    """`config` with its tracking pointed at a new MLflow experiment in `folder` (sqlite + artifacts there)."""
+    import mlflow
+
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    experiment = mlflow.MlflowClient(uri).create_experiment("t", artifact_location=(folder / "a").as_uri())
+    config["tracking"].update(uri=uri, experiment_id=experiment)
+    return config
+
+
 @pytest.fixture(scope="session")
 def quickstart(tmp_path_factory) -> tuple[Path, str]:
     """The default sweep, unchanged, on real BreastMNIST: shared by every test that needs a finished sweep."""

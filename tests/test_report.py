@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,9 @@ def fake_sweep(uri: str, name: str, cells: dict[str, list[dict]], budget: int | 
     """An MLflow experiment shaped like a sweep's: a parent run, cell runs, trial runs with the tags, params and
     metrics the trainable logs. `cells` maps (dataset, method, fraction, seed) keys to their trials."""
     client = MlflowClient(uri)
-    experiment = client.create_experiment(name)
+    # Artifacts next to the database (MLflow's default is ./mlruns in the working directory).
+    db = Path(uri.removeprefix("sqlite:///"))
+    experiment = client.create_experiment(name, artifact_location=(db.parent / "artifacts" / name).as_uri())
     parent = client.create_run(experiment, tags={"role": "sweep", "sweep": name}).info.run_id
     for key, trials in cells.items():
         dataset, method, fraction, seed = key

@@ -3,7 +3,16 @@ from pathlib import Path
 import pytest
 
 from sweep.grid import base_config, expand, grid_values, trial_budget, with_searched
-from sweep.spec import DEFAULT_SPEC, Dist, SpecError, SweepSpec, apply_override, load_method_spaces, load_spec
+from sweep.spec import (
+    DEFAULT_SPEC,
+    Dist,
+    SpecError,
+    SweepSpec,
+    apply_override,
+    load_method_spaces,
+    load_spec,
+    load_specs,
+)
 
 
 def small_spec(**over) -> SweepSpec:
@@ -93,3 +102,53 @@ def test_duplicate_axis_entries_need_ids():
         small_spec(methods=["linear", "linear"])
     spec = small_spec(methods=["linear", {"name": "linear", "id": "linear_wd", "bn_mode": "train"}])
     assert [m.key for m in spec.methods] == ["linear", "linear_wd"]
+
+
+ARMS = """
+name: study
+seeds: [0, 1]
+scheduler: {type: asha, grace_period: 2}
+resources: {cpus_per_trial: 2, per_method: {full: {gpus: 1}}}
+arms:
+  - id: a
+    datasets: [{name: synthetic}]
+    backbones: [{name: test_resnet, weights: random}]
+    methods: [linear]
+    train: {epochs: 3}
+  - id: b
+    task: t2i
+    datasets: [{name: synthetic}]
+    backbones: [{name: tiny-sd, weights: random}]
+    methods: [lora]
+    seeds: [0]
+    scheduler: {grace_period: 1}
+    resources: {per_method: {lora: {cpus: 1}}}
+    train: {epochs: 2, sample_steps: 4}
+"""
+
+
+def test_arms_share_the_top_level_and_replace_or_merge_it(tmp_path):
+    path = tmp_path / "arms.yaml"
+    path.write_text(ARMS)
+    a, b = load_specs(path, ["train.epochs=5", "arms.1.methods=[lora, bias]"])
+    assert (a.name, a.arm, a.task, b.name, b.arm, b.task) == ("study-a", "a", "classification", "study-b", "b", "t2i")
+    assert a.seeds == [0, 1] and b.seeds == [0]  # replaced
+    assert a.scheduler.grace_period == 2 and b.scheduler.grace_period == 1 and b.scheduler.type == "asha"  # merged
+    assert set(b.resources.per_method) == {"full", "lora"} and b.resources.cpus_per_trial == 2
+    assert a.train == {"epochs": 5} and b.train == {"epochs": 5, "sample_steps": 4}  # --set reaches every arm
+    assert [m.name for m in b.methods] == ["lora", "bias"]
+    with pytest.raises(SpecError, match="has 2 arms"):
+        load_spec(path)
+
+
+@pytest.mark.parametrize(("arms", "message"), [
+    ("arms: {a: 1}", "must be a list of mappings, each with an `id`"),
+    ("arms: [{id: a}, {id: a}]", "must be distinct"),
+    ("arms: [{id: a, fractions: [2]}]", "arm 'a' is invalid"),
+])
+def test_bad_arms_are_named(tmp_path, arms, message):
+    path = tmp_path / "arms.yaml"
+    path.write_text("name: s\ndatasets: [{name: synthetic}]\nbackbones: [{name: test_resnet}]\nmethods: [linear]\n"
+                    + arms)
+    with pytest.raises(SpecError, match=message):
+        load_specs(path)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import pytest
 
+from tests.conftest import mlflow_experiment, run_worker
 from trainables.classification import train_loop_per_worker
-from trainables.session import LocalSession, StopTraining, use_session
+from trainables.session import LocalSession
 from trainables.tracking import config_hash
 
 
@@ -24,20 +24,11 @@ def trial_config(tmp_path=None, storage=None, **train) -> dict:
         "tracking": {"sweep": "t", "cell_key": "cls/synthetic/test_efficientnet/bitfit/frac=1/seed=0",
                      "trial_key": "cls/synthetic/test_efficientnet/bitfit/frac=1/seed=0/trial=0"},
     }
-    if tmp_path is not None:
-        import mlflow
-
-        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-        experiment = mlflow.MlflowClient(uri).create_experiment("t", artifact_location=(tmp_path / "a").as_uri())
-        config["tracking"].update(uri=uri, experiment_id=experiment)
-    return config
+    return mlflow_experiment(config, tmp_path) if tmp_path is not None else config
 
 
 def run(config, session=None) -> LocalSession:
-    session = session or LocalSession()
-    with use_session(session), contextlib.suppress(StopTraining):
-        train_loop_per_worker(config)
-    return session
+    return run_worker(train_loop_per_worker, config, session)
 
 
 @pytest.fixture(scope="module")

@@ -10,31 +10,41 @@ the last epoch: test metrics of the best-validation weights, in the same final r
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import resource
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from trainables.backbones import build_backbone
 from trainables.config import TrialConfig
 from trainables.data import Batches, ImageSplit, load_splits
-from trainables.methods import load_trainable_state, prepare_model, train_mode, trainable_state_dict
+from trainables.devices import ddp, device_for, peak_memory_mb
+from trainables.methods import (
+    load_trainable_state,
+    param_groups,
+    prepare_model,
+    train_mode,
+    trainable_state_dict,
+)
 from trainables.metrics import classification_metrics
 from trainables.session import current_session
-from trainables.tasks import SCORE
-from trainables.trial import Diverged, Trial
+from trainables.tasks import SCORE, Selection
+from trainables.trial import (
+    Diverged,
+    Trial,
+    load_training_state,
+    run_params,
+    run_tags,
+    save_training_state,
+    warmup_cosine,
+)
 
 
 class ClassificationTrain(BaseModel):
@@ -73,7 +83,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train = ClassificationTrain.model_validate(cfg.train)
     session = current_session()
     rank, world = session.world_rank, session.world_size
-    device = _device(cfg.resources.gpus)
+    device = device_for(cfg.resources.gpus)
     torch.set_num_threads(max(1, int(cfg.resources.cpus)))
     torch.manual_seed(cfg.seed)
 
@@ -89,25 +99,26 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                             augment=train.augment, seed=cfg.seed, rank=rank, world_size=world)
     evaluate = Evaluator(info.mean, info.std, train.eval_batch_size, device, rank, world)
     trained = [p for p in model.parameters() if p.requires_grad]
-    net = _ddp(model, device) if world > 1 else model
+    net = ddp(model, device) if world > 1 else model
 
-    # Optimizer and per-step schedule: linear warm-up, then cosine to zero.
+    # Optimizer (a method may give some parameters their own learning rate) and per-step warm-up + cosine.
+    groups = param_groups(model, train.lr, train.weight_decay)
     if train.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(trained, lr=train.lr, weight_decay=train.weight_decay)
+        optimizer = torch.optim.AdamW(groups)
     else:
-        optimizer = torch.optim.SGD(trained, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+        optimizer = torch.optim.SGD(groups, momentum=train.momentum)
     steps_per_epoch = len(train_batches)
-    total_steps = train.epochs * steps_per_epoch
-    warmup_steps = min(int(train.warmup_epochs * steps_per_epoch), total_steps - 1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, warmup_steps, total_steps))
+    schedule = warmup_cosine(optimizer, int(train.warmup_epochs * steps_per_epoch), train.epochs * steps_per_epoch)
 
     # Resume: a restarted trial continues after its last checkpoint (same place for a re-suggested trial).
     trial = Trial(config, cfg, session, train.checkpoint_every)
     progress, best_state = Progress(), None
     with trial.latest_checkpoint() as checkpoint:
         if checkpoint is not None:
-            progress, best_state = load_checkpoint(checkpoint, model, optimizer, schedule)
-    if trial.start(_params(cfg, train, info.weight_source, prepared, data.params), _tags(cfg, data), progress.epoch):
+            progress, best_state = load_training_state(checkpoint, model, optimizer, schedule, Progress)
+    selection = Selection(f"val/best_{train.select_metric}", f"test/{train.select_metric}")
+    params = run_params(cfg, train, prepared, data.params, info.weight_source, selection)
+    if trial.start(params, run_tags(cfg, data.params), progress.epoch):
         return  # an earlier attempt finished this trial; its results were reported again
 
     with trial.failures():
@@ -151,14 +162,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "lr": schedule.get_last_lr()[0],
                 "time/epoch_s": time.perf_counter() - started,
                 "time/train_images_per_s": seen * world / max(train_seconds, 1e-9),
-                "sys/peak_mem_mb": _peak_memory_mb(device),
+                "sys/peak_mem_mb": peak_memory_mb(device),
             }
             last = epoch == train.epochs
             if last:  # test metrics of the best-validation weights, reported with the last epoch
                 load_trainable_state(model, best_state)
                 metrics.update({f"test/{k}": v for k, v in evaluate(model, data.test).items()})
             trial.end_epoch(epoch, metrics, last, save=partial(
-                save_checkpoint, model=model, bn_mode=bn_mode, optimizer=optimizer, schedule=schedule,
+                save_training_state, model=model, bn_mode=bn_mode, optimizer=optimizer, schedule=schedule,
                 progress=progress, best_state=best_state))
 
 
@@ -187,93 +198,3 @@ class Evaluator:
             torch.distributed.all_gather_object(gathered, out)
             out = (np.concatenate([g[0] for g in gathered]), np.concatenate([g[1] for g in gathered]))
         return classification_metrics(*out)
-
-
-def save_checkpoint(directory: Path, model: nn.Module, bn_mode, optimizer, schedule, progress: Progress,
-                    best_state: dict[str, torch.Tensor] | None) -> None:
-    """Only what was trained (safetensors), the optimizer/schedule state, and the progress counters."""
-    save_file({k: v.contiguous() for k, v in trainable_state_dict(model, bn_mode).items()},
-              str(directory / "trained.safetensors"))
-    if best_state is not None:
-        save_file({k: v.contiguous() for k, v in best_state.items()}, str(directory / "best.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}, directory / "optimizer.pt")
-    (directory / "progress.json").write_text(json.dumps(asdict(progress)))
-
-
-def load_checkpoint(directory: Path, model: nn.Module, optimizer, schedule):
-    load_trainable_state(model, load_file(str(directory / "trained.safetensors")))
-    state = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    best = directory / "best.safetensors"
-    best_state = load_file(str(best)) if best.exists() else None
-    return Progress(**json.loads((directory / "progress.json").read_text())), best_state
-
-
-def _params(cfg: TrialConfig, train: ClassificationTrain, weight_source: str, prepared, data_params) -> dict:
-    return {
-        "task": cfg.task,
-        "seed": cfg.seed,
-        "dataset": cfg.data.name,
-        "data.options": json.dumps(cfg.data.options, sort_keys=True),
-        "data.fraction": cfg.data.fraction,
-        "data.image_size": cfg.data.image_size,
-        "data.fallback_from": cfg.data.fallback_from or "",
-        **data_params,
-        "backbone": cfg.backbone.name,
-        "backbone.weights": weight_source,
-        "method": cfg.method.name,
-        **{f"method.{k}": v for k, v in prepared.knobs.items()},
-        "method.bn_mode": prepared.bn_mode,
-        "trainable_params": prepared.trainable_params,
-        "total_params": prepared.total_params,
-        "trainable_share": f"{prepared.trainable_params / prepared.total_params:.6f}",
-        "selection.val": f"val/best_{train.select_metric}",
-        "selection.test": f"test/{train.select_metric}",
-        "selection.test_higher_is_better": True,
-        **{f"train.{k}": v for k, v in train.model_dump().items()},
-        **{f"searched.{k}": v for k, v in cfg.searched.items()},
-        "resources.num_workers": cfg.resources.num_workers,
-        "resources.cpus": cfg.resources.cpus,
-        "resources.gpus": cfg.resources.gpus,
-        "versions": f"torch {torch.__version__}",
-    }
-
-
-def _tags(cfg: TrialConfig, data) -> dict[str, str]:
-    tags = {
-        "task": cfg.task,
-        "dataset": data.params.get("data.source", cfg.data.name),
-        "backbone": cfg.backbone.name,
-        "method": cfg.method.name,
-        "fraction": str(cfg.data.fraction),
-        "seed": str(cfg.seed),
-    }
-    if cfg.data.fallback_from:
-        tags["data_fallback"] = f"synthetic data: {cfg.data.fallback_from} was not found"
-    return tags
-
-
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def _device(gpus: float) -> torch.device:
-    if gpus > 0 and torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-    return torch.device("cpu")
-
-
-def _ddp(model: nn.Module, device: torch.device) -> nn.Module:
-    from torch.nn.parallel import DistributedDataParallel
-
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -17,6 +17,7 @@ class _Strict(BaseModel):
 
 class DataConfig(_Strict):
     name: str
+    id: str | None = None  # how the sweep spec calls it (tags and reports); default: the name
     root: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     fraction: float = Field(1.0, gt=0.0, le=1.0)

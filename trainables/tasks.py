@@ -35,9 +35,11 @@ class Task:
     train_schema: type[BaseModel]
     families: tuple[str, ...]  # backbone families the task trains
     selection: Callable[[BaseModel], Selection]
-    # (backbone, method, knobs, bn_mode, image_size, backbone kwargs) -> PreparedModel; raises MethodError
+    # (backbone, method, knobs, bn_mode, image_size, weights=..., **backbone kwargs) -> PreparedModel, built without
+    # weights; raises MethodError when the method does not fit
     probe: Callable[..., Any]
     check_weights: Callable[[str, str, dict], str]  # (backbone, weights, kwargs) -> resolved source; WeightsError
+    needs_captions: bool = False  # trains on image-caption pairs: datasets are checked for them before any trial
 
     def max_epochs(self, train: BaseModel) -> int:
         return int(train.epochs)
@@ -63,7 +65,16 @@ def _simulated() -> Task:
                 lambda name, weights, kwargs: check_weights(name, weights))
 
 
-_TASKS: dict[str, Callable[[], Task]] = {"classification": _classification, "simulated": _simulated}
+def _text_to_image() -> Task:
+    from trainables import diffusion_models
+    from trainables.text_to_image import SELECTION, TextToImageTrain, train_loop_per_worker
+
+    return Task("t2i", "t2i", train_loop_per_worker, TextToImageTrain, ("unet",), lambda t: SELECTION,
+                diffusion_models.probe, diffusion_models.check_weights, needs_captions=True)
+
+
+_TASKS: dict[str, Callable[[], Task]] = {"classification": _classification, "simulated": _simulated,
+                                         "t2i": _text_to_image}
 
 
 def get_task(name: str) -> Task:

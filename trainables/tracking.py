@@ -107,6 +107,9 @@ class TrialRun:
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, path, artifact_path)
+
     def finish(self, status: str, reason: str | None = None, kind: str | None = None) -> None:
         tags = {STATUS_TAG: status}
         if reason:
@@ -134,6 +137,9 @@ class NullRun(TrialRun):
         pass
 
     def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
         pass
 
     def finish(self, status: str, reason: str | None = None, kind: str | None = None) -> None:

@@ -5,16 +5,118 @@ and ending as failed with the reason when the loss diverges or the code raises."
 from __future__ import annotations
 
 import contextlib
+import json
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from trainables.checkpoints import CheckpointStore
 from trainables.config import TrialConfig
 from trainables.session import Session
-from trainables.tasks import SCORE
+from trainables.tasks import SCORE, Selection
 from trainables.tracking import TrialRun, config_hash, open_trial_run
+
+
+def warmup_cosine(optimizer, warmup_steps: int, total_steps: int):
+    """Per-step learning-rate schedule: linear warm-up, then cosine to zero."""
+    import math
+
+    import torch
+
+    warmup_steps = min(warmup_steps, total_steps - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+P = TypeVar("P")
+
+
+def save_training_state(directory: Path, model, bn_mode: str | None, optimizer, schedule, progress,
+                        best_state: dict | None) -> None:
+    """A checkpoint: only what was trained (safetensors), the best-validation copy of it, the optimizer and
+    schedule state, and the loop's progress counters (a dataclass)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from trainables.methods import trainable_state_dict
+
+    save_file({k: v.contiguous() for k, v in trainable_state_dict(model, bn_mode).items()},
+              str(directory / "trained.safetensors"))
+    if best_state is not None:
+        save_file({k: v.contiguous() for k, v in best_state.items()}, str(directory / "best.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}, directory / "optimizer.pt")
+    (directory / "progress.json").write_text(json.dumps(asdict(progress)))
+
+
+def load_training_state(directory: Path, model, optimizer, schedule, progress_type: type[P]) -> tuple[P, dict | None]:
+    """The trained weights first (diffusers' training scripts long restored only the optimizer, so a resumed run
+    went on from the pretrained weights), then the optimizer, schedule, progress and best-validation copy."""
+    import torch
+    from safetensors.torch import load_file
+
+    from trainables.methods import load_trainable_state
+
+    load_trainable_state(model, load_file(str(directory / "trained.safetensors")))
+    state = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    best = directory / "best.safetensors"
+    progress = progress_type(**json.loads((directory / "progress.json").read_text()))
+    return progress, load_file(str(best)) if best.exists() else None
+
+
+def run_params(cfg: TrialConfig, train, prepared, data_params: dict[str, str], weight_source: str,
+               selection: Selection, **extra: Any) -> dict[str, Any]:
+    """A trial run's MLflow params, the same keys for every task: what was trained on what, how, and chosen how."""
+    import torch
+
+    return {
+        "task": cfg.task,
+        "seed": cfg.seed,
+        "dataset": cfg.data.name,
+        "data.options": json.dumps(cfg.data.options, sort_keys=True),
+        "data.fraction": cfg.data.fraction,
+        "data.image_size": cfg.data.image_size,
+        "data.fallback_from": cfg.data.fallback_from or "",
+        **data_params,
+        "backbone": cfg.backbone.name,
+        "backbone.weights": weight_source,
+        "method": cfg.method.name,
+        **{f"method.{k}": v for k, v in prepared.knobs.items()},
+        "method.bn_mode": prepared.bn_mode,
+        "trainable_params": prepared.trainable_params,
+        "total_params": prepared.total_params,
+        "trainable_share": f"{prepared.trainable_params / prepared.total_params:.6f}",
+        "selection.val": selection.val,
+        "selection.test": selection.test,
+        "selection.test_higher_is_better": selection.test_higher_is_better,
+        **{f"train.{k}": v for k, v in train.model_dump().items()},
+        **{f"searched.{k}": v for k, v in cfg.searched.items()},
+        "resources.num_workers": cfg.resources.num_workers,
+        "resources.cpus": cfg.resources.cpus,
+        "resources.gpus": cfg.resources.gpus,
+        "versions": f"torch {torch.__version__}",
+        **extra,
+    }
+
+
+def run_tags(cfg: TrialConfig, data_params: dict[str, str]) -> dict[str, str]:
+    """The tags reports group by. `dataset` is the spec's id for it (two csv datasets stay apart), or what was
+    really used when the sweep fell back to synthetic data."""
+    dataset = data_params.get("data.source", cfg.data.name) if cfg.data.fallback_from else (cfg.data.id or cfg.data.name)
+    tags = {"task": cfg.task, "dataset": dataset, "backbone": cfg.backbone.name, "method": cfg.method.name,
+            "fraction": str(cfg.data.fraction), "seed": str(cfg.seed)}
+    if cfg.data.fallback_from:
+        tags["data_fallback"] = f"synthetic data: {cfg.data.fallback_from} was not found"
+    return tags
 
 
 class Diverged(RuntimeError):

@@ -82,6 +82,20 @@ def build_manifest(
     return manifest
 
 
+def check_captions(manifest: Manifest, dataset: str) -> None:
+    """Image-caption pairs (text-to-image): a dataset without captions, or with images lacking one, is an error
+    that says how many and which, before any image is read."""
+    if "caption" not in manifest.frame:
+        raise DatasetError(f"dataset {dataset!r} has no captions, and text-to-image trains on image-caption pairs: "
+                           "use a dataset with captions (csv: options.caption_column names the column; mimic_cxr: "
+                           "its reports)")
+    captions = manifest.frame["caption"].fillna("").astype(str).str.strip()
+    empty = manifest.frame.loc[captions == "", "path"]
+    if len(empty):
+        raise DatasetError(f"dataset {dataset!r}: {len(empty)} of {len(captions)} images have no caption (first: "
+                           f"{empty.iloc[0]}); every image needs one: fill them in, or drop those images")
+
+
 def frame_hash(frame: pd.DataFrame) -> str:
     return hashlib.sha1(frame.to_csv(index=False).encode()).hexdigest()[:16]
 

@@ -77,9 +77,11 @@ class Synthetic(Source):
         return self.options.model_dump_json()
 
     def rows(self) -> pd.DataFrame:
+        names = self.classes()
         return pd.concat(
             [
-                pd.DataFrame({"item": [f"{s}/{i}" for i in range(len(y))], "label": y, "split": s, "group": ""})
+                pd.DataFrame({"item": [f"{s}/{i}" for i in range(len(y))], "label": y, "split": s, "group": "",
+                              "caption": [f"a bright {names[c]} on a noisy background" for c in y]})
                 for s, (_, y) in self._data.items()
             ],
             ignore_index=True,

@@ -4,9 +4,11 @@ from trainables.methods import (  # noqa: F401  (registration)
     adaptformer,
     attention,
     batchnorm,
+    bias,
     bitfit,
     conv_adapter,
     convpass,
+    difffit,
     fact,
     full,
     layernorm,
@@ -14,8 +16,14 @@ from trainables.methods import (  # noqa: F401  (registration)
     lora,
     lora_conv,
     lora_qkv,
+    norm,
+    norm_bias,
+    norm_bias_attention,
     peft_tuner,
     ssf,
+    svdiff,
+    unet_attention,
+    unet_lora,
     vpt,
 )
 from trainables.methods.registry import (
@@ -27,7 +35,13 @@ from trainables.methods.registry import (
     prepare_model,
     register_method,
 )
-from trainables.methods.state import count_parameters, load_trainable_state, train_mode, trainable_state_dict
+from trainables.methods.state import (
+    count_parameters,
+    load_trainable_state,
+    param_groups,
+    train_mode,
+    trainable_state_dict,
+)
 
 __all__ = [
     "Method",
@@ -37,6 +51,7 @@ __all__ = [
     "get_method",
     "list_methods",
     "load_trainable_state",
+    "param_groups",
     "prepare_model",
     "register_method",
     "train_mode",

@@ -31,6 +31,8 @@ def dense_convs(model: nn.Module, head: str | None) -> list[str]:
 
 
 def default_targets(model: nn.Module, info: BackboneInfo) -> Any:
+    if info.family == "unet":
+        return ["to_q", "to_k", "to_v", "to_out.0"]
     return VIT_TARGETS if info.family == "vit" else dense_convs(model, info.head)
 
 
@@ -57,7 +59,7 @@ def peft_method(tuner: str) -> Method:
         knobs = {**fixed, **knobs}
         knobs.setdefault("target_modules", default_targets(model, info))
         if base == "ia3" and "feedforward_modules" not in knobs:
-            # IA3 scales the input of feed-forward layers: the MLP's second projection in a ViT; none in a CNN.
+            # IA3 scales the input of feed-forward layers: the MLP's second projection in a ViT; none elsewhere.
             knobs["feedforward_modules"] = r".*blocks\.\d+\.mlp\.fc2" if info.family == "vit" else []
         try:
             config = config_class(**knobs)
@@ -67,7 +69,7 @@ def peft_method(tuner: str) -> Method:
 
     return Method(
         name=f"peft:{tuner}",
-        families=("vit", "cnn"),
+        families=("vit", "cnn", "unet"),
         apply=apply,
         defaults=None,
         reference=f"Hugging Face peft {peft.__version__}, {config_class.__name__}",

@@ -39,7 +39,9 @@ class Method:
     knob_docs: dict[str, str] = field(default_factory=dict)
 
 
-_METHODS: dict[str, Method] = {}
+# A name may have one implementation per family: `lora` is the same idea on a ViT (q and v of the fused qkv) and
+# on a U-Net (to_q/to_k/to_v/to_out), written twice.
+_METHODS: dict[str, list[Method]] = {}
 _DYNAMIC: dict[str, Callable[[str], Method]] = {}  # prefix (e.g. "peft") -> factory for "prefix:<name>"
 
 
@@ -55,12 +57,12 @@ def register_method(
     """Register `apply(model, info, **knobs)`; its keyword defaults are the method's documented knob defaults."""
 
     def decorate(apply: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _METHODS:
-            raise ValueError(f"method {name!r} registered twice")
+        if any(set(m.families) & set(families) for m in _METHODS.get(name, [])):
+            raise ValueError(f"method {name!r} registered twice for the same family")
         unknown = set(families) - set(FAMILIES)
         if unknown:
             raise ValueError(f"method {name!r}: unknown families {sorted(unknown)}")
-        _METHODS[name] = Method(
+        _METHODS.setdefault(name, []).append(Method(
             name=name,
             families=families,
             apply=apply,
@@ -70,7 +72,7 @@ def register_method(
             merge=merge,
             summary=(inspect.getdoc(apply) or "").split("\n\n")[0].replace("\n", " "),
             knob_docs=knob_docs or {},
-        )
+        ))
         return apply
 
     return decorate
@@ -81,9 +83,11 @@ def register_dynamic(prefix: str, factory: Callable[[str], Method]) -> None:
     _DYNAMIC[prefix] = factory
 
 
-def get_method(name: str) -> Method:
+def get_method(name: str, family: str | None = None) -> Method:
+    """The method of that name (for that backbone family, when it has one implementation per family)."""
     if name in _METHODS:
-        return _METHODS[name]
+        entries = _METHODS[name]
+        return next((m for m in entries if family in m.families), entries[0])
     prefix, sep, rest = name.partition(":")
     if sep and prefix in _DYNAMIC:
         return _DYNAMIC[prefix](rest)
@@ -91,7 +95,7 @@ def get_method(name: str) -> Method:
 
 
 def list_methods(family: str | None = None) -> list[Method]:
-    methods = sorted(_METHODS.values(), key=lambda m: m.name)
+    methods = sorted((m for entries in _METHODS.values() for m in entries), key=lambda m: (m.name, m.families))
     return [m for m in methods if family is None or family in m.families]
 
 
@@ -124,11 +128,12 @@ def prepare_model(
     bn_mode: BnMode | None = None,
 ) -> PreparedModel:
     """Apply a method to a freshly built backbone: only the method's parameters and the head stay trainable."""
-    method = get_method(method_name)
+    method = get_method(method_name, info.family)
     if info.family not in method.families:
+        families = sorted({f for m in _METHODS.get(method_name, [method]) for f in m.families})
         raise MethodError(
             f"method {method.name!r} does not fit backbone {info.name!r}: it supports "
-            f"{'/'.join(method.families)} backbones, {info.name!r} is a {info.family}"
+            f"{'/'.join(families)} backbones, {info.name!r} is a {info.family}"
         )
     knobs = resolve_knobs(method, knobs)
     model.requires_grad_(False)

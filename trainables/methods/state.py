@@ -9,6 +9,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 BnMode = Literal["train", "eval"]
+# A method may give some of its parameters their own learning rate, as a factor of the trial's (SVDiff's 1-D
+# parameters): it sets this attribute on them and the optimizer puts them in a group of their own.
+LR_SCALE = "medpeft_lr_scale"
 
 
 def train_mode(model: nn.Module, bn_mode: BnMode) -> nn.Module:
@@ -48,3 +51,13 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, sum(p.numel() for p in model.parameters())
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    """The optimizer's parameter groups: trained parameters at the trial's learning rate, except those a method
+    gave a learning-rate factor."""
+    groups: dict[float, list[nn.Parameter]] = {}
+    for param in model.parameters():
+        if param.requires_grad:
+            groups.setdefault(getattr(param, LR_SCALE, 1.0), []).append(param)
+    return [{"params": params, "lr": lr * scale, "weight_decay": weight_decay} for scale, params in groups.items()]

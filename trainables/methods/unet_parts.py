@@ -1,0 +1,34 @@
+"""What the U-Net methods select: biases, norm layers, and the transformer (attention) blocks of a diffusers
+UNet2DConditionModel. Each selector makes its parameters trainable; the methods are unions of them."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def train_biases(unet: nn.Module) -> None:
+    for name, param in unet.named_parameters():
+        if name.endswith("bias"):
+            param.requires_grad_(True)
+
+
+def train_norms(unet: nn.Module) -> None:
+    for module in unet.modules():
+        if isinstance(module, nn.GroupNorm | nn.LayerNorm):
+            module.requires_grad_(True)
+
+
+def transformer_blocks(unet: nn.Module) -> list[nn.Module]:
+    """The U-Net's Transformer2DModel blocks (self- and cross-attention, feed-forward, their norms and
+    projections)."""
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    blocks = [m for m in unet.modules() if isinstance(m, Transformer2DModel)]
+    if not blocks:
+        raise ValueError("the U-Net has no transformer (attention) blocks")
+    return blocks
+
+
+def train_attention(unet: nn.Module) -> None:
+    for block in transformer_blocks(unet):
+        block.requires_grad_(True)
