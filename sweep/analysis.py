@@ -90,6 +90,9 @@ def _trial_row(sweep: str, run) -> dict[str, Any]:
         "gpus": float(params.get("resources.gpus", "nan")),
         "workers": int(params.get("resources.num_workers", 1)),
     }
+    for key, value in metrics.items():  # every other test metric too (test/fid, test/kid for text-to-image)
+        if key.startswith("test/"):
+            row.setdefault("test_" + key.removeprefix("test/").replace("/", "_"), value)
     for key, value in params.items():  # every hyperparameter, searched or fixed, and every method knob
         if key.startswith(("searched.", "train.", "method.")):
             row[key] = _number(value)

@@ -30,7 +30,8 @@ FORMATS = ("md", "html", "csv", "parquet")
 RAW_COLUMNS_DOC = (
     "one row per trial: sweep, trial_key, cell_key, run_id, task, dataset, backbone, method, fraction, seed, status, "
     "stopped_early, failure_reason, score (the validation selection metric, higher is better), val_metric, "
-    "val_best, val_best_loss, test_metric, test_main, test_acc, test_balanced_acc, test_auroc, test_loss, "
+    "val_best, val_best_loss, test_metric, test_main, test_acc, test_balanced_acc, test_auroc, test_loss (and "
+    "test_<m> for every other test metric, e.g. test_fid, test_kid), "
     "trainable_params, total_params, trainable_share, epochs_run, max_epochs, "
     "wall_seconds, peak_mem_mb, cpus, gpus, workers, is_best_in_cell, and every hyperparameter as "
     "searched.* / train.* / method.*"
