@@ -163,6 +163,12 @@ def test_resume_reloads_the_trained_weights_and_continues_the_same_curve(uninter
                 assert ours[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-6), key
 
 
+def test_gradient_checkpointing_changes_memory_not_results(uninterrupted):
+    checkpointed = run(t2i_config(gradient_checkpointing=True), LocalSession(stop_after_reports=1))
+    for key in ("train/loss", "val/loss"):
+        assert checkpointed.reports[0][key] == pytest.approx(uninterrupted.reports[0][key], rel=1e-5), key
+
+
 def test_a_resume_without_the_trained_weights_would_be_caught(uninterrupted, tmp_path):
     """The failure diffusers' scripts had: optimizer restored, weights not. The curve then differs, which is what
     the resume test above would see."""
