@@ -150,7 +150,7 @@ def _check_backbones_and_methods(spec: SweepSpec, plan: Plan, task, allow_missin
             except MethodError as e:
                 problems.append(str(e))
                 continue
-            except (ValueError, RuntimeError, TypeError, OSError) as e:
+            except (ValueError, RuntimeError, TypeError, OSError, ImportError) as e:
                 problems.append(f"backbone {backbone.name!r} cannot be built for task {spec.task!r}: {e}")
                 break
             plan.params[(backbone.key, method.key)] = (prepared.trainable_params, prepared.total_params)
