@@ -227,14 +227,14 @@ def load_specs(path: str | Path | None = None, overrides: list[str] | None = Non
     if not isinstance(raw, dict):
         raise SpecError(f"spec file {path} must hold a mapping (name:, task:, datasets:, ...)")
     overrides = overrides or []
+    shared = [o for o in overrides if not o.startswith("arms.")]
     for override in overrides:
         if override.startswith("arms."):
             apply_override(raw, override)
     arms = raw.pop("arms", None)
-    for override in overrides:
-        if not override.startswith("arms.") and arms is None:
-            apply_override(raw, override)
     if arms is None:
+        for override in shared:
+            apply_override(raw, override)
         return [_validate(raw, f"spec {path}")]
     if not isinstance(arms, list) or not arms or not all(isinstance(a, dict) and a.get("id") for a in arms):
         raise SpecError(f"spec {path}: `arms` must be a list of mappings, each with an `id` (e.g. - id: t2i)")
@@ -250,9 +250,8 @@ def load_specs(path: str | Path | None = None, overrides: list[str] | None = Non
             elif key != "id":
                 merged[key] = copy.deepcopy(value)
         merged["name"], merged["arm"] = f"{raw.get('name', 'sweep')}-{arm['id']}", str(arm["id"])
-        for override in overrides:
-            if not override.startswith("arms."):
-                apply_override(merged, override)
+        for override in shared:
+            apply_override(merged, override)
         specs.append(_validate(merged, f"spec {path}, arm {arm['id']!r}"))
     return specs
 

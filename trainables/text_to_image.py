@@ -107,7 +107,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if amp:
         parts.vae.to(half)
         parts.text.model.to(half)
-    encoded = {name: encode(parts, split, device) for name, split in (("train", data.train), ("val", data.val))}
+    encoded = {"train": encode(parts, data.train, device), "val": encode(parts, data.val, device, limit=train.val_pairs)}
     embeddings = Embeddings(parts, device)
 
     # The U-Net and its PEFT method; frozen weights may drop to half precision, trained ones stay fp32.
@@ -212,15 +212,18 @@ class Embeddings:
 
 
 @torch.no_grad()
-def encode(parts: DiffusionParts, split: ImageSplit, device: torch.device, batch: int = 32) -> Encoded:
+def encode(parts: DiffusionParts, split: ImageSplit, device: torch.device, limit: int | None = None,
+           batch: int = 32) -> Encoded:
+    """The first `limit` images of the split (all by default) through the VAE, with their captions."""
+    n = len(split) if limit is None else min(limit, len(split))
     latents = []
     dtype = next(parts.vae.parameters()).dtype
-    for start in range(0, len(split), batch):
-        x = split.batch(np.arange(start, min(start + batch, len(split)))).float().to(device) / 127.5 - 1
+    for start in range(0, n, batch):
+        x = split.batch(np.arange(start, min(start + batch, n))).float().to(device) / 127.5 - 1
         x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
         latents.append(parts.vae.encode(x.to(dtype)).latent_dist.mean.float().cpu())
     scale = parts.vae.config.scaling_factor
-    return Encoded(torch.cat(latents) * scale, list(split.captions))
+    return Encoded(torch.cat(latents) * scale, list(split.captions[:n]))
 
 
 def target(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -284,8 +287,8 @@ def evaluate(unet: nn.Module, parts: DiffusionParts, data, embeddings: Embedding
     FID, KID, and a sample grid (with its prompts) logged to the run."""
     import torchvision
 
-    encoded = encode(parts, data.test, device)
-    prompts = encoded.captions[: train.eval_prompts]
+    encoded = encode(parts, data.test, device, limit=train.val_pairs)  # the pairs test/loss is measured on
+    prompts = data.test.captions[: train.eval_prompts]
     fake = generate(unet, parts, prompts, embeddings, train, cfg.seed, device, amp, half,
                     tuple(encoded.latents.shape[1:]))
     n_real = min(train.fid_real_images or len(data.test), len(data.test))

@@ -32,7 +32,9 @@ def dense_convs(model: nn.Module, head: str | None) -> list[str]:
 
 def default_targets(model: nn.Module, info: BackboneInfo) -> Any:
     if info.family == "unet":
-        return ["to_q", "to_k", "to_v", "to_out.0"]
+        from trainables.methods.unet_parts import ATTENTION_PROJECTIONS
+
+        return ATTENTION_PROJECTIONS
     return VIT_TARGETS if info.family == "vit" else dense_convs(model, info.head)
 
 

@@ -3,8 +3,7 @@ from torch import nn
 from trainables.backbones import BackboneInfo
 from trainables.methods.peft_tools import inject, merge_peft
 from trainables.methods.registry import register_method
-
-TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+from trainables.methods.unet_parts import ATTENTION_PROJECTIONS
 
 
 @register_method(
@@ -18,4 +17,4 @@ def unet_lora(model: nn.Module, info: BackboneInfo, r: int = 8, alpha: float = 8
     """peft LoRA on every attention's query, key, value and output projection (to_q, to_k, to_v, to_out.0)."""
     import peft
 
-    return inject(model, peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=TARGETS))
+    return inject(model, peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=ATTENTION_PROJECTIONS))

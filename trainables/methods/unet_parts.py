@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from torch import nn
 
+# The projections of every diffusers Attention: what LoRA (ours and peft:<tuner>) adapts in a U-Net.
+ATTENTION_PROJECTIONS = ["to_q", "to_k", "to_v", "to_out.0"]
+
 
 def train_biases(unet: nn.Module) -> None:
     for name, param in unet.named_parameters():
