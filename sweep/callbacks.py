@@ -33,7 +33,7 @@ class SweepProgress(Callback):
         if result.get("failed"):
             verdict = f"FAILED at epoch {epoch}: {result.get('failure_reason', '')}"
         elif stopped:
-            verdict = f"stopped by ASHA after {epoch}/{self.max_t} epochs"
+            verdict = f"stopped early after {epoch}/{self.max_t} epochs"
             self._mark_stopped(key)
         else:
             verdict = f"finished {epoch}/{self.max_t} epochs"

@@ -36,7 +36,12 @@ class Cell:
     tags: dict[str, str] = field(default_factory=dict)
 
     def trial_key(self, index: int) -> str:
-        return f"{self.key}/trial={index}"
+        return trial_key(self.key, index)
+
+
+def trial_key(cell_key: str, index: int) -> str:
+    """A trial's key: its cell and its position in the cell (what MLflow runs and checkpoints are found by)."""
+    return f"{cell_key}/trial={index}"
 
 
 def cell_key(task_short: str, dataset: str, backbone: str, method: str, fraction: float, seed: int) -> str:

@@ -78,6 +78,16 @@ def make_plan(spec: SweepSpec, spec_path: Path, data_root: str | None, allow_mis
     if problems:
         raise SpecError("the sweep cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
     plan.cells = [_with_dataset(c, datasets[c.dataset.key], task.short) for c in cells]
+    if spec.scheduler.type == "halving" and any(c.resources.workers > 1 for c in plan.cells):
+        # A paused multi-worker trial's TorchTrainer does not stop with it (its workers train on and hold their
+        # CPUs/GPUs), so its cell would wait for it forever.
+        plan.notes.append("multi-worker trials cannot wait paused at a rung: this sweep stops trials early with "
+                          "asynchronous ASHA per cell instead of synchronous halving.")
+        plan.spec = spec = spec.model_copy(update={"scheduler": spec.scheduler.model_copy(update={"type": "asha"})})
+    if spec.scheduler.type == "halving" and spec.search.sampler == "tpe":
+        plan.notes.append("scheduler halving with sampler tpe: every trial of a cell starts before any finishes, so "
+                          "TPE learns nothing from its cell's results (it samples at random). Use scheduler.type: "
+                          "asha to let TPE learn, or sampler: grid/qmc with halving.")
     return plan
 
 

@@ -173,7 +173,7 @@ def _cost(doc: Document, trials: pd.DataFrame) -> None:
         return
     ran, exhaustive = int(cost["epochs_run"].sum()), int(cost["exhaustive_epochs"].sum())
     doc.heading("Cost")
-    doc.text(f"ASHA ran {ran:,} trial-epochs where an exhaustive search would have run {exhaustive:,} "
+    doc.text(f"The sweep ran {ran:,} trial-epochs where an exhaustive search would have run {exhaustive:,} "
              f"({ran / max(exhaustive, 1):.0%}).")
     doc.table(pd.DataFrame({
         "method": cost["method"], "trials": cost["trials"], "stopped early": cost["stopped_early"],

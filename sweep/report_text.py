@@ -16,16 +16,13 @@ def banner(note: str) -> str:
     return f"{line}\n{body}\n{line}"
 
 
-def asha_epochs_estimate(trials: int, max_t: int, grace: int, eta: float) -> float:
-    """Trial-epochs successive halving spends on `trials` trials of one cell (synchronous estimate)."""
-    rungs = [min(grace, max_t)]
-    while rungs[-1] * eta < max_t:
-        rungs.append(math.ceil(rungs[-1] * eta))
-    total, survivors, previous = 0.0, float(trials), 0
-    for bound in [*rungs[1:], max_t]:  # epochs run between consecutive rungs, by the trials still alive
-        total += survivors * (bound - previous)
-        previous = bound
-        survivors = max(1.0, survivors / eta)
+def halving_epochs(trials: int, max_t: int, rungs: list[int], eta: float) -> int:
+    """Trial-epochs synchronous successive halving spends on one cell's trials: after each rung the best
+    ceil(n/η) go on. Asynchronous ASHA spends at least this (its early arrivals go on unopposed)."""
+    total, survivors, previous = 0, trials, 0
+    for rung in [*rungs, max_t]:
+        total += survivors * (rung - previous)
+        previous, survivors = rung, max(1, math.ceil(survivors / eta))
     return total
 
 
@@ -36,7 +33,7 @@ def dry_run(plan: Plan, name: str) -> str:
         f"  sampler {spec.search.sampler}, up to {spec.search.trials_per_cell} trials per cell; "
         f"scheduler {spec.scheduler.type}"
         + (f" per cell (grace {spec.scheduler.grace_period}, reduction {spec.scheduler.reduction_factor:g})"
-           if spec.scheduler.type == "asha" else "")
+           if spec.scheduler.type != "fifo" else "")
         + f"; up to {plan.max_epochs} epochs; selection on {plan.selection.val}",
         f"  datasets: {', '.join(d.key for d in spec.datasets)}",
         f"  backbones: {', '.join(b.key for b in spec.backbones)}",
@@ -54,10 +51,12 @@ def dry_run(plan: Plan, name: str) -> str:
     out += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     exhaustive = plan.total_trials * plan.max_epochs
     out.append("")
-    if spec.scheduler.type == "asha":
-        expected = sum(asha_epochs_estimate(c.budget, plan.max_epochs, spec.scheduler.grace_period,
-                                            spec.scheduler.reduction_factor) for c in plan.cells)
-        out.append(f"Cost: at most {exhaustive:,} trial-epochs; about {expected:,.0f} with ASHA (estimate).")
+    if spec.scheduler.type != "fifo":
+        rungs, eta = spec.scheduler.rungs(plan.max_epochs), spec.scheduler.reduction_factor
+        least = sum(halving_epochs(c.budget, plan.max_epochs, rungs, eta) for c in plan.cells)
+        out.append(f"Cost: at most {exhaustive:,} trial-epochs; {least:,} with synchronous halving"
+                   + (" (ASHA: more, as early arrivals at a rung go on unopposed)." if spec.scheduler.type == "asha"
+                      else f" (rungs at epochs {', '.join(map(str, rungs))})."))
     else:
         out.append(f"Cost: {exhaustive:,} trial-epochs.")
     if plan.notes:
@@ -79,7 +78,7 @@ def summary(plan: Plan, name: str, outcome, storage, mlflow_uri: str) -> str:
         "",
         f"Each cell's trial is chosen on validation ({plan.selection.val}); its {plan.selection.test} is shown for "
         "reporting only.",
-        "epochs: trial-epochs run / an exhaustive search's; stopped: trials ASHA stopped early.",
+        "epochs: trial-epochs run / an exhaustive search's; stopped: trials stopped early at a rung.",
     ]
     if plan.notes:
         lines += ["", *("NOTE: " + n for n in plan.notes)]

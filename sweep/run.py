@@ -59,7 +59,7 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
     from ray import tune
 
     from sweep.callbacks import SweepProgress
-    from sweep.scheduler import PerCellASHA
+    from sweep.scheduler import PerCellASHA, PerCellHalving
     from sweep.searcher import CellPlan, CellSearcher, SweepState
     from trainables.launch import run_trial, trial_resources
 
@@ -71,7 +71,14 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
     trainable = tune.with_resources(run_trial, trial_resources)
     _start_ray(plan, address)
     watch = StorageWatch(storage)
+    # Tune's concurrency limit counts paused trials as running: with synchronous halving, trials paused at a rung
+    # would then block the very trials they wait for. Paused trials hold no resources, so only the number of
+    # trials queued ahead (pending) is limited, to the slots.
+    pausing = plan.spec.scheduler.type == "halving"
     try:
+        slots = plan.spec.resources.max_concurrent_trials or concurrent_trials(plan)
+        if pausing:
+            os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(slots)
         if resume:
             tuner = tune.Tuner.restore(experiment_dir, trainable, resume_errored=True)
         else:
@@ -85,9 +92,12 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
             spec = plan.spec
             searcher = CellSearcher(cells, state, SCORE, "max", spec.search.sampler, plan.grid_points,
                                     spec.search.seed)
+            rungs = ("epoch", spec.scheduler.grace_period, spec.scheduler.reduction_factor)
             if spec.scheduler.type == "asha":
-                scheduler = PerCellASHA(state, SCORE, "max", plan.max_epochs, "epoch",
-                                        spec.scheduler.grace_period, spec.scheduler.reduction_factor)
+                scheduler = PerCellASHA(state, SCORE, "max", plan.max_epochs, *rungs)
+            elif spec.scheduler.type == "halving":
+                budgets = {c.key: c.budget for c in plan.cells}
+                scheduler = PerCellHalving(state, budgets, SCORE, "max", plan.max_epochs, *rungs)
             else:
                 from ray.tune.schedulers import FIFOScheduler
 
@@ -101,7 +111,7 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
                     scheduler=scheduler,
                     num_samples=-1,
                     reuse_actors=True,
-                    max_concurrent_trials=spec.resources.max_concurrent_trials or concurrent_trials(plan),
+                    max_concurrent_trials=None if pausing else slots,
                     trial_name_creator=trial_name,
                     trial_dirname_creator=trial_dirname,
                 ),
@@ -122,6 +132,8 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
         watch.error = watch.error or "the experiment state could not be read back"
     finally:
         ray.shutdown()
+        if pausing:
+            os.environ.pop("TUNE_MAX_PENDING_TRIALS_PG", None)
     if watch.error:
         raise StorageLost(f"storage {storage.uri} stopped answering ({watch.error}). The sweep stopped; every result "
                           f"up to now is kept. Once the storage is back: python -m sweep.launch --name {name} "

@@ -1,17 +1,33 @@
-"""ASHA per cell: early stopping that only ever compares trials of the same grid cell.
+"""Early stopping per cell: schedulers that only ever compare trials of the same grid cell.
 
 Ray's ASHA compares every trial that reaches a rung with every other trial in its bracket, so one scheduler over
-a whole sweep would let a LoRA run on an easy dataset stop a BitFit run on a hard one. This scheduler keeps one
-Ray `AsyncHyperBandScheduler` per cell key and routes each trial to its cell's. The per-cell schedulers live in
-the `SweepState` the searcher saves, so their rung records survive a driver restart.
+a whole sweep would let a LoRA run on an easy dataset stop a BitFit run on a hard one. Two schedulers here keep
+a separate record per cell key:
+
+- `PerCellASHA` (asynchronous): one Ray `AsyncHyperBandScheduler` per cell. A trial reaching a rung is judged at
+  once against whatever its cell has recorded there, so nothing ever waits; but with few trials per cell and few
+  slots, the first arrivals at a rung are compared with almost nothing and go on.
+- `PerCellHalving` (synchronous successive halving): the searcher owns each cell's budget, so every trial of a
+  cell is known in advance and a rung can wait for all of them. A trial reaching a rung is paused (its slot goes
+  to other cells' trials) until its cell's rung is complete; then exactly the best 1/η go on.
+
+Their records live in the `SweepState` the searcher saves, so they survive a driver restart.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+from dataclasses import dataclass, field
+
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
+from sweep.grid import trial_key
 from sweep.searcher import SweepState
+from sweep.spec import halving_rungs
+
+logger = logging.getLogger(__name__)
 
 
 def cell_of(trial: Trial) -> str:
@@ -22,8 +38,8 @@ def trial_key_of(trial: Trial) -> str:
     return trial.config["tracking"]["trial_key"]
 
 
-class PerCellASHA(FIFOScheduler):
-    """Asynchronous successive halving, independently in every cell, on an explicit epoch counter."""
+class _PerCell(FIFOScheduler):
+    """What both per-cell schedulers take: the shared state, the metric, and the rungs' epoch counter."""
 
     def __init__(
         self,
@@ -43,6 +59,10 @@ class PerCellASHA(FIFOScheduler):
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
         return True  # fixed at construction; the searcher uses the same metric and mode
+
+
+class PerCellASHA(_PerCell):
+    """Asynchronous successive halving, independently in every cell, on an explicit epoch counter."""
 
     def _asha(self, trial: Trial) -> AsyncHyperBandScheduler:
         cell = cell_of(trial)
@@ -95,3 +115,199 @@ class PerCellASHA(FIFOScheduler):
     def debug_string(self) -> str:
         stopped = len(self.state.stopped_early)
         return f"PerCellASHA: {len(self.state.asha)} cells, {stopped} trials stopped early"
+
+
+@dataclass
+class CellRungs:
+    """One cell's successive-halving record."""
+
+    size: int  # trials in the cell (its search budget)
+    # rung -> trial key -> (score, -validation loss) there: ties in accuracy, common after one epoch on a small
+    # validation set, go to the lower loss, as in the final choice of a cell's trial
+    values: dict[int, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    promoted: dict[int, set[str]] = field(default_factory=dict)  # rung -> trial keys that went on from it
+    decided: set[int] = field(default_factory=set)  # rungs whose comparison has been made
+    lost: set[str] = field(default_factory=set)  # trial keys stopped at a rung
+    dropped: set[str] = field(default_factory=set)  # trial keys that failed: no rung waits for them
+
+    def awaited(self, cell: str, rungs: list[int], i: int) -> set[str] | None:
+        """Who must report at rung i before it is decided; None while rung i-1 is undecided."""
+        if i == 0:
+            keys = {trial_key(cell, index) for index in range(self.size)}
+        elif rungs[i - 1] in self.decided:
+            keys = set(self.promoted.get(rungs[i - 1], ()))
+        else:
+            return None
+        return keys - self.dropped
+
+    def latest_rung(self, key: str) -> int | None:
+        reached = [rung for rung, values in self.values.items() if key in values]
+        return max(reached) if reached else None
+
+
+class PerCellHalving(_PerCell):
+    """Synchronous successive halving, independently in every cell, on an explicit epoch counter.
+
+    At each rung (grace, grace·η, ... epochs) every trial of the cell still in the race reports, waiting paused
+    for the rest; then the best ceil(n/η) go on and the others stop. With a cell's 8 learning rates, 27 epochs,
+    grace 3 and η = 3 that is 8·3 + 3·6 + 1·18 = 60 trial-epochs instead of 216. A paused trial resumes from its own
+    checkpoint (trainables keep one per epoch), so waiting costs a trial restart, not training.
+    """
+
+    def __init__(self, state: SweepState, budgets: dict[str, int], *args, **kwargs) -> None:
+        super().__init__(state, *args, **kwargs)
+        self.budgets = budgets  # cell key -> its number of trials
+        self._sign = 1.0 if self._mode == "max" else -1.0
+        self.rungs = halving_rungs(self.max_t, self.grace_period, self.reduction_factor)
+
+    def _cell(self, cell: str) -> CellRungs:
+        if cell not in self.state.halving:
+            self.state.halving[cell] = CellRungs(self.budgets[cell])
+        return self.state.halving[cell]
+
+    # -- Tune's TrialScheduler interface ------------------------------------------------------------------
+
+    def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        cell, key = cell_of(trial), trial_key_of(trial)
+        rungs = self._cell(cell)
+        if result.get("failed"):
+            self._drop(tune_controller, trial)
+            return TrialScheduler.CONTINUE  # the trial ends itself
+        epoch = int(result.get(self.time_attr, 0))
+        # Rungs this trial is already past without a record (it went on before a driver restart whose snapshot
+        # predates that): it counts as promoted there, so its cell never waits for it.
+        passed = [r for r in self.rungs if r < epoch and r not in rungs.decided
+                  and key not in rungs.values.get(r, {}) and key not in rungs.promoted.get(r, ())]
+        for rung in passed:
+            rungs.promoted.setdefault(rung, set()).add(key)
+        if passed:
+            self._settle(tune_controller, cell, reporting=key)
+        if result.get("replayed"):
+            # An attempt that had already ended, reported again after a restore: it ends exactly as it did.
+            if result.get("replayed_stopped_early"):
+                rungs.lost.add(key)
+                self.state.stopped_early.add(key)
+                self._settle(tune_controller, cell)
+                return TrialScheduler.STOP
+            if epoch in self.rungs and epoch not in rungs.decided:
+                rungs.promoted.setdefault(epoch, set()).add(key)
+                self._settle(tune_controller, cell)
+            return TrialScheduler.CONTINUE
+        if epoch not in self.rungs or key in rungs.promoted.get(epoch, ()):
+            return TrialScheduler.CONTINUE  # between rungs, or a resumed trial reporting a rung it already passed
+        if key in rungs.lost:
+            return TrialScheduler.STOP
+        rungs.values.setdefault(epoch, {})[key] = (_ranked(self._sign, result.get(self._metric)),
+                                                   _ranked(-1.0, result.get("val/best_loss")))
+        self._settle(tune_controller, cell, reporting=key)
+        if epoch not in rungs.decided:
+            return TrialScheduler.PAUSE
+        return TrialScheduler.CONTINUE if key in rungs.promoted[epoch] else TrialScheduler.STOP
+
+    def on_trial_add(self, tune_controller, trial: Trial) -> None:
+        # After a driver restart Tune hands paused trials back as pending, and starts every pending trial: one
+        # that waits at a rung (or lost there) is made paused again before Tune files it.
+        if trial.status == Trial.PENDING and not self._may_run(trial):
+            trial.set_status(Trial.PAUSED)
+
+    def choose_trial_to_run(self, tune_controller) -> Trial | None:
+        """Promoted trials first (their cells finish sooner), then new ones; never one waiting at a rung."""
+        trials = tune_controller.get_trials()
+        for trial in trials:
+            if trial.status == Trial.PAUSED and trial_key_of(trial) in self._cell(cell_of(trial)).lost:
+                tune_controller.stop_trial(trial)  # lost at a rung decided while it was away (a restart)
+        chosen = self._first_runnable(trials)
+        if chosen is None and self._stalled(tune_controller, trials):
+            self._unstall(tune_controller, trials)
+            chosen = self._first_runnable(trials)
+        return chosen
+
+    def on_trial_complete(self, tune_controller, trial: Trial, result: dict) -> None:
+        if result.get("failed"):
+            self._drop(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller, trial: Trial) -> None:
+        self._drop(tune_controller, trial)
+
+    def on_trial_remove(self, tune_controller, trial: Trial) -> None:
+        if trial_key_of(trial) not in self._cell(cell_of(trial)).lost:  # not one of ours: stop waiting for it
+            self._drop(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        waiting = sum(len(set(v) - r.promoted.get(rung, set()) - r.lost)
+                      for r in self.state.halving.values() for rung, v in r.values.items() if rung not in r.decided)
+        return (f"PerCellHalving: rungs at epochs {self.rungs}, {waiting} trials waiting at a rung, "
+                f"{len(self.state.stopped_early)} stopped early")
+
+    # -- helpers --------------------------------------------------------------------------------------------
+
+    def _first_runnable(self, trials: list[Trial]) -> Trial | None:
+        waiting = [t for t in trials if t.status in (Trial.PAUSED, Trial.PENDING) and self._may_run(t)]
+        return next((t for t in waiting if t.status == Trial.PAUSED), waiting[0] if waiting else None)
+
+    @staticmethod
+    def _stalled(tune_controller, trials: list[Trial]) -> bool:
+        """Trials wait at rungs, yet nothing runs, nothing is queued and the searcher has no more to give."""
+        return (any(t.status == Trial.PAUSED for t in trials)
+                and not any(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials)
+                and tune_controller.search_alg.is_finished())
+
+    def _unstall(self, tune_controller, trials: list[Trial]) -> None:
+        """A safety net, not a path the bookkeeping above should reach: decide each waiting cell's pending rungs
+        on the trials that did report, rather than wait forever for ones that never will."""
+        for cell in {cell_of(t) for t in trials if t.status == Trial.PAUSED}:
+            rungs = self._cell(cell)
+            for i, rung in enumerate(self.rungs):
+                awaited = rungs.awaited(cell, self.rungs, i)
+                if awaited is None or rung in rungs.decided:
+                    continue
+                missing = awaited - set(rungs.values.get(rung, {})) - rungs.promoted.get(rung, set()) - rungs.lost
+                if missing:
+                    logger.warning("Successive halving: %s waited at epoch %d for %s, which cannot report any "
+                                   "more; deciding on the trials that did.", cell, rung, ", ".join(sorted(missing)))
+                    rungs.dropped |= missing
+                self._settle(tune_controller, cell)
+
+    def _may_run(self, trial: Trial) -> bool:
+        rungs, key = self._cell(cell_of(trial)), trial_key_of(trial)
+        latest = rungs.latest_rung(key)
+        if key in rungs.lost:
+            return False
+        return latest is None or (latest in rungs.decided and key in rungs.promoted[latest])
+
+    def _drop(self, tune_controller, trial: Trial) -> None:
+        cell = cell_of(trial)
+        self._cell(cell).dropped.add(trial_key_of(trial))
+        self._settle(tune_controller, cell)
+
+    def _settle(self, tune_controller, cell: str, reporting: str | None = None) -> None:
+        """Decide every rung of the cell that has become complete; stop the losers that wait paused."""
+        rungs = self._cell(cell)
+        for i, rung in enumerate(self.rungs):
+            if rung in rungs.decided:
+                continue
+            awaited = rungs.awaited(cell, self.rungs, i)
+            if awaited is None:
+                return
+            values = rungs.values.get(rung, {})
+            # Went on already (replayed, or past the rung before a restart), or stopped here already (replayed).
+            already, out = rungs.promoted.get(rung, set()) & awaited, rungs.lost & awaited
+            if not awaited <= set(values) | already | out:
+                return
+            keep = max(1, math.ceil(len(awaited) / self.reduction_factor)) if awaited else 0
+            ranked = sorted(awaited - already - out, key=lambda k: (values[k], k), reverse=True)
+            winners = already | set(ranked[: max(0, keep - len(already))])
+            losers = awaited - winners
+            rungs.promoted[rung], rungs.lost = winners, rungs.lost | losers
+            rungs.decided.add(rung)
+            self.state.stopped_early.update(losers)
+            waiting_losers = losers - {reporting}
+            if waiting_losers and tune_controller is not None:
+                for trial in tune_controller.get_trials():
+                    if trial_key_of(trial) in waiting_losers and trial.status in (Trial.PAUSED, Trial.PENDING):
+                        tune_controller.stop_trial(trial)
+
+
+def _ranked(sign: float, value) -> float:
+    """A value oriented so that higher is better; a missing or non-finite one ranks last."""
+    return sign * float(value) if value is not None and math.isfinite(float(value)) else -math.inf

@@ -23,7 +23,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from sweep.grid import with_searched
+from sweep.grid import trial_key, with_searched
 from sweep.spec import Dist
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -57,6 +57,7 @@ class SweepState:
     suggested: dict[str, int] = field(default_factory=dict)  # cell -> trials suggested so far
     trials: dict[str, TrialRecord] = field(default_factory=dict)  # Tune trial id -> record
     asha: dict[str, Any] = field(default_factory=dict)  # cell -> AsyncHyperBandScheduler
+    halving: dict[str, Any] = field(default_factory=dict)  # cell -> CellRungs (synchronous halving)
     stopped_early: set[str] = field(default_factory=set)  # trial keys stopped by the scheduler
     cursor: int = 0  # round-robin position over cells
 
@@ -97,19 +98,25 @@ class CellSearcher(Searcher):
             trial = study.ask(self._distributions(cell))
             state.suggested[cell.key] = index + 1
             state.trials[trial_id] = TrialRecord(cell.key, index, trial.number, dict(trial.params))
-            return with_searched(cell.base_config, trial.params, f"{cell.key}/trial={index}")
+            return with_searched(cell.base_config, trial.params, trial_key(cell.key, index))
         return Searcher.FINISHED
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        record = self.state.trials.get(trial_id)
+        value = result.get(self.metric)
+        if record is not None and value is not None and not result.get("failed"):
+            record.value = float(value)  # a trial stopped while paused completes without a result: this stands
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         record = self.state.trials.get(trial_id)
         if record is None:
             return
-        value = (result or {}).get(self.metric)
+        value = (result or {}).get(self.metric, None if result else record.value)
         failed = error or (result or {}).get("failed") or value is None or not math.isfinite(value)
-        trial_key = f"{record.cell}/trial={record.index}"
+        key = trial_key(record.cell, record.index)
         if failed:
             record.status = "failed"
-        elif trial_key in self.state.stopped_early:
+        elif key in self.state.stopped_early:
             record.status = "stopped_early"
         else:
             record.status = "finished"

@@ -138,9 +138,24 @@ class SearchSpec(_Model):
 
 
 class SchedulerSpec(_Model):
-    type: Literal["asha", "fifo"] = "asha"
+    # asha: asynchronous successive halving per cell; halving: synchronous (a rung waits for all of the cell's
+    # trials, paused); fifo: every trial runs to the end. See sweep/scheduler.py.
+    type: Literal["halving", "asha", "fifo"] = "halving"
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(3.0, gt=1.0)
+
+    def rungs(self, max_t: int) -> list[int]:
+        return halving_rungs(max_t, self.grace_period, self.reduction_factor)
+
+
+def halving_rungs(max_t: int, grace_period: int, reduction_factor: float) -> list[int]:
+    """The epochs at which successive halving compares trials: grace, grace·η, grace·η², ... below max_t."""
+    rungs, k = [], 0
+    while (epoch := round(min(grace_period, max_t) * reduction_factor**k)) < max_t:
+        if epoch not in rungs:
+            rungs.append(epoch)
+        k += 1
+    return rungs
 
 
 class MethodResources(_Model):

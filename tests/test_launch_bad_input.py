@@ -82,3 +82,13 @@ def test_dry_run_prints_the_grid_and_creates_nothing(capsys, tmp_path):
     assert code == 0 and not storage.exists()
     assert "8 cells, 24 trials" in out and "cls/breastmnist/tf_efficientnet_lite0/lora_conv/frac=0.25/seed=0" in out
     assert "trial-epochs" in out
+
+
+@needs_shared_data
+def test_dry_run_with_synchronous_halving_counts_its_epochs_and_warns_about_tpe(capsys, tmp_path):
+    code = main(["--storage", str(tmp_path / "store"), "--dry-run", "--data-root", str(SHARED_DATA),
+                 "--set", "scheduler.type=halving", "--set", "search.sampler=tpe"])
+    out = capsys.readouterr().out
+    # 8 cells of 3 trials, 4 epochs, rungs at 1 and 2 (reduction 2): 3 + 2 + 1 + 1 = 7 trial-epochs per cell.
+    assert code == 0 and "at most 96 trial-epochs; 56 with synchronous halving (rungs at epochs 1, 2)" in out
+    assert "TPE learns nothing" in out

@@ -124,7 +124,7 @@ def test_quickstart_report_files_and_numbers(quickstart, tmp_path):
         if method != "full":
             assert re.search(rf"^\| {method} \|.* \| {re.escape(f'{gain:+.1f}')} \|$", text, re.MULTILINE), method
     epochs, exhaustive = int(raw["epochs_run"].sum()), int(raw["max_epochs"].sum())
-    assert f"ASHA ran {epochs:,} trial-epochs where an exhaustive search would have run {exhaustive:,}" in text
+    assert f"The sweep ran {epochs:,} trial-epochs where an exhaustive search would have run {exhaustive:,}" in text
     assert "## Recommendations" in text and "**" in text.split("## Recommendations")[1]
 
     # Logged to the sweep's parent run in MLflow, with per-cell summaries on the cell runs.

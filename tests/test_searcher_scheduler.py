@@ -1,14 +1,18 @@
-"""The per-cell searcher and the per-cell ASHA scheduler, driven directly with stand-in trials."""
+"""The per-cell searcher and the per-cell schedulers (async ASHA, synchronous halving), driven directly with
+stand-in trials."""
 
 from __future__ import annotations
 
+import logging
 import pickle
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
-from sweep.scheduler import PerCellASHA
+from sweep.report_text import halving_epochs
+from sweep.scheduler import PerCellASHA, PerCellHalving
 from sweep.searcher import CellPlan, CellSearcher, SweepState, grid_order
 from sweep.spec import Dist
 
@@ -90,6 +94,9 @@ class StubTrial:
     def __post_init__(self):
         self.config = {"tracking": {"cell_key": self.cell, "trial_key": f"{self.cell}/trial={self.trial_id}"}}
 
+    def set_status(self, status: str) -> None:
+        self.status = status
+
 
 def scheduler(state=None) -> PerCellASHA:
     return PerCellASHA(state or SweepState(), "val/best_acc", "max", max_t=9, grace_period=1, reduction_factor=3)
@@ -148,3 +155,198 @@ def test_rung_records_survive_a_restore_through_the_searcher(tmp_path):
     assert report(fresh_sched, newcomer, 1, 0.5) == TrialScheduler.STOP  # compared with the restored rung
     restored_rung = fresh_s.state.asha["c"]._brackets[0]._rungs[-1][1]
     assert {"t0", "t1", "t2", "t9"} <= set(restored_rung)
+
+
+# -- synchronous successive halving per cell ----------------------------------------------------------------
+
+
+class StubController:
+    """What the scheduler uses of Tune's controller: the trials, and stopping one (as Tune does for a trial
+    that is not running: the scheduler hears on_trial_remove, the searcher a completion without a result)."""
+
+    def __init__(self, sched, trials, searcher=None, searcher_finished=False):
+        self.sched, self.trials, self.searcher, self.stopped = sched, trials, searcher, []
+        self.search_alg = SimpleNamespace(is_finished=lambda: searcher_finished)
+
+    def get_trials(self):
+        return self.trials
+
+    def stop_trial(self, trial):
+        self.sched.on_trial_remove(self, trial)
+        if self.searcher:
+            self.searcher.on_trial_complete(trial.trial_id)
+        trial.status = "TERMINATED"
+        self.stopped.append(trial.config["tracking"]["trial_key"])
+
+
+def halving(budgets, max_t=9, state=None) -> PerCellHalving:
+    return PerCellHalving(state or SweepState(), budgets, "val/best_acc", "max", max_t=max_t, grace_period=1,
+                          reduction_factor=3)
+
+
+def step(sched, ctl, trial, epoch, value, **extra):
+    decision = sched.on_trial_result(ctl, trial, {"epoch": epoch, "val/best_acc": value, "val/best_loss": 1 - value,
+                                                  **extra})
+    trial.status = {TrialScheduler.PAUSE: "PAUSED", TrialScheduler.STOP: "TERMINATED"}.get(decision, "RUNNING")
+    return decision
+
+
+def test_halving_waits_for_the_whole_cell_then_keeps_the_best_third():
+    sched = halving({"c": 8})
+    trials = [StubTrial(str(i), "c") for i in range(8)]
+    ctl = StubController(sched, trials)
+    values = [0.50, 0.90, 0.60, 0.95, 0.40, 0.70, 0.30, 0.80]
+    # Early arrivals are not judged on what little has reported: they wait, even the best so far.
+    assert [step(sched, ctl, t, 1, v) for t, v in zip(trials[:7], values, strict=False)] == [TrialScheduler.PAUSE] * 7
+    assert sched.choose_trial_to_run(ctl) is None  # nobody waiting at a rung may run on
+    assert step(sched, ctl, trials[7], 1, values[7]) == TrialScheduler.CONTINUE  # 0.80: third best of 8
+    assert sorted(ctl.stopped) == [f"c/trial={i}" for i in (0, 2, 4, 5, 6)]  # the waiting losers are stopped
+    assert sched.state.stopped_early == set(ctl.stopped)
+    chosen = sched.choose_trial_to_run(ctl)
+    assert chosen in (trials[1], trials[3]) and chosen.status == "PAUSED"  # winners resume
+    # Rung 3: ceil(3/3) = 1 goes on.
+    assert step(sched, ctl, trials[7], 3, 0.85) == TrialScheduler.PAUSE
+    trials[1].status = trials[3].status = "RUNNING"
+    assert step(sched, ctl, trials[1], 3, 0.97) == TrialScheduler.PAUSE
+    assert step(sched, ctl, trials[3], 3, 0.96) == TrialScheduler.STOP
+    assert "c/trial=7" in ctl.stopped and sched.choose_trial_to_run(ctl) is trials[1]
+    trials[1].status = "RUNNING"
+    assert step(sched, ctl, trials[1], 4, 0.97) == TrialScheduler.CONTINUE  # between rungs
+    assert step(sched, ctl, trials[1], 3, 0.97) == TrialScheduler.CONTINUE  # a resumed trial reporting again
+
+
+def test_halving_ties_go_to_the_lower_validation_loss():
+    sched = halving({"c": 3})
+    trials = [StubTrial(str(i), "c") for i in range(3)]
+    ctl = StubController(sched, trials)
+    for t, loss in zip(trials, [0.5, 0.3, 0.4], strict=True):
+        sched.on_trial_result(ctl, t, {"epoch": 1, "val/best_acc": 0.6, "val/best_loss": loss})
+    assert sched.state.halving["c"].promoted[1] == {"c/trial=1"}
+
+
+def test_halving_cells_never_wait_for_or_stop_each_other():
+    sched = halving({"easy": 3, "hard": 3})
+    easy = [StubTrial(str(i), "easy") for i in range(3)]
+    hard = [StubTrial(str(i), "hard") for i in range(3)]
+    ctl = StubController(sched, easy + hard)
+    for t, v in zip(easy, [0.95, 0.96, 0.97], strict=True):
+        step(sched, ctl, t, 1, v)
+    assert [step(sched, ctl, t, 1, v) for t, v in zip(hard[:2], [0.1, 0.2], strict=True)] == [TrialScheduler.PAUSE] * 2
+    assert ctl.stopped == ["easy/trial=0", "easy/trial=1"]
+    assert step(sched, ctl, hard[2], 1, 0.15) == TrialScheduler.STOP
+    assert sched.choose_trial_to_run(ctl) is hard[1]
+
+
+def test_halving_stops_waiting_for_failed_trials():
+    sched = halving({"c": 4})
+    trials = [StubTrial(str(i), "c") for i in range(4)]
+    ctl = StubController(sched, trials)
+    step(sched, ctl, trials[0], 1, 0.5)
+    step(sched, ctl, trials[1], 1, 0.7)
+    # One diverges (reports failed and ends itself), one errors: the rung is complete with the two that reported.
+    assert sched.on_trial_result(ctl, trials[2], {"epoch": 1, "failed": 1, "val/best_acc": float("nan")}) == "CONTINUE"
+    assert sched.choose_trial_to_run(ctl) is None
+    sched.on_trial_error(ctl, trials[3])
+    assert sched.state.halving["c"].promoted[1] == {"c/trial=1"}  # ceil(2/3) = 1
+    assert ctl.stopped == ["c/trial=0"] and sched.choose_trial_to_run(ctl) is trials[1]
+
+
+def test_halving_searcher_records_a_trial_stopped_while_paused_as_stopped_early():
+    state = SweepState()
+    s = CellSearcher(plans(n_cells=1, budget=3), state, "val/best_acc", "max")
+    cell = plans(n_cells=1)[0].key
+    sched = halving({cell: 3}, state=state)
+    trials = []
+    for i in range(3):
+        s.suggest(f"t{i}")
+        trials.append(StubTrial(str(i), cell))
+        trials[-1].trial_id = f"t{i}"
+    ctl = StubController(sched, trials, searcher=s)
+    for t, v in zip(trials, [0.3, 0.9, 0.6], strict=True):
+        s.on_trial_result(t.trial_id, {"epoch": 1, "val/best_acc": v})
+        step(sched, ctl, t, 1, v)
+    assert ctl.stopped == [f"{cell}/trial=0"]  # paused, then stopped by the third trial's report
+    assert state.trials["t0"].status == "stopped_early" and state.trials["t0"].value == 0.3
+    assert state.studies[cell].trials[0].value == 0.3
+
+
+def test_halving_spends_exactly_the_planned_epochs_and_survives_a_restore(tmp_path):
+    """Drive whole cells through a stand-in Tune loop (a restore in the middle) and count trial-epochs."""
+    budgets = {"a": 8, "b": 5}
+    state = SweepState()
+    s = CellSearcher(plans(n_cells=1), state, "val/best_acc", "max")
+    sched = halving(budgets, max_t=9, state=state)
+    trials = [StubTrial(str(i), c) for c, n in budgets.items() for i in range(n)]
+    for t in trials:
+        t.status = "PENDING"
+    progress = {id(t): 0 for t in trials}
+    ctl = StubController(sched, trials)
+    epochs, restored = 0, False
+    while (trial := sched.choose_trial_to_run(ctl)) is not None:
+        trial.status = "RUNNING"
+        while trial.status == "RUNNING":
+            progress[id(trial)] += 1
+            epochs += 1
+            e, index = progress[id(trial)], int(trial.trial_id)
+            value = 0.5 + 0.04 * e - 0.01 * abs(index - 3)  # index 3 best at every epoch
+            decision = step(sched, ctl, trial, e, value)
+            if decision == TrialScheduler.CONTINUE and e == 9:
+                trial.status = "TERMINATED"
+        if not restored and any(t.status == "PAUSED" for t in trials):
+            waiting = [t for t in trials if t.status == "PAUSED" and not sched._may_run(t)]
+            # As after a driver restart: state back from the searcher's snapshot, paused trials handed back pending.
+            s.save(str(tmp_path / "s.pkl"))
+            fresh = SweepState()
+            sched = halving(budgets, max_t=9, state=fresh)
+            CellSearcher(plans(n_cells=1), fresh, "val/best_acc", "max").restore(str(tmp_path / "s.pkl"))
+            ctl = StubController(sched, trials)
+            for t in trials:
+                t.status = "PENDING" if t.status == "PAUSED" else t.status
+                sched.on_trial_add(ctl, t)  # Tune re-adds every restored trial
+            assert not any(t.status == "PENDING" and t in waiting for t in trials)  # waiting ones stay paused
+            restored = True
+    assert restored
+    assert all(t.status == "TERMINATED" for t in trials)
+    assert epochs == sum(halving_epochs(n, 9, [1, 3], 3) for n in budgets.values()) == 20 + 15
+    finished = [t.config["tracking"]["trial_key"] for t in trials if progress[id(t)] == 9]
+    assert finished == ["a/trial=3", "b/trial=3"]
+
+
+def test_halving_counts_a_trial_past_an_unrecorded_rung_as_promoted():
+    # After a restore from a snapshot older than the trial's checkpoint, it reports epoch 5 with no record at
+    # rungs 1 and 3: its cell must not wait for it there.
+    sched = halving({"c": 2})
+    trials = [StubTrial(str(i), "c") for i in range(2)]
+    ctl = StubController(sched, trials)
+    assert step(sched, ctl, trials[0], 1, 0.4) == TrialScheduler.PAUSE
+    assert step(sched, ctl, trials[1], 5, 0.6) == TrialScheduler.CONTINUE
+    assert sched.state.halving["c"].promoted[1] == {"c/trial=1"} and ctl.stopped == ["c/trial=0"]
+
+
+def test_halving_after_a_restart_stops_trials_lost_while_away():
+    # Restored as pending: trial 1 was decided lost at rung 1 (by trial 2's report) in the snapshot's state.
+    sched = halving({"c": 3})
+    trials = [StubTrial(str(i), "c") for i in range(3)]
+    ctl = StubController(sched, trials)
+    for t, v in zip(trials, [0.9, 0.2, 0.8], strict=True):
+        step(sched, ctl, t, 1, v)
+    assert sched.state.halving["c"].lost == {"c/trial=1", "c/trial=2"}
+    trials[1].status = "PENDING"
+    sched.on_trial_add(ctl, trials[1])
+    assert trials[1].status == "PAUSED"  # so Tune does not start it
+    ctl.stopped.clear()
+    sched.choose_trial_to_run(ctl)
+    assert ctl.stopped == ["c/trial=1"]
+
+
+def test_halving_never_waits_forever(caplog):
+    # Bookkeeping gone wrong (here: a trial the searcher will never suggest): once nothing runs, nothing is
+    # queued and the searcher is done, the rung is decided on those that reported, with a warning.
+    sched = halving({"c": 3})
+    trials = [StubTrial(str(i), "c") for i in range(2)]
+    ctl = StubController(sched, trials, searcher_finished=True)
+    step(sched, ctl, trials[0], 1, 0.9)
+    step(sched, ctl, trials[1], 1, 0.2)
+    with caplog.at_level(logging.WARNING):
+        assert sched.choose_trial_to_run(ctl) is trials[0]
+    assert "c/trial=2" in caplog.text and ctl.stopped == ["c/trial=1"]
