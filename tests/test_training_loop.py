@@ -94,3 +94,50 @@ def test_mlflow_run_identity_append_replay_and_replace(tmp_path):
     run(changed, LocalSession(stop_after_reports=1))
     (new,) = trial_runs()
     assert new.info.run_id != only.info.run_id and math.isclose(float(new.data.params["train.lr"]), 1e-3)
+
+
+def test_an_attempt_that_died_after_its_last_checkpoint_reports_again_without_training(tmp_path):
+    from mlflow import MlflowClient
+
+    class DriverGoneAtTheEnd(LocalSession):
+        def report(self, metrics):
+            super().report(metrics)
+            if metrics["epoch"] == 3:
+                raise ConnectionError("the driver went away")
+
+    config = trial_config(tmp_path, storage=tmp_path)
+    client = MlflowClient(config["tracking"]["uri"])
+    first = DriverGoneAtTheEnd()
+    with pytest.raises(ConnectionError):
+        run(config, first)
+    (trial_run,) = client.search_runs([config["tracking"]["experiment_id"]], "tags.role = 'trial'")
+    assert trial_run.data.tags["status"] == "finished"  # the final report failed, not the trial
+    # The run no longer says finished (its record was lost), so the trial is retried with every epoch trained.
+    client.set_tag(trial_run.info.run_id, "status", "failed")
+    client.set_tag(trial_run.info.run_id, "failure_kind", "error")
+    again = run(config)
+    assert len(again.reports) == 1 and again.reports[0]["replayed"] == 1
+    assert again.reports[0]["epoch"] == 3 and again.reports[0]["test/acc"] == first.reports[-1]["test/acc"]
+    assert client.get_run(trial_run.info.run_id).data.tags["status"] == "finished"
+    assert [m.step for m in client.get_metric_history(trial_run.info.run_id, "epoch")] == [1, 2, 3]
+
+
+def test_a_run_stopped_before_it_logged_an_epoch_is_trained_not_replayed(tmp_path):
+    from mlflow import MlflowClient
+
+    config = trial_config(tmp_path)
+    tracking = config["tracking"]
+    client = MlflowClient(tracking["uri"])
+    # The driver marks a trial it stops while paused; an attempt that had only opened its run leaves nothing.
+    client.create_run(tracking["experiment_id"], tags={
+        "trial_key": tracking["trial_key"], "role": "trial", "config_hash": config_hash(config),
+        "status": "stopped_early"})
+    assert [r["epoch"] for r in run(config).reports] == [1, 2, 3]
+
+
+def test_a_trial_that_ends_without_reporting_fails_instead_of_failing_the_sweep(monkeypatch):
+    import trainables.launch as launch
+
+    monkeypatch.setattr(launch, "get_task", lambda name: type("Task", (), {"worker": staticmethod(lambda c: None)}))
+    with pytest.raises(RuntimeError, match="k/trial=0 ended without reporting any epoch"):
+        launch.run_trial({"task": "x", "resources": {"num_workers": 1}, "tracking": {"trial_key": "k/trial=0"}})

@@ -28,8 +28,12 @@ def run_trial(config: dict[str, Any]) -> None:
     """Tune function trainable: `tune.with_resources(run_trial, trial_resources)`."""
     task = get_task(config["task"])
     if not nested(config):
-        with use_session(TuneSession()):
+        with use_session(TuneSession()) as session:
             task.worker(config)
+        if not session.reports:
+            # Tune would fail the whole sweep on a trial that ends without its metric; failing the trial keeps
+            # the sweep going (it is retried, then recorded as an error).
+            raise RuntimeError(f"{config['tracking']['trial_key']} ended without reporting any epoch")
     else:
         _fit_torch_trainer(config)
 

@@ -27,9 +27,13 @@ class TuneSession:
     world_rank = 0
     world_size = 1
 
+    def __init__(self) -> None:
+        self.reports = 0
+
     def report(self, metrics: dict[str, Any]) -> None:
         from ray import tune
 
+        self.reports += 1
         tune.report(metrics)
 
 

@@ -37,6 +37,7 @@ def warmup_cosine(optimizer, warmup_steps: int, total_steps: int):
 
 
 P = TypeVar("P")
+REPORT_FILE = "report.json"  # in every checkpoint: the epoch's report, and whether it was the last
 
 
 def save_training_state(directory: Path, model, bn_mode: str | None, optimizer, schedule, progress,
@@ -131,6 +132,8 @@ class Trial:
                       if cfg.storage else None)
         self.run: TrialRun | None = None
         self.epoch = 0  # the last epoch completed (restored or trained)
+        self.restored_report: dict[str, Any] = {}  # what the restored checkpoint's epoch reported
+        self.finished = False  # this attempt recorded its run as finished
 
     @contextlib.contextmanager
     def latest_checkpoint(self) -> Iterator[Path | None]:
@@ -139,6 +142,8 @@ class Trial:
             yield None
             return
         with self.store.latest() as checkpoint:
+            if checkpoint is not None and (checkpoint / REPORT_FILE).exists():
+                self.restored_report = json.loads((checkpoint / REPORT_FILE).read_text())
             yield checkpoint
 
     def start(self, params: dict[str, Any], tags: dict[str, str], resumed_epoch: int) -> bool:
@@ -149,6 +154,15 @@ class Trial:
                                   resuming=resumed_epoch > 0)
         if self.run.ended:
             self.replay()
+            return True
+        if self.restored_report.get("last"):
+            # An earlier attempt checkpointed its last epoch, but no run records the end (tracking off, or the
+            # record was lost). Nothing is left to train, and a trial that ends without a report would fail the
+            # whole Tune experiment: the final report is made again from the checkpoint.
+            metrics = self.restored_report["metrics"]
+            self.run.log_metrics(metrics, step=resumed_epoch)
+            self.run.finish("finished")
+            self.session.report({**metrics, "replayed": 1})
             return True
         if resumed_epoch:
             self.run.set_tags({"resumed_from_epoch": str(resumed_epoch)})
@@ -173,9 +187,11 @@ class Trial:
         self.run.log_metrics(metrics, step=epoch)
         if last:
             self.run.finish("finished")
+            self.finished = True
         if save and self.store and self.session.world_rank == 0 and (epoch % self.every == 0 or last):
             with tempfile.TemporaryDirectory(prefix="medpeft-ckpt-") as directory:
                 save(Path(directory))
+                (Path(directory) / REPORT_FILE).write_text(json.dumps({"metrics": metrics, "last": last}, default=float))
                 self.store.save(Path(directory), epoch)
         self.session.report(metrics)
 
@@ -196,6 +212,7 @@ class Trial:
         except SystemExit:
             raise  # Tune stopped the trial (early stop or shutdown); the driver records why.
         except BaseException as e:
-            if self.run is not None:
+            # After the run is recorded finished, only the final report (or checkpoint) can fail: the result stands.
+            if self.run is not None and not self.finished:
                 self.run.finish("failed", f"{type(e).__name__}: {e}", kind="error")
             raise
