@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,10 +41,70 @@ def launch(*args: str, check: int | None = 0) -> subprocess.CompletedProcess:
     return result
 
 
+class LaunchedSweep:
+    """`python -m sweep.launch ARGS` in the background. A thread drains its output (stdout and stderr together) as
+    it comes: a pipe nobody reads fills up and blocks the driver, which stalls the sweep being watched."""
+
+    def __init__(self, args: list[str], cwd: Path = REPO, env: dict | None = None) -> None:
+        self.rays_before = ray_processes()
+        self.proc = subprocess.Popen([sys.executable, "-m", "sweep.launch", *args], cwd=cwd, env=env, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._closed = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return "".join(self.lines)
+
+    def wait_for(self, ready: Callable[[], bool], timeout: float) -> bool:
+        """Wait until `ready()` (checked on each output line and every half second) or the output ends."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not ready():
+                if self._closed or time.monotonic() > deadline:
+                    return ready()
+                self._changed.wait(0.5)
+        return True
+
+    def count(self, predicate: Callable[[str], bool]) -> int:
+        with self._changed:
+            return sum(map(predicate, self.lines))
+
+    def wait(self, timeout: float) -> int:
+        """The exit code; the launcher and everything it started are killed after `timeout` seconds."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        self._reader.join(10)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the launcher, then every Ray process it left (as a preempted machine would lose them)."""
+        with contextlib.suppress(ProcessLookupError):  # it may have exited already
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self._reader.join(10)
+        time.sleep(1)
+        kill_new_ray_processes(self.rays_before)
+
+
 def run_worker(worker, config: dict, session=None):
     """A task's worker function run without Ray, reporting to a LocalSession (stopped like Tune stops a trial)."""
-    import contextlib
-
     from trainables.session import LocalSession, StopTraining, use_session
 
     session = session or LocalSession()

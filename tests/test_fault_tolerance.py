@@ -8,14 +8,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import REPO, SHARED_DATA, kill_new_ray_processes, launch, ray_processes
+from tests.conftest import SHARED_DATA, LaunchedSweep, launch
 
 pytestmark = pytest.mark.slow
 
@@ -44,18 +42,9 @@ def runs(storage: Path, name: str = "sim"):
 
 def run_until(args: list[str], lines: int) -> None:
     """Start the launcher and SIGKILL it (and what it started) once it has printed `lines` ended trials."""
-    before = ray_processes()
-    proc = subprocess.Popen([sys.executable, "-m", "sweep.launch", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    seen, deadline = 0, time.monotonic() + 300
-    for line in proc.stdout:
-        seen += line.startswith("[")
-        if seen >= lines or time.monotonic() > deadline:
-            break
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    time.sleep(1)
-    kill_new_ray_processes(before)
+    sweep = LaunchedSweep(args)
+    sweep.wait_for(lambda: sweep.count(lambda line: line.startswith("[")) >= lines, timeout=300)
+    sweep.kill()
 
 
 @pytest.mark.parametrize("scheduler", ["asha", "halving"])
@@ -99,26 +88,30 @@ def test_killed_worker_restarts_from_its_checkpoint(tmp_path):
     spec = sim_spec(tmp_path / "sim.yaml", epochs=6, epoch_seconds=1.0, trials=1, cells="[linear]")
     spec.write_text(spec.read_text().replace("{name: synthetic, id: b, options: {seed: 1}}", "").replace(", ]", "]"))
     storage = tmp_path / "store"
-    proc = subprocess.Popen([sys.executable, "-m", "sweep.launch", "--config", str(spec), "--storage", str(storage)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline, killed_after = time.monotonic() + 240, None
-    while killed_after is None and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.5)
+    sweep = LaunchedSweep(["--config", str(spec), "--storage", str(storage)])
+    killed_after = None
+
+    def kill_worker_after_two_epochs() -> bool:
+        nonlocal killed_after
         if not (storage / "mlflow.db").exists():
-            continue
+            return False
         try:
             client, found = runs(storage)
-        except Exception:
-            continue
+        except Exception:  # the experiment is not created yet
+            return False
         logged = [m.step for r in found for m in client.get_metric_history(r.info.run_id, "epoch")]
-        if len(logged) >= 2:
-            workers = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout
-            for pid in workers.split():
-                os.kill(int(pid), signal.SIGKILL)
-            killed_after = max(logged)
-    out, _ = proc.communicate(timeout=300)
-    assert killed_after is not None, f"the trial never got going:\n{out[-3000:]}"  # (once seen, cause unknown)
-    assert proc.returncode == 0, out[-3000:]
+        if len(logged) < 2:
+            return False
+        workers = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout
+        for pid in workers.split():
+            os.kill(int(pid), signal.SIGKILL)
+        killed_after = max(logged)
+        return True
+
+    sweep.wait_for(kill_worker_after_two_epochs, timeout=240)
+    code, out = sweep.wait(300), sweep.output
+    assert killed_after is not None, f"the trial never got going:\n{out[-3000:]}"
+    assert code == 0, out[-3000:]
     assert "1/1 cells complete" in out
     client, (run,) = runs(storage)
     assert run.data.tags["status"] == "finished"

@@ -5,17 +5,15 @@ through a tracking server, and no credential anywhere in what the sweep wrote.""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import boto3
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import SHARED_DATA, kill_new_ray_processes, ray_processes
+from tests.conftest import SHARED_DATA, LaunchedSweep
 from tests.servers import Proxy, mlflow_server, moto_s3
 
 pytestmark = pytest.mark.slow
@@ -71,34 +69,21 @@ def test_sweep_on_s3_survives_losing_storage_and_leaks_no_credentials(s3, tmp_pa
     with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", "s3://medpeft/mlflow-default", env) as url:
         uri = url.replace("http://", f"http://alice:{PASSWORD}@")
         args = ["--storage", "s3://medpeft/sweeps", "--name", "s3sweep", "--mlflow-uri", uri]
-        rays_before = ray_processes()
         sessions_before = set(Path("/tmp/ray").glob("session_*")) if Path("/tmp/ray").is_dir() else set()
 
         # Storage drops out after the first finished trial: the sweep stops with a clear error (exit 3).
-        proc = subprocess.Popen([sys.executable, "-m", "sweep.launch", *args, *data, *TINY], cwd=tmp_path,
-                                env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
-        first_run = []
-        for line in proc.stdout:
-            first_run.append(line)
-            if line.startswith("[") and "finished" in line:
-                break
+        sweep = LaunchedSweep([*args, *data, *TINY], cwd=tmp_path, env={**os.environ, **env})
+        sweep.wait_for(lambda: sweep.count(lambda line: line.startswith("[") and "finished" in line) > 0, 300)
         proxy.down()
-        try:
-            out, err = proc.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise
-        first_run.append(out)
-        assert proc.returncode == 3, err[-3000:]
-        assert "stopped answering" in err and "--resume" in err
-        time.sleep(1)
-        kill_new_ray_processes(rays_before)
+        code, first_run = sweep.wait(240), sweep.output
+        assert code == 3, first_run[-3000:]
+        assert "stopped answering" in first_run and "--resume" in first_run
+        sweep.kill()  # what it left of Ray
 
         # Back again: --resume finishes every cell.
         proxy.up()
         resumed = launch([*args, "--resume", *data], env, tmp_path)
-        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
         assert "4/4 cells complete" in resumed.stdout
 
         report = subprocess.run([sys.executable, "-m", "sweep.report", "--name", "s3sweep", "--storage",
@@ -123,7 +108,7 @@ def test_sweep_on_s3_survives_losing_storage_and_leaks_no_credentials(s3, tmp_pa
         assert any(k.startswith("sweeps/mlartifacts/") and k.endswith("report/report.html") for k in names)
 
         # No credential in anything the sweep wrote or printed.
-        texts = [("launch output", "".join(first_run) + err + resumed.stdout + resumed.stderr + report.stdout)]
+        texts = [("launch output", first_run + resumed.stdout + resumed.stderr + report.stdout)]
         for o in objects:
             body = boto3.client("s3").get_object(Bucket="medpeft", Key=o["Key"])["Body"].read()
             texts.append((f"s3://medpeft/{o['Key']}", body.decode("latin-1")))

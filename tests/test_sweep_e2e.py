@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import REPO, SHARED_DATA, kill_new_ray_processes, launch, needs_shared_data, ray_processes
+from tests.conftest import SHARED_DATA, LaunchedSweep, launch, needs_shared_data
 
 pytestmark = pytest.mark.slow
 
@@ -76,21 +71,11 @@ def test_kill_and_resume(tmp_path):
     args = ["--storage", str(tmp_path), *data, "--name", "killed",
             "--set", "backbones=[{name: test_efficientnet, weights: random}]", "--set", "image_size=32",
             "--set", "methods=[linear, bitfit]", "--set", "train.epochs=4"]
-    before = ray_processes()
-    proc = subprocess.Popen([sys.executable, "-m", "sweep.launch", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    finished_lines = 0
-    deadline = time.monotonic() + 300
-    for line in proc.stdout:
-        if line.startswith("[") and "finished" in line:
-            finished_lines += 1
-            if finished_lines == 2:
-                break
-        assert time.monotonic() < deadline, "the sweep did not finish a trial in time"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    time.sleep(1)
-    kill_new_ray_processes(before)
+    sweep = LaunchedSweep(args)
+    finished = sweep.wait_for(lambda: sweep.count(lambda line: line.startswith("[") and "finished" in line) >= 2,
+                              timeout=300)
+    sweep.kill()
+    assert finished, f"the sweep did not finish two trials in time:\n{sweep.output[-3000:]}"
 
     client, runs = trial_runs(tmp_path, "killed")
     done_before = {r.data.tags["trial_key"]: r for r in runs if r.data.tags["status"] == "finished"}
