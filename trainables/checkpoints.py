@@ -73,5 +73,7 @@ class CheckpointStore:
         try:
             with self.fs.open_input_stream(f"{self.dir}/{LATEST}") as f:
                 return json.loads(f.read())
-        except (FileNotFoundError, OSError, ValueError):
+        except (FileNotFoundError, ValueError):
             return None
+        # Other OSErrors (storage unreachable) propagate: read as "no checkpoint", they would have the trial
+        # trained again from scratch and its MLflow run replaced.
