@@ -70,10 +70,10 @@ class CheckpointStore:
             yield Path(tmp)
 
     def _pointer(self) -> dict | None:
+        """What LATEST names, or None when there is none. Other OSErrors (storage unreachable) propagate: read as
+        "no checkpoint", they would have the trial trained again from scratch and its MLflow run replaced."""
         try:
             with self.fs.open_input_stream(f"{self.dir}/{LATEST}") as f:
                 return json.loads(f.read())
         except (FileNotFoundError, ValueError):
             return None
-        # Other OSErrors (storage unreachable) propagate: read as "no checkpoint", they would have the trial
-        # trained again from scratch and its MLflow run replaced.
