@@ -14,6 +14,7 @@ from ray.tune.experiment import Trial
 
 from sweep.scheduler import trial_key_of
 from sweep.searcher import SweepState
+from trainables.tracking import RUN_ID
 
 
 class SweepProgress(Callback):
@@ -21,9 +22,10 @@ class SweepProgress(Callback):
         self.state, self.uri, self.experiment_id = state, uri, experiment_id
         self.total, self.metric, self.max_t = total, metric, max_t
         self._client = None
+        self._ended: set[str] | None = None  # ids of ended trials, counted from Tune's list once, then kept
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_client": None}
+        return {**self.__dict__, "_client": None, "_ended": None}
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         key = trial_key_of(trial)
@@ -34,7 +36,8 @@ class SweepProgress(Callback):
             verdict = f"FAILED at epoch {epoch}: {result.get('failure_reason', '')}"
         elif stopped:
             verdict = f"stopped early after {epoch}/{self.max_t} epochs"
-            self._mark_stopped(key)
+            if not result.get("replayed"):  # a replayed trial's run already says how it ended
+                self._mark_stopped(key, result.get(RUN_ID))
         else:
             verdict = f"finished {epoch}/{self.max_t} epochs"
         if result.get("replayed"):
@@ -46,7 +49,10 @@ class SweepProgress(Callback):
         self._print(trials, trial_key_of(trial), trial, f"ERROR (see {where})", trial.last_result or {})
 
     def _print(self, trials: list[Trial], key: str, trial: Trial, verdict: str, result: dict) -> None:
-        done = 1 + sum(t.status in (Trial.TERMINATED, Trial.ERROR) for t in trials if t is not trial)
+        if self._ended is None:
+            self._ended = {t.trial_id for t in trials if t.status in (Trial.TERMINATED, Trial.ERROR)}
+        self._ended.add(trial.trial_id)
+        done = len(self._ended)
         searched = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                              for k, v in sorted(trial.config.get("searched", {}).items()))
         score = result.get(self.metric)
@@ -56,12 +62,20 @@ class SweepProgress(Callback):
         print(f"[{done:>{len(str(total))}}/{total}] {key}  {searched}  {verdict}{score_text}  ({seconds:.0f}s)",
               file=sys.stdout, flush=True)
 
-    def _mark_stopped(self, trial_key: str) -> None:
+    def _mark_stopped(self, trial_key: str, run_id: str | None) -> None:
         from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
 
         from trainables.tracking import find_run
 
         self._client = self._client or MlflowClient(self.uri)
+        if run_id:  # the run the trial reported from: no search (which slows with every run in the experiment)
+            try:
+                self._client.set_tag(run_id, "status", "stopped_early")
+                self._client.set_terminated(run_id, "FINISHED")
+                return
+            except MlflowException:
+                pass  # replaced since (a later attempt started over): find the current one
         run = find_run(self._client, self.experiment_id, "trial_key", trial_key)
         if run is not None and run.data.tags.get("status") == "running":  # the worker's final word stands
             self._client.set_tag(run.info.run_id, "status", "stopped_early")

@@ -91,7 +91,7 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
             ]
             spec = plan.spec
             searcher = CellSearcher(cells, state, SCORE, "max", spec.search.sampler, plan.grid_points,
-                                    spec.search.seed)
+                                    spec.search.seed, cell_by_cell=spec.scheduler.type == "halving")
             rungs = ("epoch", spec.scheduler.grace_period, spec.scheduler.reduction_factor)
             if spec.scheduler.type == "asha":
                 scheduler = PerCellASHA(state, SCORE, "max", plan.max_epochs, *rungs)

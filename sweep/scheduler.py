@@ -159,6 +159,11 @@ class PerCellHalving(_PerCell):
         self.budgets = budgets  # cell key -> its number of trials
         self._sign = 1.0 if self._mode == "max" else -1.0
         self.rungs = halving_rungs(self.max_t, self.grace_period, self.reduction_factor)
+        self._seen: list[Trial] | None = None  # the controller's trial list, of which ...
+        self._ended_prefix = 0  # ... this many first trials have ended
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_seen": None, "_ended_prefix": 0}  # Tune pickles the scheduler; not its trials
 
     def _cell(self, cell: str) -> CellRungs:
         if cell not in self.state.halving:
@@ -212,7 +217,7 @@ class PerCellHalving(_PerCell):
 
     def choose_trial_to_run(self, tune_controller) -> Trial | None:
         """Promoted trials first (their cells finish sooner), then new ones; never one waiting at a rung."""
-        trials = tune_controller.get_trials()
+        trials = self._unended(tune_controller.get_trials())
         for trial in trials:
             if trial.status == Trial.PAUSED and trial_key_of(trial) in self._cell(cell_of(trial)).lost:
                 tune_controller.stop_trial(trial)  # lost at a rung decided while it was away (a restart)
@@ -240,6 +245,17 @@ class PerCellHalving(_PerCell):
                 f"{len(self.state.stopped_early)} stopped early")
 
     # -- helpers --------------------------------------------------------------------------------------------
+
+    def _unended(self, trials: list[Trial]) -> list[Trial]:
+        """The trials from the first one not yet ended. Tune keeps every trial of the experiment in the order it
+        added them and an ended trial stays ended, so the ended prefix is skipped for good: choosing a trial
+        then costs the live trials, not the thousands already done."""
+        if trials is not self._seen or self._ended_prefix > len(trials):
+            self._seen, self._ended_prefix = trials, 0
+        while self._ended_prefix < len(trials) and trials[self._ended_prefix].status in (Trial.TERMINATED,
+                                                                                           Trial.ERROR):
+            self._ended_prefix += 1
+        return trials[self._ended_prefix:]
 
     def _first_runnable(self, trials: list[Trial]) -> Trial | None:
         waiting = [t for t in trials if t.status in (Trial.PAUSED, Trial.PENDING) and self._may_run(t)]
@@ -303,7 +319,7 @@ class PerCellHalving(_PerCell):
             self.state.stopped_early.update(losers)
             waiting_losers = losers - {reporting}
             if waiting_losers and tune_controller is not None:
-                for trial in tune_controller.get_trials():
+                for trial in self._unended(tune_controller.get_trials()):
                     if trial_key_of(trial) in waiting_losers and trial.status in (Trial.PAUSED, Trial.PENDING):
                         tune_controller.stop_trial(trial)
 

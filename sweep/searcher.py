@@ -2,7 +2,8 @@
 
 Why not Ray's OptunaSearch: it refuses `grid_search`, so the grid cannot sit in Tune's param space beside an Optuna
 space. Here the grid lives in the searcher: `suggest` walks the cells round-robin (every cell progresses and the
-cluster stays full), asks that cell's study for hyperparameters (ask/tell), and returns the trial's whole config.
+cluster stays full; cell by cell under synchronous halving), asks that cell's study for hyperparameters
+(ask/tell), and returns the trial's whole config.
 
 State shared with the per-cell scheduler (`SweepState`) is saved by this searcher with every experiment snapshot
 and restored in place, so the scheduler's rung records survive a killed driver too (Tune restores schedulers
@@ -76,6 +77,7 @@ class CellSearcher(Searcher):
         sampler: str = "grid",
         grid_points: int = 3,
         seed: int = 0,
+        cell_by_cell: bool = False,
     ) -> None:
         super().__init__(metric=metric, mode=mode)
         self.cells = cells
@@ -83,6 +85,10 @@ class CellSearcher(Searcher):
         self.sampler = sampler
         self.grid_points = grid_points
         self.seed = seed
+        # Synchronous halving decides a cell's rung once all of its trials report there: handing out one cell's
+        # trials before the next cell's lets cells finish one after another, instead of every cell waiting until
+        # every trial of the sweep has run to the first rung.
+        self.cell_by_cell = cell_by_cell
 
     # -- Tune's Searcher interface -------------------------------------------------------------------------
 
@@ -90,8 +96,9 @@ class CellSearcher(Searcher):
         state = self.state
         for _ in range(len(self.cells)):
             cell = self.cells[state.cursor % len(self.cells)]
-            state.cursor = (state.cursor + 1) % len(self.cells)
             index = state.suggested.get(cell.key, 0)
+            if index >= cell.budget or not self.cell_by_cell:
+                state.cursor = (state.cursor + 1) % len(self.cells)
             if index >= cell.budget:
                 continue
             study = self._study(cell)

@@ -8,6 +8,7 @@ import pickle
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
+import pytest
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
@@ -25,20 +26,22 @@ def plans(n_cells=3, budget=3, space=LR):
             for i in range(n_cells)]
 
 
-def searcher(sampler="grid", **kw) -> CellSearcher:
-    return CellSearcher(plans(**kw), SweepState(), "val/best_acc", "max", sampler=sampler, grid_points=3, seed=0)
+def searcher(sampler="grid", cell_by_cell=False, **kw) -> CellSearcher:
+    return CellSearcher(plans(**kw), SweepState(), "val/best_acc", "max", sampler=sampler, grid_points=3, seed=0,
+                        cell_by_cell=cell_by_cell)
 
 
-def test_cells_are_interleaved_and_budgets_respected():
-    s = searcher()
+@pytest.mark.parametrize("cell_by_cell", [False, True])
+def test_cells_are_interleaved_or_taken_in_turn_and_budgets_respected(cell_by_cell):
+    s = searcher(cell_by_cell=cell_by_cell)
     configs = []
     for i in range(9):
         configs.append(s.suggest(f"t{i}"))
     cells = [c["tracking"]["cell_key"].split("/")[3] for c in configs]
-    assert cells == ["m0", "m1", "m2"] * 3
+    assert cells == (["m0"] * 3 + ["m1"] * 3 + ["m2"] * 3 if cell_by_cell else ["m0", "m1", "m2"] * 3)
     assert s.suggest("t9") == Searcher.FINISHED
-    keys = [c["tracking"]["trial_key"] for c in configs]
-    assert len(set(keys)) == 9 and keys[0].endswith("/trial=0") and keys[3].endswith("/trial=1")
+    keys = sorted(c["tracking"]["trial_key"] for c in configs)
+    assert len(set(keys)) == 9 and keys[0].endswith("m0/frac=1/seed=0/trial=0")
 
 
 def test_grid_sampler_covers_the_log_grid_centre_first():

@@ -23,6 +23,7 @@ from typing import Any
 from trainables.config import TrackingConfig
 
 STATUS_TAG = "status"
+RUN_ID = "mlflow_run_id"  # in every report of a tracked trial: its run, for the driver
 # Outcomes that are results: an attempt that reached one is replayed, never trained again. (A crash is not one:
 # the trial is retried.)
 ENDED = ("finished", "stopped_early", "diverged")

@@ -16,7 +16,7 @@ from trainables.checkpoints import CheckpointStore
 from trainables.config import TrialConfig
 from trainables.session import Session
 from trainables.tasks import SCORE, Selection
-from trainables.tracking import TrialRun, config_hash, open_trial_run
+from trainables.tracking import RUN_ID, TrialRun, config_hash, open_trial_run
 
 
 def warmup_cosine(optimizer, warmup_steps: int, total_steps: int):
@@ -162,7 +162,7 @@ class Trial:
             metrics = self.restored_report["metrics"]
             self.run.log_metrics(metrics, step=resumed_epoch)
             self.run.finish("finished")
-            self.session.report({**metrics, "replayed": 1})
+            self._report({**metrics, "replayed": 1})
             return True
         if resumed_epoch:
             self.run.set_tags({"resumed_from_epoch": str(resumed_epoch)})
@@ -175,9 +175,9 @@ class Trial:
             last = i == len(history) - 1
             mark = {"replayed": 1, **({"replayed_stopped_early": 1} if last and self.run.ended == "stopped_early"
                                       else {})}
-            self.session.report({**metrics, **mark})
+            self._report({**metrics, **mark})
         if self.run.ended == "diverged":
-            self.session.report(self._failure(len(history) + 1, self.run.failure_reason) | {"replayed": 1})
+            self._report(self._failure(len(history) + 1, self.run.failure_reason) | {"replayed": 1})
 
     def end_epoch(self, epoch: int, metrics: dict[str, Any], last: bool,
                   save: Callable[[Path], None] | None = None) -> None:
@@ -193,7 +193,11 @@ class Trial:
                 save(Path(directory))
                 (Path(directory) / REPORT_FILE).write_text(json.dumps({"metrics": metrics, "last": last}, default=float))
                 self.store.save(Path(directory), epoch)
-        self.session.report(metrics)
+        self._report(metrics)
+
+    def _report(self, metrics: dict[str, Any]) -> None:
+        # With the run's id the driver can mark a trial it stops without searching MLflow for it.
+        self.session.report({**metrics, RUN_ID: self.run.run_id} if self.run and self.run.run_id else metrics)
 
     @staticmethod
     def _failure(epoch: int, reason: str) -> dict[str, Any]:
@@ -208,7 +212,7 @@ class Trial:
             yield
         except Diverged as e:
             self.run.finish("failed", str(e), kind="diverged")
-            self.session.report(self._failure(self.epoch + 1, str(e)))
+            self._report(self._failure(self.epoch + 1, str(e)))
         except SystemExit:
             raise  # Tune stopped the trial (early stop or shutdown); the driver records why.
         except BaseException as e:
