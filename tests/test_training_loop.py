@@ -141,3 +141,28 @@ def test_a_trial_that_ends_without_reporting_fails_instead_of_failing_the_sweep(
     monkeypatch.setattr(launch, "get_task", lambda name: type("Task", (), {"worker": staticmethod(lambda c: None)}))
     with pytest.raises(RuntimeError, match="k/trial=0 ended without reporting any epoch"):
         launch.run_trial({"task": "x", "resources": {"num_workers": 1}, "tracking": {"trial_key": "k/trial=0"}})
+
+
+def test_a_checkpoint_stands_when_storage_fails_while_older_ones_are_removed(tmp_path):
+    from trainables.checkpoints import CheckpointStore
+
+    class DeletesFail:  # the storage stops answering right after LATEST was written
+        def __init__(self, fs):
+            self.fs = fs
+
+        def __getattr__(self, name):
+            return getattr(self.fs, name)
+
+        def delete_dir(self, path):
+            raise OSError("When deleting: connection refused")
+
+    store = CheckpointStore(str(tmp_path), "cell/trial=0", "digest")
+    for epoch in (1, 2):
+        (tmp_path / f"src{epoch}").mkdir()
+        (tmp_path / f"src{epoch}" / "weights").write_text(str(epoch))
+    store.save(tmp_path / "src1", 1)
+    store.fs = DeletesFail(store.fs)
+    store.save(tmp_path / "src2", 2)
+    assert store.latest_epoch() == 2
+    with store.latest() as checkpoint:
+        assert (checkpoint / "weights").read_text() == "2"

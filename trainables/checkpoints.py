@@ -7,7 +7,8 @@ found by a trial that the searcher suggests again after a restore (same cell, sa
 finished epoch is trained twice.
 
 Layout: `<root>/<trial>/epoch_000007/...` plus `<root>/<trial>/LATEST` naming the complete one. LATEST is written
-last, in one put, so a crash mid-save leaves the previous checkpoint in force. Older epochs are then removed.
+last, in one put, so a crash mid-save leaves the previous checkpoint in force. Older epochs are then removed
+(best effort: storage failing there does not fail a complete checkpoint).
 """
 
 from __future__ import annotations
@@ -44,9 +45,11 @@ class CheckpointStore:
                 shutil.copyfileobj(src, dst, length=8 * 2**20)
         with self.fs.open_output_stream(f"{self.dir}/{LATEST}") as f:
             f.write(json.dumps({"epoch": epoch, "dir": name}).encode())
-        for info in self.fs.get_file_info(pafs.FileSelector(self.dir)):
-            if info.type == pafs.FileType.Directory and info.base_name != name:
-                self.fs.delete_dir(info.path)
+        # The checkpoint is complete; older ones go now, or with the next save if storage fails us here.
+        with contextlib.suppress(OSError):
+            for info in self.fs.get_file_info(pafs.FileSelector(self.dir)):
+                if info.type == pafs.FileType.Directory and info.base_name != name:
+                    self.fs.delete_dir(info.path)
 
     def latest_epoch(self) -> int:
         pointer = self._pointer()
