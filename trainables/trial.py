@@ -37,7 +37,7 @@ def warmup_cosine(optimizer, warmup_steps: int, total_steps: int):
 
 
 P = TypeVar("P")
-REPORT_FILE = "report.json"  # in every checkpoint: the epoch's report, and whether it was the last
+REPORT_FILE = "report.json"  # in the last epoch's checkpoint: that epoch's report
 
 
 def save_training_state(directory: Path, model, bn_mode: str | None, optimizer, schedule, progress,
@@ -132,7 +132,7 @@ class Trial:
                       if cfg.storage else None)
         self.run: TrialRun | None = None
         self.epoch = 0  # the last epoch completed (restored or trained)
-        self.restored_report: dict[str, Any] = {}  # what the restored checkpoint's epoch reported
+        self.restored_report: dict[str, Any] = {}  # what the restored checkpoint's epoch reported, if it was the last
         self.finished = False  # this attempt recorded its run as finished
 
     @contextlib.contextmanager
@@ -191,7 +191,9 @@ class Trial:
         if save and self.store and self.session.world_rank == 0 and (epoch % self.every == 0 or last):
             with tempfile.TemporaryDirectory(prefix="medpeft-ckpt-") as directory:
                 save(Path(directory))
-                (Path(directory) / REPORT_FILE).write_text(json.dumps({"metrics": metrics, "last": last}, default=float))
+                if last:
+                    (Path(directory) / REPORT_FILE).write_text(json.dumps({"metrics": metrics, "last": True},
+                                                                          default=float))
                 self.store.save(Path(directory), epoch)
         self._report(metrics)
 
