@@ -69,15 +69,17 @@ def run_watched(args: list[str], stop_after: int | None = None) -> tuple[float, 
     return time.monotonic() - started, peak, first
 
 
-def sweep_span(storage: Path) -> tuple[int, float, int]:
-    """(trials, seconds from the first trial's start to the last one's end, trial-epochs run) from MLflow."""
+def sweep_span(storage: Path) -> tuple[int, float, int, int]:
+    """(trials, seconds from the first trial's start to the last one's end, trial-epochs run, runs never ended)
+    from MLflow."""
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{storage}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("scale").experiment_id], "tags.role = 'trial'",
                               max_results=50_000)
-    span = (max(r.info.end_time for r in runs) - min(r.info.start_time for r in runs)) / 1000
-    return len(runs), span, sum(int(r.data.metrics.get("epoch", 0)) for r in runs)
+    ended = [r.info.end_time for r in runs if r.info.end_time]
+    span = (max(ended) - min(r.info.start_time for r in runs)) / 1000
+    return len(runs), span, sum(int(r.data.metrics.get("epoch", 0)) for r in runs), len(runs) - len(ended)
 
 
 def run(quick: bool = False) -> list[Result]:
@@ -90,7 +92,7 @@ def run(quick: bool = False) -> list[Result]:
         for scheduler in ("halving",) if quick else ("halving", "asha"):
             path = spec(Path(tmp) / f"{scheduler}.yaml", datasets, fractions, scheduler)
             seconds, peak_mb, _ = run_watched(["--config", str(path), "--storage", f"{tmp}/{scheduler}"])
-            trials, span, epochs = sweep_span(Path(tmp) / scheduler)
+            trials, span, epochs, _ = sweep_span(Path(tmp) / scheduler)
             ideal = epochs * EPOCH_SECONDS / SLOTS
             measured[scheduler] = {"trials": trials, "span_s": span, "epochs": epochs, "ideal_s": ideal,
                                    "overhead_s": (span - ideal) / trials, "command_s": seconds, "peak_mb": peak_mb}
@@ -102,7 +104,7 @@ def run(quick: bool = False) -> list[Result]:
         time.sleep(1)
         kill_new_ray_processes(before)
         resumed_seconds, _, first_trial = run_watched(["--name", "scale", "--storage", f"{tmp}/killed", "--resume"])
-        resumed_trials = sweep_span(Path(tmp) / "killed")[0]
+        resumed_trials, _, _, unended = sweep_span(Path(tmp) / "killed")
 
     halving, asha = measured["halving"], measured.get("asha")
 
@@ -125,5 +127,5 @@ def run(quick: bool = False) -> list[Result]:
         Result(key="sim_resume_s", value=first_trial, target="-",
                ours=f"{first_trial:.1f}s from --resume to the next ended trial after a SIGKILL halfway "
                     f"(halving; whole resumed run {resumed_seconds:.0f}s)" if first_trial else "resume did not report",
-               baseline="-", details={"trials_after_resume": resumed_trials}),
+               baseline="-", details={"trials_after_resume": resumed_trials, "runs_never_ended": unended}),
     ]
