@@ -69,14 +69,17 @@ class SweepProgress(Callback):
         from trainables.tracking import find_run
 
         self._client = self._client or MlflowClient(self.uri)
+
+        def mark(run_id: str) -> None:
+            self._client.set_tag(run_id, "status", "stopped_early")
+            self._client.set_terminated(run_id, "FINISHED")
+
         if run_id:  # the run the trial reported from: no search (which slows with every run in the experiment)
             try:
-                self._client.set_tag(run_id, "status", "stopped_early")
-                self._client.set_terminated(run_id, "FINISHED")
+                mark(run_id)
                 return
             except MlflowException:
                 pass  # replaced since (a later attempt started over): find the current one
         run = find_run(self._client, self.experiment_id, "trial_key", trial_key)
         if run is not None and run.data.tags.get("status") == "running":  # the worker's final word stands
-            self._client.set_tag(run.info.run_id, "status", "stopped_early")
-            self._client.set_terminated(run.info.run_id, "FINISHED")
+            mark(run.info.run_id)

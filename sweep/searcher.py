@@ -97,10 +97,11 @@ class CellSearcher(Searcher):
         for _ in range(len(self.cells)):
             cell = self.cells[state.cursor % len(self.cells)]
             index = state.suggested.get(cell.key, 0)
-            if index >= cell.budget or not self.cell_by_cell:
-                state.cursor = (state.cursor + 1) % len(self.cells)
             if index >= cell.budget:
+                state.cursor = (state.cursor + 1) % len(self.cells)
                 continue
+            if not self.cell_by_cell:
+                state.cursor = (state.cursor + 1) % len(self.cells)
             study = self._study(cell)
             trial = study.ask(self._distributions(cell))
             state.suggested[cell.key] = index + 1

@@ -68,15 +68,16 @@ class TrialRun:
             if outcome == "failed" and tags_now.get("failure_kind") == "diverged":
                 outcome = "diverged"
             ended = outcome if outcome in ENDED else None
-            steps = {int(m.step) for m in client.get_metric_history(existing.info.run_id, "epoch")}
-            if ended in ("finished", "stopped_early") and not steps:
-                ended = None  # stopped before it logged an epoch (the driver's mark): nothing to replay
-            if same_config and (resuming or ended):
-                run_id = existing.info.run_id
-                if not ended:
-                    client.set_tag(run_id, STATUS_TAG, "running")
-                return cls(client, run_id, ended, steps, tags_now.get("failure_reason", ""))
-            client.delete_run(existing.info.run_id)
+            run_id = existing.info.run_id
+            if same_config:
+                steps = {int(m.step) for m in client.get_metric_history(run_id, "epoch")}
+                if ended in ("finished", "stopped_early") and not steps:
+                    ended = None  # stopped before it logged an epoch (the driver's mark): nothing to replay
+                if resuming or ended:
+                    if not ended:
+                        client.set_tag(run_id, STATUS_TAG, "running")
+                    return cls(client, run_id, ended, steps, tags_now.get("failure_reason", ""))
+            client.delete_run(run_id)
         run_tags = {
             **tracking.tags,
             **tags,

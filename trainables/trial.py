@@ -37,7 +37,7 @@ def warmup_cosine(optimizer, warmup_steps: int, total_steps: int):
 
 
 P = TypeVar("P")
-REPORT_FILE = "report.json"  # in the last epoch's checkpoint: that epoch's report
+FINAL_REPORT = "final_report.json"  # in the last epoch's checkpoint: that epoch's report
 
 
 def save_training_state(directory: Path, model, bn_mode: str | None, optimizer, schedule, progress,
@@ -132,7 +132,7 @@ class Trial:
                       if cfg.storage else None)
         self.run: TrialRun | None = None
         self.epoch = 0  # the last epoch completed (restored or trained)
-        self.restored_report: dict[str, Any] = {}  # what the restored checkpoint's epoch reported, if it was the last
+        self.final_report: dict[str, Any] | None = None  # the last epoch's report, when restored from its checkpoint
         self.finished = False  # this attempt recorded its run as finished
 
     @contextlib.contextmanager
@@ -142,8 +142,8 @@ class Trial:
             yield None
             return
         with self.store.latest() as checkpoint:
-            if checkpoint is not None and (checkpoint / REPORT_FILE).exists():
-                self.restored_report = json.loads((checkpoint / REPORT_FILE).read_text())
+            if checkpoint is not None and (checkpoint / FINAL_REPORT).exists():
+                self.final_report = json.loads((checkpoint / FINAL_REPORT).read_text())
             yield checkpoint
 
     def start(self, params: dict[str, Any], tags: dict[str, str], resumed_epoch: int) -> bool:
@@ -155,14 +155,13 @@ class Trial:
         if self.run.ended:
             self.replay()
             return True
-        if self.restored_report.get("last"):
+        if self.final_report is not None:
             # An earlier attempt checkpointed its last epoch, but no run records the end (tracking off, or the
             # record was lost). Nothing is left to train, and a trial that ends without a report would fail the
             # whole Tune experiment: the final report is made again from the checkpoint.
-            metrics = self.restored_report["metrics"]
-            self.run.log_metrics(metrics, step=resumed_epoch)
+            self.run.log_metrics(self.final_report, step=resumed_epoch)
             self.run.finish("finished")
-            self._report({**metrics, "replayed": 1})
+            self._report({**self.final_report, "replayed": 1})
             return True
         if resumed_epoch:
             self.run.set_tags({"resumed_from_epoch": str(resumed_epoch)})
@@ -192,8 +191,7 @@ class Trial:
             with tempfile.TemporaryDirectory(prefix="medpeft-ckpt-") as directory:
                 save(Path(directory))
                 if last:
-                    (Path(directory) / REPORT_FILE).write_text(json.dumps({"metrics": metrics, "last": True},
-                                                                          default=float))
+                    (Path(directory) / FINAL_REPORT).write_text(json.dumps(metrics, default=float))
                 self.store.save(Path(directory), epoch)
         self._report(metrics)
 
