@@ -145,7 +145,7 @@ def bootstrap_ci(values: np.ndarray, level: float = 0.95, resamples: int = 2000,
     return (float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail)))
 
 
-PERCENT_METRICS = ("acc", "balanced_acc", "auroc")
+PERCENT_METRICS = ("f1", "acc", "balanced_acc", "auroc")
 
 
 def method_scores(trials: pd.DataFrame) -> pd.DataFrame:

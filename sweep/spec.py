@@ -191,6 +191,10 @@ class SweepSpec(_Model):
     fractions: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     image_size: int = Field(224, ge=8)
+    # BatchNorm running statistics while training, for every method without a `bn_mode` of its own: None keeps
+    # each method's registered choice (full and batchnorm update them, the others keep the pretrained ones);
+    # "train" updates them for every method, as the study's code does (the model is in train mode throughout).
+    bn_mode: Literal["train", "eval"] | None = None
     train: dict[str, Any] = Field(default_factory=dict)
     search: SearchSpec = Field(default_factory=SearchSpec)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
@@ -207,7 +211,11 @@ class SweepSpec(_Model):
         return value
 
     def methods_for(self, backbone: BackboneEntry) -> list[MethodEntry]:
-        return backbone.methods if backbone.methods is not None else self.methods
+        """The methods crossed with this backbone, with the spec's `bn_mode` where a method has none of its own."""
+        methods = backbone.methods if backbone.methods is not None else self.methods
+        if self.bn_mode is None:
+            return methods
+        return [m if m.bn_mode else m.model_copy(update={"bn_mode": self.bn_mode}) for m in methods]
 
     @model_validator(mode="after")
     def _unique_keys(self) -> SweepSpec:
@@ -241,6 +249,7 @@ def load_specs(path: str | Path | None = None, overrides: list[str] | None = Non
         raise SpecError(f"spec file {path} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"spec file {path} must hold a mapping (name:, task:, datasets:, ...)")
+    raw = _with_base(raw, path)
     overrides = overrides or []
     shared = [o for o in overrides if not o.startswith("arms.")]
     for override in overrides:
@@ -269,6 +278,39 @@ def load_specs(path: str | Path | None = None, overrides: list[str] | None = Non
             apply_override(merged, override)
         specs.append(_validate(merged, f"spec {path}, arm {arm['id']!r}"))
     return specs
+
+
+def _with_base(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A spec with `base: OTHER.yaml` is that spec with this one's keys on top: top-level keys replace the base's
+    (search, scheduler and resources merge key by key), arms are matched by id (an arm's keys replace the base
+    arm's; `add_methods: [...]` appends to its methods instead), and arms the base lacks are added."""
+    base_name = raw.pop("base", None)
+    if base_name is None:
+        return raw
+    base_path = (path.parent / str(base_name)).resolve()
+    if not base_path.is_file():
+        raise SpecError(f"spec {path}: its base {base_name!r} does not exist (looked for {base_path})")
+    try:
+        base = _with_base(yaml.safe_load(base_path.read_text()) or {}, base_path)
+    except yaml.YAMLError as e:
+        raise SpecError(f"spec {path}: its base {base_path} is not valid YAML: {e}") from None
+    arms = {str(a.get("id")): copy.deepcopy(a) for a in base.get("arms") or []}
+    for arm in raw.pop("arms", None) or []:
+        target = arms.setdefault(str(arm.get("id")), {"id": arm.get("id")})
+        for key, value in arm.items():
+            if key == "add_methods":
+                if "methods" not in target:
+                    raise SpecError(f"spec {path}: arm {arm.get('id')!r} adds methods, but its base arm lists none")
+                target["methods"] = [*target["methods"], *value]
+            else:
+                target[key] = copy.deepcopy(value)
+    merged = copy.deepcopy(base)
+    for key, value in raw.items():
+        merged[key] = (_deep_update(merged[key], value) if key in ARM_MERGED and isinstance(value, dict)
+                       and isinstance(merged.get(key), dict) else copy.deepcopy(value))
+    if arms:
+        merged["arms"] = list(arms.values())
+    return merged
 
 
 def load_spec(path: str | Path | None = None, overrides: list[str] | None = None) -> SweepSpec:

@@ -130,3 +130,91 @@ def mimic_cxr(root: Path, studies: int = 24) -> Path:
         with gzip.open(root / name, "wt") as f:
             pd.DataFrame(rows).to_csv(f, index=False)
     return root
+
+
+RETINA = SHARED_DATA / "medmnist" / "retinamnist_28.npz"
+
+
+def smdg(root: Path, per_source: int = 12) -> Path:
+    """`metadata - standardized.csv` and full-fundus/<name>.png (real colour fundus images: RetinaMNIST's, upscaled),
+    with segmentation folders beside them. Three sources: ODIR (both eyes of each patient, named in
+    original_name), one with patient_id, one with neither; a third of the images are glaucoma suspects (-1)."""
+    with np.load(RETINA) as npz:
+        images = npz["train_images"]
+    rows, i = [], 0
+    for source in ("OIA-ODIR-TRAIN", "PAPILA", "REFUGE1-TRAIN"):
+        for k in range(per_source):
+            name = f"{source}-{k + 1}"
+            Image.fromarray(images[i]).resize((64, 64)).save(_mkdir(root / "full-fundus") / f"{name}.png")
+            write_image(_mkdir(root / "optic-disc") / f"{name}.png", i, mode="L")
+            patient = k // 2
+            rows.append({
+                "names": name, "types": (1, 0, -1)[k % 3] if k % 3 != 2 or source != "REFUGE1-TRAIN" else 0,
+                "fundus": f"/full-fundus/{name}.png", "oc": f"/optic-cup/{name}.png",
+                "patient_id": f"{patient}" if source == "PAPILA" else "",
+                "original_name": f"{patient}_{'left' if k % 2 == 0 else 'right'}.jpg" if source == "OIA-ODIR-TRAIN"
+                else f"image_{k}.png",
+                "eye": "OD" if k % 2 else "OS",
+            })
+            i += 1
+    pd.DataFrame(rows).to_csv(root / "metadata - standardized.csv", index=False)
+    return root
+
+
+def write_dicom(path: Path, image: np.ndarray, photometric: str = "MONOCHROME2", bits: int = 8,
+                slope: float = 1.0, intercept: float = 0.0) -> None:
+    """A greyscale secondary-capture DICOM holding `image` (uint8 grey values, 0 black), stored as MONOCHROME1
+    (inverted) or MONOCHROME2 at `bits` bits, with a rescale slope and intercept (a linear modality LUT: the
+    picture, scaled over the range the stored bits can hold, is the same whatever they are)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    levels = 2**bits - 1
+    raw = image.astype(np.float64) / 255 * levels
+    if photometric == "MONOCHROME1":
+        raw = levels - raw
+    stored = np.round(raw).astype(np.uint16 if bits > 8 else np.uint8)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.PatientID, ds.Modality = path.stem, "CR"
+    ds.Rows, ds.Columns = image.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (16 if bits > 8 else 8), bits, bits - 1, 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    ds.PixelData = stored.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def rsna_pneumonia(root: Path, patients: int = 24) -> Path:
+    """stage_2_train_images/<patientId>.dcm (real NIH chest X-rays written as DICOM: MONOCHROME1 and MONOCHROME2,
+    8- and 12-bit), stage_2_train_labels.csv (a row per box, Target 1 for some patients with two boxes) and
+    stage_2_detailed_class_info.csv."""
+    nih = sorted((NIH / "train").rglob("*.png"))
+    boxes, classes = [], []
+    for p in range(patients):
+        patient = hashlib.md5(f"patient{p}".encode()).hexdigest()[:8] + f"-{p:04d}"
+        image = np.asarray(Image.open(nih[p]).convert("L"))
+        write_dicom(root / "stage_2_train_images" / f"{patient}.dcm", image,
+                    photometric="MONOCHROME1" if p % 2 else "MONOCHROME2", bits=12 if p % 3 == 0 else 8)
+        positive = p % 3 == 1
+        for b in range(2 if positive else 1):
+            boxes.append({"patientId": patient, "x": 10.0 + b if positive else "", "y": 12.0 if positive else "",
+                          "width": 20.0 if positive else "", "height": 25.0 if positive else "",
+                          "Target": int(positive)})
+        classes.append({"patientId": patient,
+                        "class": "Lung Opacity" if positive else ("Normal" if p % 3 == 0 else
+                                                                  "No Lung Opacity / Not Normal")})
+    pd.DataFrame(boxes).to_csv(root / "stage_2_train_labels.csv", index=False)
+    pd.DataFrame(classes).to_csv(root / "stage_2_detailed_class_info.csv", index=False)
+    return root
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

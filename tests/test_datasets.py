@@ -231,3 +231,72 @@ def test_manifest_is_rebuilt_when_a_file_changes(tmp_path, cache):
     time.sleep(0.01)
     layouts.write_image(root / "train_images" / (first.frame["path"][0].split("/")[-1]), 999)
     assert manifest("retinopathy", root, cache).hash != first.hash
+
+
+@needs_shared_data
+def test_smdg_published_layout_suspects_and_patient_groups(tmp_path, cache):
+    root = layouts.smdg(tmp_path / "smdg")
+    m = manifest("smdg", root, cache)
+    assert m.classes == ["non-glaucoma", "glaucoma"]
+    assert m.frame["path"].str.startswith("full-fundus/").all()  # the segmentation folders are not samples
+    assert len(m.frame) == 36 - 8 and m.notes["suspects_excluded"] == "8"  # ODIR and PAPILA: 4 suspects each
+    groups = m.frame.set_index("path")["group"]
+    # ODIR: <id>_left.jpg and <id>_right.jpg are one patient; PAPILA: patient_id; REFUGE: each image its own.
+    assert groups["full-fundus/OIA-ODIR-TRAIN-1.png"] == groups["full-fundus/OIA-ODIR-TRAIN-2.png"] == "OIA-ODIR-TRAIN:0"
+    assert groups["full-fundus/PAPILA-1.png"] == "PAPILA:0"
+    assert groups["full-fundus/REFUGE1-TRAIN-1.png"] == "REFUGE1-TRAIN-1"
+    assert (m.frame.groupby("group")["split"].nunique() == 1).all(), "a patient is in two splits"
+    kept = manifest("smdg", root, cache, suspects="class")
+    assert kept.classes == ["non-glaucoma", "glaucoma", "suspect"] and len(kept.frame) == 36
+    data = load("smdg", root, cache)
+    assert data.train.images.shape[1:] == (3, 32, 32)
+
+
+@needs_shared_data
+def test_smdg_bad_rows_are_errors_naming_the_file(tmp_path, cache):
+    root = layouts.smdg(tmp_path / "smdg")
+    meta = pd.read_csv(root / "metadata - standardized.csv", keep_default_na=False)
+    (root / "full-fundus" / "PAPILA-2.png").unlink()
+    with pytest.raises(DatasetError, match=r"1 of 28 fundus images listed in the metadata are missing.*full-fundus/PAPILA-2.png"):
+        manifest("smdg", root, cache)
+    meta.loc[0, "types"] = 3
+    meta.to_csv(root / "metadata - standardized.csv", index=False)
+    with pytest.raises(DatasetError, match=r"`types` other than 0, 1 or -1 \(e.g. OIA-ODIR-TRAIN-1\)"):
+        manifest("smdg", root, cache)
+
+
+@needs_shared_data
+def test_rsna_pneumonia_dicom_labels_and_decoding(tmp_path, cache):
+    root = layouts.rsna_pneumonia(tmp_path / "rsna")
+    m = manifest("rsna_pneumonia", root, cache)
+    assert m.classes == ["no pneumonia", "pneumonia"] and len(m.frame) == 24  # one image per patient
+    assert m.frame["label"].sum() == 8  # patients with Target 1 (two boxes each, counted once)
+    assert m.frame["path"].str.match(r"stage_2_train_images/.*\.dcm$").all()
+    assert (m.frame["group"] == m.frame["path"].str.extract(r"/(.*)\.dcm$")[0]).all()  # split by patient
+    detailed = manifest("rsna_pneumonia", root, cache, labels="detailed")
+    assert detailed.classes == ["Normal", "No Lung Opacity / Not Normal", "Lung Opacity"]
+    assert np.bincount(detailed.frame["label"], minlength=3).tolist() == [8, 8, 8]
+    # The pixels: MONOCHROME1 (inverted) and 12-bit files decode to the X-ray as it looks (0 black).
+    nih = sorted((layouts.NIH / "train").rglob("*.png"))
+    source = get_source("rsna_pneumonia", str(root), {})
+    items = sorted(m.frame["path"], key=lambda p: int(p[-8:-4]))
+    for p, image in enumerate(source.read(items[:4], 0)):
+        expected = np.asarray(Image.open(nih[p]).convert("L")).astype(int)
+        assert np.abs(image.astype(int) - expected).max() <= 1, f"patient {p} decoded wrongly"
+    data = load("rsna_pneumonia", root, cache)
+    assert data.train.images.shape[1:] == (1, 32, 32)
+
+
+def test_rsna_modality_lut_and_unreadable_dicom(tmp_path, cache):
+    gradient = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (8, 1))
+    plain, rescaled = tmp_path / "plain.dcm", tmp_path / "rescaled.dcm"
+    layouts.write_dicom(plain, gradient, bits=12)
+    layouts.write_dicom(rescaled, gradient, bits=12, slope=2.0, intercept=-1024.0)
+    from trainables.data.rsna_pneumonia import read_dicom
+
+    np.testing.assert_array_equal(read_dicom(rescaled), read_dicom(plain))
+    assert np.abs(read_dicom(plain).astype(int) - gradient).max() <= 1
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"not a dicom file at all")
+    with pytest.raises(DatasetError, match=r"broken.dcm is not a readable DICOM image"):
+        read_dicom(broken)

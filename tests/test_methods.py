@@ -27,7 +27,8 @@ from trainables.methods import (
     trainable_state_dict,
 )
 from trainables.methods.lora import QVLoRA
-from trainables.methods.ssf import SSF
+from trainables.methods.ssf import SSF, ScaleShift
+from trainables.methods.tsa import TSAConv
 
 NUM_CLASSES = 3
 SIZE = 32
@@ -73,7 +74,7 @@ def spatial_block_convs(model: nn.Module) -> list[nn.Conv2d]:
     return [c for b in blocks for c in b.modules() if isinstance(c, nn.Conv2d) and c.kernel_size[0] > 1]
 
 
-def conv_adapter_params(conv: nn.Conv2d, reduction: int = 4) -> int:
+def conv_adapter_params(conv: nn.Conv2d, reduction: int) -> int:
     c_in, c_out, k = conv.in_channels, conv.out_channels, conv.kernel_size[0]
     hidden = c_in // reduction
     groups = math.gcd(c_in, hidden)
@@ -81,15 +82,21 @@ def conv_adapter_params(conv: nn.Conv2d, reduction: int = 4) -> int:
 
 
 def ssf_params(model: nn.Module, info) -> int:
-    total = 0
-    for _, m in outside_head(model, info):
-        if isinstance(m, nn.Linear):
-            total += 2 * m.out_features
-        elif isinstance(m, nn.Conv2d):
-            total += 2 * m.out_channels
-        elif type(m) in (nn.LayerNorm, nn.BatchNorm2d):
-            total += 2 * m.weight.numel()
-    return total
+    """SSF's definition, from the architecture's widths. ViT: a scale and a shift after every block's qkv (3d),
+    proj (d), fc1 (h), fc2 (d), norm1 and norm2 (d each), after the patch embedding (d) and the final norm (d).
+    CNN: a scale and a shift per BatchNorm channel."""
+    if info.family == "vit":
+        d, h = width(model), model.blocks[0].mlp.fc1.out_features
+        return 2 * (depth(model) * (3 * d + d + h + d + 2 * d) + d + d)
+    return 2 * sum(m.num_features for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+
+
+def tsa_params(model: nn.Module) -> int:
+    """TSA: a 1x1 (out x in/groups) adapter beside every convolution that is a direct child of a residual block."""
+    kinds = ("BasicBlock", "Bottleneck", "DepthwiseSeparableConv", "InvertedResidual", "EdgeResidual")
+    blocks = [m for m in model.modules() if type(m).__name__ in kinds]
+    return sum(c.out_channels * c.in_channels // c.groups for b in blocks for c in b.children()
+               if isinstance(c, nn.Conv2d))
 
 
 def lora_params(layers, r: int = 8) -> int:
@@ -134,7 +141,11 @@ FORMULAS = {
     "layernorm": lambda m, info: numel(p for x in m.modules() if isinstance(x, nn.LayerNorm) for p in x.parameters()),
     "batchnorm": lambda m, info: numel(p for x in m.modules() if isinstance(x, nn.modules.batchnorm._BatchNorm)
                                        for p in x.parameters()),
-    "attention": lambda m, info: numel(p for b in m.blocks for x in (b.attn.qkv, b.attn.proj) for p in x.parameters()),
+    "attention": lambda m, info: numel(p for b in m.blocks for x in (b.attn.qkv, b.attn.proj) for p in x.parameters())
+    + m.pos_embed.numel(),
+    "bias": lambda m, info: numel(p for n, p in m.named_parameters()
+                                  if n.endswith("bias") and not n.startswith(info.head + ".")),
+    "tsa": lambda m, info: tsa_params(m),
     "vpt_shallow": lambda m, info: 10 * width(m),
     "vpt_deep": lambda m, info: depth(m) * 10 * width(m),
     "adaptformer": lambda m, info: depth(m) * (2 * width(m) * 64 + 64 + width(m)),
@@ -144,7 +155,7 @@ FORMULAS = {
     "ssf": ssf_params,
     "fact_tt": lambda m, info: 2 * width(m) * 8 + depth(m) * (4 + 2 * mlp_ratio(m)) * 8 * 8,
     "fact_tk": lambda m, info: 2 * width(m) * 16 + 16**3 + depth(m) * (4 + 2 * mlp_ratio(m)) * 16,
-    "conv_adapter": lambda m, info: sum(conv_adapter_params(c) for c in spatial_block_convs(m)),
+    "conv_adapter": lambda m, info: sum(conv_adapter_params(c, reduction=8) for c in spatial_block_convs(m)),
     "lora_conv": lambda m, info: lora_params(dense_convs(m, info)),
     "peft:lora": lambda m, info: lora_params(peft_targets(m, info)),
     "peft:dora": lambda m, info: lora_params(peft_targets(m, info))
@@ -184,7 +195,7 @@ def real_batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_every_method_is_covered_by_a_formula():
     assert {m.name for m in list_methods() if set(m.families) & set(BACKBONES)} <= set(FORMULAS)
-    assert len(list_methods(family="vit")) >= 14 and len(list_methods(family="cnn")) >= 7
+    assert len(list_methods(family="vit")) >= 14 and len(list_methods(family="cnn")) >= 9
 
 
 @pytest.mark.parametrize(("method", "backbone"), PAIRS)
@@ -260,7 +271,7 @@ def test_merging_keeps_outputs(method, backbone, real_batch):
         merged = prepared.method.merge(model)
         after = merged(x)
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
-    leftovers = [type(m).__name__ for m in merged.modules() if isinstance(m, (SSF, QVLoRA, BaseTunerLayer))]
+    leftovers = [type(m).__name__ for m in merged.modules() if isinstance(m, (SSF, ScaleShift, QVLoRA, TSAConv, BaseTunerLayer))]
     assert not leftovers, f"still wrapped after merging: {leftovers[:3]}"
 
 

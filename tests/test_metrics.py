@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from sklearn.metrics import balanced_accuracy_score, log_loss, roc_auc_score
+from sklearn.metrics import balanced_accuracy_score, f1_score, log_loss, matthews_corrcoef, roc_auc_score
 
 from trainables.metrics import binary_auroc, classification_metrics
 
@@ -16,6 +16,8 @@ def test_metrics_match_scikit_learn(classes):
     assert m["acc"] == pytest.approx((logits.argmax(1) == labels).mean())
     assert m["balanced_acc"] == pytest.approx(balanced_accuracy_score(labels, logits.argmax(1)))
     assert m["loss"] == pytest.approx(log_loss(labels, probs), rel=1e-6)
+    assert m["f1"] == pytest.approx(f1_score(labels, logits.argmax(1), average="macro"))
+    assert m["mcc"] == pytest.approx(matthews_corrcoef(labels, logits.argmax(1)))
     if classes == 2:
         expected = roc_auc_score(labels, logits[:, 1] - logits[:, 0])
     else:
@@ -25,3 +27,18 @@ def test_metrics_match_scikit_learn(classes):
 
 def test_auroc_is_nan_without_both_classes():
     assert np.isnan(binary_auroc(np.array([0.1, 0.2]), np.array([True, True])))
+
+
+def test_f1_by_hand_and_a_majority_classifier():
+    # 3 classes; true 0,0,0,1,1,2; predicted 0,0,1,1,1,0.
+    # class 0: TP 2, FP 1, FN 1 -> 4/6; class 1: TP 2, FP 1, FN 0 -> 4/5; class 2: TP 0, FN 1 -> 0.
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    logits = np.eye(3)[[0, 0, 1, 1, 1, 0]]
+    assert classification_metrics(logits, labels)["f1"] == pytest.approx((4 / 6 + 4 / 5 + 0) / 3)
+    # Always the majority class (57 of 78, as BreastMNIST's validation split): accuracy 0.73, but macro F1 is
+    # F1 of the majority class / 2 (the other class scores 0) and MCC 0.
+    labels = np.array([1] * 57 + [0] * 21)
+    majority = classification_metrics(np.tile([0.0, 1.0], (78, 1)), labels)
+    assert majority["acc"] == pytest.approx(57 / 78)
+    assert majority["f1"] == pytest.approx((2 * 57 / (2 * 57 + 21)) / 2)
+    assert majority["mcc"] == 0.0 and majority["balanced_acc"] == pytest.approx(0.5)

@@ -39,10 +39,20 @@ def uninterrupted(tmp_path_factory) -> LocalSession:
 def test_reports_every_epoch_and_tests_best_weights_in_the_last(uninterrupted):
     reports = uninterrupted.reports
     assert [r["epoch"] for r in reports] == [1, 2, 3]
-    assert all("val/acc" in r and "val/best_acc" in r and "train/loss" in r for r in reports)
+    # Macro F1 is the default selection metric (the study's); the others are reported beside it.
+    assert all("val/f1" in r and "val/best_f1" in r and "val/acc" in r and "train/loss" in r for r in reports)
     assert all(not any(k.startswith("test/") for k in r) for r in reports[:-1])
-    assert {"test/acc", "test/auroc", "test/balanced_acc", "test/loss"} <= set(reports[-1])
-    assert reports[-1]["val/best_acc"] == max(r["val/acc"] for r in reports)
+    assert {"test/f1", "test/acc", "test/auroc", "test/balanced_acc", "test/mcc", "test/loss"} <= set(reports[-1])
+    assert reports[-1]["val/best_f1"] == max(r["val/f1"] for r in reports) == reports[-1]["score"]
+
+
+def test_micro_batches_accumulate_to_the_gradients_of_the_whole_batch(uninterrupted):
+    """16 images per step as 4 + 4 + 4 + 4 (BatchNorm statistics frozen, as bitfit keeps them): the same run."""
+    accumulated = run(trial_config(micro_batch_size=4))
+    for ours, theirs in zip(accumulated.reports, uninterrupted.reports, strict=True):
+        assert ours["train/accumulation_steps"] == 4 and theirs["train/accumulation_steps"] == 1
+        for key in ("train/loss", "val/loss", "val/f1"):
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-5), key
 
 
 def test_resume_from_a_mid_training_checkpoint_gives_the_uninterrupted_result(uninterrupted, tmp_path):

@@ -52,20 +52,20 @@ def lora(m: nn.Module, r: int = 8) -> int:
 
 
 def svdiff(m: nn.Module) -> int:
-    """A shift per singular value of every weight matrix (conv kernels flattened), plus every 1-D parameter."""
+    """A shift per singular value of every weight matrix (conv kernels flattened: min(out, in*k*k)), and one per
+    norm layer (its scale vector is a 1 x C matrix with one singular value)."""
     layers = [x for x in m.modules() if isinstance(x, nn.Linear | nn.Conv2d)]
-    return sum(min(x.weight.shape[0], x.weight[0].numel()) for x in layers) + numel(
-        p for p in m.parameters() if p.ndim == 1)
+    norm_layers = [x for x in m.modules() if isinstance(x, nn.GroupNorm | nn.LayerNorm)]
+    return sum(min(x.weight.shape[0], x.weight[0].numel()) for x in layers) + len(norm_layers)
 
 
 def difffit(m: nn.Module) -> int:
-    """Biases and norms, and one gamma per transformer block's attn1, attn2 and ff and per residual block."""
+    """Biases and norms, and per transformer block of width c: c each for attn1, attn2 and ff, and c each for
+    to_q, to_k, to_v and to_out of both attentions (11 c)."""
     from diffusers.models.attention import BasicTransformerBlock
-    from diffusers.models.resnet import ResnetBlock2D
 
-    gammas = sum(3 if isinstance(x, BasicTransformerBlock) else 1 for x in m.modules()
-                 if isinstance(x, BasicTransformerBlock | ResnetBlock2D))
-    return union(biases(m), norms(m)) + gammas
+    widths = [x.norm1.normalized_shape[0] for x in m.modules() if isinstance(x, BasicTransformerBlock)]
+    return union(biases(m), norms(m)) + 11 * sum(widths)
 
 
 FORMULAS = {
@@ -186,3 +186,5 @@ def test_study_methods_fit_stable_diffusion_v1_5_without_its_weights():
     lora_sd = probe("stable-diffusion-v1-5", "lora")
     assert 859_000_000 < full.total_params < 860_000_000
     assert lora_sd.trainable_params == 1_594_368  # r=8 on q, k, v, out of SD1.5's 32 attention layers
+    study_lora = probe("stable-diffusion-v1-5", "lora", {"targets": ["to_q", "to_v"]})
+    assert study_lora.trainable_params == 797_184  # the study's 0.8M

@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -53,7 +53,10 @@ class ClassificationTrain(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(10, ge=1)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1)  # the effective batch of one optimizer step (per worker)
+    # Gradient accumulation: the batch is run in micro-batches of this size (None: all at once; "auto": all at
+    # once, halved each time the GPU runs out of memory). The size used is logged every epoch.
+    micro_batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] | None = None
     eval_batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
@@ -63,7 +66,7 @@ class ClassificationTrain(BaseModel):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(1.0, gt=0.0)
     augment: bool = True
-    select_metric: Literal["acc", "balanced_acc", "auroc"] = "acc"
+    select_metric: Literal["f1", "acc", "balanced_acc", "auroc", "mcc"] = "f1"  # macro F1: the study's metric
     amp: bool = True  # bf16 autocast on GPUs; trainable parameters stay fp32
     checkpoint_every: int = Field(1, ge=1)
 
@@ -121,6 +124,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if trial.start(params, run_tags(cfg, data.params), progress.epoch):
         return  # an earlier attempt finished this trial; its results were reported again
 
+    micro = train.batch_size if train.micro_batch_size in (None, "auto") else train.micro_batch_size
     with trial.failures():
         for epoch in range(progress.epoch + 1, train.epochs + 1):
             started = time.perf_counter()
@@ -129,17 +133,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             torch.manual_seed(cfg.seed * 10_007 + epoch)  # dropout etc.: the same on resume
             loss_sum, seen = 0.0, 0
             for x, y in train_batches:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.amp and device.type == "cuda"):
-                    loss = F.cross_entropy(net(x), y, label_smoothing=train.label_smoothing)
-                if not torch.isfinite(loss):
-                    raise Diverged(f"training loss became {loss.item()} at epoch {epoch} (lr={train.lr:g})")
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss, micro = accumulate(net, x, y, micro, train, device)
+                if not math.isfinite(loss):
+                    raise Diverged(f"training loss became {loss} at epoch {epoch} (lr={train.lr:g})")
                 if train.grad_clip:
                     torch.nn.utils.clip_grad_norm_(trained, train.grad_clip)
                 optimizer.step()
                 schedule.step()
-                loss_sum += loss.item() * len(y)
+                loss_sum += loss * len(y)
                 seen += len(y)
             train_seconds = time.perf_counter() - started
 
@@ -160,6 +162,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 SCORE: progress.best,
                 "best_epoch": progress.best_epoch,
                 "lr": schedule.get_last_lr()[0],
+                "train/micro_batch_size": min(micro, train.batch_size),
+                "train/accumulation_steps": math.ceil(train.batch_size / micro),
                 "time/epoch_s": time.perf_counter() - started,
                 "time/train_images_per_s": seen * world / max(train_seconds, 1e-9),
                 "sys/peak_mem_mb": peak_memory_mb(device),
@@ -171,6 +175,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             trial.end_epoch(epoch, metrics, last, save=partial(
                 save_training_state, model=model, bn_mode=bn_mode, optimizer=optimizer, schedule=schedule,
                 progress=progress, best_state=best_state))
+
+
+def accumulate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, micro: int, train: ClassificationTrain,
+               device: torch.device) -> tuple[float, int]:
+    """Forward and backward of one batch in micro-batches of `micro`, each loss weighted by its share of the batch,
+    so the gradients are those of the whole batch. With micro_batch_size "auto" a CUDA out-of-memory error halves
+    the micro-batch and runs the batch again. Returns (mean loss, micro-batch size used)."""
+    while True:
+        try:
+            total = 0.0
+            for xs, ys in zip(x.split(micro), y.split(micro), strict=True):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.amp and device.type == "cuda"):
+                    loss = F.cross_entropy(net(xs), ys, label_smoothing=train.label_smoothing) * (len(ys) / len(y))
+                loss.backward()
+                total += loss.item()
+            return total, micro
+        except torch.OutOfMemoryError:
+            if train.micro_batch_size != "auto" or micro == 1:
+                raise
+            for param in net.parameters():
+                param.grad = None
+            torch.cuda.empty_cache()
+            micro = max(1, micro // 2)
 
 
 class Evaluator:

@@ -8,6 +8,8 @@ from trainables.data import (  # noqa: F401  (registration)
     medmnist,
     mimic_cxr,
     retinopathy,
+    rsna_pneumonia,
+    smdg,
     smear,
     synthetic,
 )

@@ -22,6 +22,7 @@ from trainables.methods import (  # noqa: F401  (registration)
     peft_tuner,
     ssf,
     svdiff,
+    tsa,
     unet_attention,
     unet_lora,
     vpt,

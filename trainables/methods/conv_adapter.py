@@ -6,11 +6,8 @@ import torch
 from torch import nn
 
 from trainables.backbones import BackboneInfo
+from trainables.methods.cnn_parts import residual_blocks
 from trainables.methods.registry import register_method
-
-# Residual blocks of timm's CNN families (ResNet, EfficientNet/MobileNet, ConvNeXt).
-BLOCK_TYPES = ("BasicBlock", "Bottleneck", "DepthwiseSeparableConv", "InvertedResidual", "EdgeResidual",
-               "ConvNeXtBlock")
 
 
 class ConvAdapter(nn.Module):
@@ -37,8 +34,7 @@ def _add_adapter_output(conv: nn.Module, args: tuple, output: torch.Tensor) -> t
 
 def adapted_convs(model: nn.Module) -> list[nn.Conv2d]:
     """The spatial (k x k, k > 1) convolutions inside residual blocks: the stem and 1x1 projections are left alone."""
-    blocks = [m for m in model.modules() if type(m).__name__ in BLOCK_TYPES]
-    return [c for b in blocks for c in b.modules() if isinstance(c, nn.Conv2d) and max(c.kernel_size) > 1]
+    return [c for b in residual_blocks(model) for c in b.modules() if isinstance(c, nn.Conv2d) and max(c.kernel_size) > 1]
 
 
 @register_method(
@@ -47,12 +43,22 @@ def adapted_convs(model: nn.Module) -> list[nn.Conv2d]:
     reference="Chen et al. 2022, Conv-Adapter, arXiv:2208.07463 (convolution-parallel)",
     knob_docs={"reduction": "channel reduction of the adapter's hidden width"},
 )
-def conv_adapter(model: nn.Module, info: BackboneInfo, reduction: int = 4) -> nn.Module:
+def conv_adapter(model: nn.Module, info: BackboneInfo, reduction: int = 8) -> nn.Module:
     """A small convolutional adapter beside every spatial convolution of the residual blocks, with that
-    convolution's kernel and stride; its output is added to the convolution's."""
+    convolution's kernel and stride; its output is added to the convolution's.
+
+    Two choices differ from the reference code (Hhhhhhao/Conv-Adapter, reduction 8 as there), on purpose:
+    - where the output joins: the reference adds it after the convolution's BatchNorm and ReLU (ResNet
+      bottlenecks only; its BasicBlock path is broken). timm's blocks do not have one such place: a BasicBlock's
+      second activation follows the residual sum, EfficientNet fuses norm and activation into one module,
+      ConvNeXt has no activation there. Adding to the convolution's output works the same in every block, and
+      the norm that follows rescales the sum as it rescales the convolution;
+    - initialisation: the reference's kaiming init of both convolutions (scale 1) changes the network's output
+      from the first step; the zero up-projection here starts every method from the pretrained function, as
+      LoRA and the other adapters do, and the down-projection still gets gradients through it."""
     convs = adapted_convs(model)
     if not convs:
-        raise ValueError(f"no k x k convolutions inside residual blocks of a known type ({', '.join(BLOCK_TYPES)})")
+        raise ValueError("no k x k convolutions inside the residual blocks")
     for conv in convs:
         adapter = ConvAdapter(conv.in_channels, conv.out_channels, conv.stride[0], reduction, conv.kernel_size[0])
         conv.conv_adapter = adapter.to(conv.weight.device)

@@ -1,5 +1,6 @@
-"""What the U-Net methods select: biases, norm layers, and the transformer (attention) blocks of a diffusers
-UNet2DConditionModel. Each selector makes its parameters trainable; the methods are unions of them."""
+"""What the U-Net methods select: biases (also what `bitfit` and `bias` train in ViTs and CNNs), norm layers, and
+the transformer (attention) blocks of a diffusers UNet2DConditionModel. Each selector makes its parameters
+trainable; the methods are unions of them."""
 
 from __future__ import annotations
 

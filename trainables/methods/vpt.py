@@ -4,9 +4,11 @@ replaced before every block (deep). Jia et al. ECCV 2022, arXiv:2203.12119."""
 from __future__ import annotations
 
 import math
+import types
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from trainables.backbones import BackboneInfo
@@ -29,6 +31,7 @@ class PromptedBlocks(nn.Sequential):
         bound = math.sqrt(6.0 / (3 * patch_area + dim))  # VPT's initialisation
         nn.init.uniform_(self.prompts, -bound, bound)
         self.dropout = dropout  # a float, not an nn.Dropout: every child of this Sequential is run as a block
+        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, p = x.shape[0], self.prefix
@@ -38,7 +41,10 @@ class PromptedBlocks(nn.Sequential):
                 prompts = prompts.expand(batch, -1, -1)
                 rest = x[:, p:] if i == 0 else x[:, p + self.tokens :]
                 x = torch.cat([x[:, :p], prompts.to(x.dtype), rest], dim=1)
-            x = block(x)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
         # Drop the prompts again: the final norm and pooling see the sequence the backbone was built for.
         return torch.cat([x[:, :p], x[:, p + self.tokens :]], dim=1)
 
@@ -50,7 +56,16 @@ def _prompt(model: nn.Module, tokens: int, dropout: float, deep: bool) -> nn.Mod
     patch = model.patch_embed.patch_size
     model.blocks = PromptedBlocks(model.blocks, model.num_prefix_tokens, tokens, embed_dim(model), deep,
                                   patch[0] * patch[1], dropout)
+    # timm's gradient checkpointing runs `checkpoint_seq(model.blocks, x)`, which calls the blocks one by one and
+    # would skip the prompts silently. Checkpointing is done inside the prompted blocks instead.
+    model.blocks.grad_checkpointing = bool(getattr(model, "grad_checkpointing", False))
+    model.grad_checkpointing = False
+    model.set_grad_checkpointing = types.MethodType(_set_grad_checkpointing, model)
     return model
+
+
+def _set_grad_checkpointing(model: nn.Module, enable: bool = True) -> None:
+    model.blocks.grad_checkpointing = enable
 
 
 @register_method("vpt_shallow", families=("vit",), reference=REFERENCE, knob_docs=KNOBS)

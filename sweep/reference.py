@@ -1,0 +1,153 @@
+"""Published studies as data (`sweep/references/<name>.yaml` and its tables): what they printed, in our names.
+
+A reference maps the study's backbone, dataset and method names to the ids of our spec for it
+(`search_spaces/paper.yaml` for Dutt et al. 2024), and carries its printed trainable-parameter counts with notes
+where a printed count is not what it says. Reports put our numbers beside its numbers; tests pin every method's
+definition by its printed count.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REFERENCES_DIR = Path(__file__).resolve().parent / "references"
+_UNITS = {"K": 1e3, "M": 1e6}
+
+
+@dataclass(frozen=True)
+class Reference:
+    name: str
+    citation: str
+    tables: Any  # pandas DataFrame: one row per printed number (table, backbone, dataset, ..., method, value)
+    backbones: dict[str, str]
+    datasets: dict[str, str]
+    methods: dict[str, str]
+    count_classes: int
+    count_notes: dict[tuple[str, str], dict[str, Any]]
+
+    def ours(self, column: str, value: str) -> str:
+        """Our id for one of the study's names (`column`: backbone, dataset or method); the name itself if unmapped."""
+        return {"backbone": self.backbones, "dataset": self.datasets, "method": self.methods}[column].get(value, value)
+
+    def printed_counts(self):
+        """One row per (study backbone, study method) with its printed trainable count."""
+        rows = self.tables.dropna(subset=["trainable_params_printed"])
+        return rows.drop_duplicates(["backbone", "method"])[["backbone", "method", "trainable_params_printed"]]
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in REFERENCES_DIR.glob("*.yaml"))
+
+
+@cache
+def load_reference(name: str) -> Reference:
+    import pandas as pd
+
+    path = REFERENCES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise LookupError(f"no reference study named {name!r}; shipped: {', '.join(available()) or 'none'}")
+    raw = yaml.safe_load(path.read_text())
+    tables = pd.read_csv(path.parent / raw["tables"], comment="#", dtype={"train_size": str})
+    notes = {(n["backbone"], n["method"]): n for n in raw.get("count_notes", [])}
+    return Reference(name, " ".join(raw["citation"].split()), tables, raw["backbones"], raw["datasets"],
+                     raw["methods"], int(raw["count_classes"]), notes)
+
+
+@dataclass(frozen=True)
+class PrintedCount:
+    """A count as printed: '23.5M', '59.1K', '100M', or a range '3.8-7.2K'."""
+
+    low: float
+    high: float
+    decimals: int
+    unit: float
+    text: str
+
+    @classmethod
+    def parse(cls, text: str) -> PrintedCount:
+        match = re.fullmatch(r"([\d.]+)(?:-([\d.]+))?([KM])", text.strip())
+        if not match:
+            raise ValueError(f"not a printed count: {text!r}")
+        low, high, unit = match.group(1), match.group(2) or match.group(1), match.group(3)
+        decimals = max(len(x.partition(".")[2]) for x in (low, high))
+        return cls(float(low), float(high), decimals, _UNITS[unit], text)
+
+    def readings(self, count: float) -> dict[str, float]:
+        """`count` in the printed unit, rounded and truncated to the digits printed."""
+        value, step = count / self.unit, 10.0**-self.decimals
+        return {"rounded": round(value / step) * step, "truncated": math.floor(value / step + 1e-9) * step}
+
+    def matches(self, count: float) -> str | None:
+        """How `count` reproduces the printed number ('rounded' or 'truncated'), or None. A range matches a count
+        whose reading lies within it."""
+        for reading, value in self.readings(count).items():
+            if self.low - 1e-9 <= value <= self.high + 1e-9:
+                return reading
+        return None
+
+
+def compact(count: float) -> str:
+    """A count written as the study writes them (3 significant digits, K or M)."""
+    for unit, factor in (("M", 1e6), ("K", 1e3)):
+        if count >= factor:
+            return f"{count / factor:.3g}{unit}"
+    return str(int(count))
+
+
+def study_settings(spec_path: str | Path) -> dict[tuple[str, str], tuple[str, Any, Any]]:
+    """(backbone key, method key) -> (task, backbone entry, method entry) over every arm of a study's spec."""
+    from sweep.spec import load_specs
+
+    settings = {}
+    for spec in load_specs(spec_path):
+        for backbone in spec.backbones:
+            for method in spec.methods_for(backbone):
+                settings.setdefault((backbone.key, method.key), (spec.task, backbone, method))
+    return settings
+
+
+def count_table(reference: Reference, spec_path: str | Path, image_size: int = 224) -> list[dict[str, Any]]:
+    """Every printed trainable count of the study beside ours, for the method as the study's spec sets it up
+    (built on the meta device, the study's head size): how ours reads as the printed number, or the note that
+    says why it cannot."""
+    from trainables.tasks import get_task
+
+    settings = study_settings(spec_path)
+    rows = []
+    for printed in reference.printed_counts().itertuples(index=False):
+        backbone, method = reference.ours("backbone", printed.backbone), reference.ours("method", printed.method)
+        family_methods = {m for (b, m) in settings if b == backbone}
+        if (backbone, method) not in settings:
+            rows.append({"study_backbone": printed.backbone, "study_method": printed.method, "backbone": backbone,
+                         "method": method, "ours": None, "printed": printed.trainable_params_printed,
+                         "reading": None, "note": f"not in the study's spec (its methods: {sorted(family_methods)})"})
+            continue
+        task, b, m = settings[(backbone, method)]
+        probe = get_task(task).probe
+        count = PrintedCount.parse(printed.trainable_params_printed)
+        note = reference.count_notes.get((printed.backbone, printed.method), {})
+        if count.low != count.high:  # a range over the study's head sizes (2, 3 and 7 classes)
+            ours = [probe(b.name, m.name, m.knobs, None, image_size, num_classes=k, **b.kwargs).trainable_params
+                    for k in (2, 3, 7)]
+            reading = next((r for r in map(count.matches, ours) if r), None)
+            ours_text = " / ".join(f"{n:,}" for n in ours) + " (2 / 3 / 7 classes)"
+            value = ours[1]
+        else:
+            value = probe(b.name, m.name, m.knobs, None, image_size, num_classes=reference.count_classes,
+                          **b.kwargs).trainable_params
+            reading = count.matches(value / note.get("scale", 1))
+            ours_text = f"{value:,}"
+            if note.get("scale") and reading:
+                reading = f"{reading}, printed {note['scale']}x too small"
+        rows.append({"study_backbone": printed.backbone, "study_method": printed.method, "backbone": backbone,
+                     "method": method, "ours": value, "ours_text": ours_text,
+                     "knobs": dict(m.knobs), "printed": count.text, "reading": reading,
+                     "note": " ".join(str(note.get("why", "")).split())})
+    return rows

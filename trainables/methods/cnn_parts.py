@@ -1,0 +1,16 @@
+"""What several CNN methods need from a timm CNN: its residual blocks, recognised by their class names (timm's
+ResNet, EfficientNet/MobileNet and ConvNeXt families)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+BLOCK_TYPES = ("BasicBlock", "Bottleneck", "DepthwiseSeparableConv", "InvertedResidual", "EdgeResidual",
+               "ConvNeXtBlock")
+
+
+def residual_blocks(model: nn.Module) -> list[nn.Module]:
+    blocks = [m for m in model.modules() if type(m).__name__ in BLOCK_TYPES]
+    if not blocks:
+        raise ValueError(f"no residual blocks of a known type ({', '.join(BLOCK_TYPES)})")
+    return blocks
