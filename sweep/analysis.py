@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sweep import tracking
+from sweep import tracking, trust
 
 CELL_FIELDS = ["task", "dataset", "backbone", "method", "fraction", "seed"]
 TERMINAL = ("finished", "stopped_early", "failed")
@@ -37,13 +37,31 @@ def trials_table(uri: str, sweep: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         cells["fraction"] = cells["fraction"].astype(float)
         cells["seed"] = cells["seed"].astype(int)
     trials = mark_best_in_cell(trials)
+    trials = _with_curve_checks(mlflow, trials)
     return trials.sort_values(["cell_key", "trial_key"]).reset_index(drop=True), cells
+
+
+def _with_curve_checks(mlflow, trials: pd.DataFrame) -> pd.DataFrame:
+    """For each cell's chosen trial: is its training loss still falling at its last epoch, and is its learning
+    rate at the edge of what the cell tried. Only chosen trials' histories are read (one per cell)."""
+    trials = trials.copy()
+    trials["not_converged"] = False
+    trials["lr_at_edge"] = ""
+    chosen = trials[trials["is_best_in_cell"]] if len(trials) else trials
+    for index, run_id in zip(chosen.index, chosen["run_id"], strict=True):
+        history = sorted(mlflow.get_metric_history(run_id, "train/loss"), key=lambda m: m.step)
+        trials.loc[index, "not_converged"] = trust.still_falling([m.value for m in history])
+    if len(chosen):
+        edges = trust.lr_at_edge(trials, chosen)
+        trials.loc[chosen.index, "lr_at_edge"] = chosen["cell_key"].map(edges).fillna("").to_numpy()
+    return trials
 
 
 _TRIAL_COLUMNS = [
     "sweep", "trial_key", "cell_key", "run_id", *CELL_FIELDS, "status", "stopped_early", "failure_reason",
     "score", "val_metric", "val_best", "val_best_loss", "test_metric", "test_higher_is_better", "test_main",
-    "test_acc", "test_balanced_acc", "test_auroc", "test_loss",
+    "test_f1", "test_acc", "test_balanced_acc", "test_auroc", "test_mcc", "test_loss", "bn_mode",
+    "counts_val", "counts_test",
     "trainable_params", "total_params", "trainable_share", "epochs_run", "max_epochs", "wall_seconds",
     "peak_mem_mb", "cpus", "gpus", "workers",
 ]
@@ -75,10 +93,16 @@ def _trial_row(sweep: str, run) -> dict[str, Any]:
         "test_metric": test_key,
         "test_higher_is_better": params.get("selection.test_higher_is_better", "True") == "True",
         "test_main": metrics.get(test_key, math.nan),
+        "test_f1": metrics.get("test/f1", math.nan),
         "test_acc": metrics.get("test/acc", math.nan),
         "test_balanced_acc": metrics.get("test/balanced_acc", math.nan),
         "test_auroc": metrics.get("test/auroc", math.nan),
+        "test_mcc": metrics.get("test/mcc", math.nan),
         "test_loss": metrics.get("test/loss", math.nan),
+        "bn_mode": params.get("method.bn_mode", ""),
+        # Images per class of the validation and test splits: the trivial classifier's scores come from them.
+        "counts_val": params.get("data.counts_val", ""),
+        "counts_test": params.get("data.counts_test", ""),
         "trainable_params": int(params.get("trainable_params", 0)),
         "total_params": int(params.get("total_params", 0)),
         "trainable_share": float(params.get("trainable_share", "nan")),
@@ -148,58 +172,88 @@ def bootstrap_ci(values: np.ndarray, level: float = 0.95, resamples: int = 2000,
 PERCENT_METRICS = ("f1", "acc", "balanced_acc", "auroc")
 
 
+SCORE_KEYS = ["task", "backbone", "dataset", "fraction", "method"]
+
+
 def method_scores(trials: pd.DataFrame) -> pd.DataFrame:
     """Per (task, backbone, dataset, fraction, method): the chosen trials' test metric over seeds — mean, std,
-    95% bootstrap CI, seeds — in display units (percent for accuracies and AUROC), with the trainable share, the
-    gain over full fine-tuning (positive: better, in display units) and the winner of each dataset/fraction.
-    `oriented` is the mean signed so that higher is better (FID is lower-is-better)."""
-    chosen = chosen_trials(trials)
-    keys = ["task", "backbone", "dataset", "fraction", "method"]
+    95% bootstrap CI, seeds — in display units (percent for F1, accuracies and AUROC), with the trainable share,
+    the trivial classifier's score, whether the cell learned (beat it on validation and test by more than the
+    noise, sweep.trust), whether any seed's training was still falling or chose an LR at the edge of its range,
+    the gain over full fine-tuning (positive: better; only between cells that learned) and the winner of each
+    dataset/fraction among the cells that learned. `oriented` is the mean signed so that higher is better."""
+    chosen = trust.add_trivial(chosen_trials(trials))
+    verdicts = trust.cell_verdicts(chosen, SCORE_KEYS).set_index(SCORE_KEYS) if len(chosen) else None
     rows = []
-    for key, group in chosen.groupby(keys, sort=True):
+    for key, group in chosen.groupby(SCORE_KEYS, sort=True):
         metric = group["test_metric"].iloc[0]
         scale = 100.0 if metric.rsplit("/", 1)[-1] in PERCENT_METRICS else 1.0
         values = group["test_main"].dropna().to_numpy(dtype=float) * scale
         low, high = bootstrap_ci(values)
         higher = bool(group["test_higher_is_better"].iloc[0])
         mean = float(values.mean()) if len(values) else math.nan
+        verdict = verdicts.loc[key]
         rows.append({
-            **dict(zip(keys, key, strict=True)),
+            **dict(zip(SCORE_KEYS, key, strict=True)),
             "metric": metric, "unit": "%" if scale == 100 else "", "higher_is_better": higher,
             "mean": mean, "oriented": mean if higher else -mean,
             "std": float(values.std(ddof=1)) if len(values) > 1 else math.nan,
             "ci_low": low, "ci_high": high, "seeds": len(values),
             "trainable_share": float(group["trainable_share"].mean()),
             "trainable_params": int(group["trainable_params"].median()),
+            "trivial": verdict["trivial_test"] * scale, "trivial_val": verdict["trivial_val"] * scale,
+            "noise": verdict["noise_test"] * scale,
+            "learned": trust.verdict(verdict["learned"]),
+            "not_converged": bool(group["not_converged"].any()) if "not_converged" in group else False,
+            "lr_at_edge": ",".join(sorted(set(group["lr_at_edge"]) - {""})) if "lr_at_edge" in group else "",
+            "bn_mode": ",".join(sorted(set(group["bn_mode"].fillna("")) - {""})) if "bn_mode" in group else "",
         })
-    scores = pd.DataFrame(rows, columns=[*keys, "metric", "unit", "higher_is_better", "mean", "oriented", "std",
-                                         "ci_low", "ci_high", "seeds", "trainable_share", "trainable_params"])
+    scores = pd.DataFrame(rows, columns=[*SCORE_KEYS, "metric", "unit", "higher_is_better", "mean", "oriented",
+                                         "std", "ci_low", "ci_high", "seeds", "trainable_share", "trainable_params",
+                                         "trivial", "trivial_val", "noise", "learned", "not_converged", "lr_at_edge",
+                                         "bn_mode"])
     where = ["task", "backbone", "dataset", "fraction"]
-    full = scores[scores["method"] == "full"].set_index(where)["oriented"]
+    scores["learned"] = pd.Series([trust.verdict(v) for v in scores["learned"]], index=scores.index, dtype=object)
+    usable = scores["learned"].map(lambda v: v is not False).astype(bool)  # None: no trivial baseline (FID)
+    full = scores[(scores["method"] == "full") & usable].set_index(where)["oriented"]
     index = pd.MultiIndex.from_frame(scores[where])
-    scores["gain_vs_full"] = scores["oriented"].to_numpy() - full.reindex(index).to_numpy()
-    scores["winner"] = scores["oriented"] == scores.groupby(where)["oriented"].transform("max")
+    scores["gain_vs_full"] = np.where(usable, scores["oriented"].to_numpy() - full.reindex(index).to_numpy(),
+                                      np.nan)
+    best = scores["oriented"].where(usable).groupby([scores[w] for w in where]).transform("max")
+    scores["winner"] = usable & (scores["oriented"] == best)
     return scores
 
 
-def peft_vs_full(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per dataset and fraction: the best PEFT method against full fine-tuning (margin: positive is better)."""
+def learned_label(value) -> str:
+    return "n/a" if value is None else "yes" if value else "no"
+
+
+def paired_vs_full(trials: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
+    """Every method against full fine-tuning on the same task, backbone, dataset and fraction, paired by seed (the
+    same seed draws the same data subset): mean per-seed difference of the test metric (display units, positive:
+    better), paired bootstrap 95% CI, sign and Wilcoxon p-values, and the verdict. A comparison with a cell that
+    did not learn is not made; the verdict says which did not."""
+    chosen = chosen_trials(trials)
+    where = ["task", "backbone", "dataset", "fraction"]
+    learned = scores.set_index(SCORE_KEYS)["learned"] if len(scores) else pd.Series(dtype=object)
     rows = []
-    for key, group in scores.groupby(["task", "backbone", "dataset", "fraction"], sort=True):
+    for key, group in chosen.groupby(where, sort=True):
         full = group[group["method"] == "full"]
-        peft = group[group["method"] != "full"].sort_values("oriented", ascending=False)
-        if full.empty or peft.empty:
+        if full.empty:
             continue
-        best, reference = peft.iloc[0], full.iloc[0]
-        rows.append({
-            "task": key[0], "backbone": key[1], "dataset": key[2], "fraction": key[3],
-            "best_peft": best["method"], "best_peft_mean": best["mean"], "full_mean": reference["mean"],
-            "margin": best["oriented"] - reference["oriented"], "unit": best["unit"],
-            "peft_wins": bool(best["oriented"] > reference["oriented"]),
-            # With one seed there is no interval to compare.
-            "ci_overlap": (None if min(best["seeds"], reference["seeds"]) < 2 else
-                           bool(best["ci_low"] <= reference["ci_high"] and reference["ci_low"] <= best["ci_high"])),
-        })
+        for method, mine in group[group["method"] != "full"].groupby("method", sort=True):
+            metric = mine["test_metric"].iloc[0]
+            scale = 100.0 if metric.rsplit("/", 1)[-1] in PERCENT_METRICS else 1.0
+            sign = 1.0 if bool(mine["test_higher_is_better"].iloc[0]) else -1.0
+            paired = mine.set_index("seed")["test_main"].to_frame("peft").join(
+                full.set_index("seed")["test_main"].rename("full"), how="inner").dropna()
+            differences = sign * scale * (paired["peft"] - paired["full"]).to_numpy(dtype=float)
+            row = {**dict(zip(where, key, strict=True)), "method": method, "unit": "%" if scale == 100 else "",
+                   **trust.paired_comparison(differences)}
+            not_learned = [m for m in ("full", method) if learned.get((*key, m)) is False]
+            if not_learned:
+                row["verdict"] = f"not compared: {' and '.join(not_learned)} did not learn"
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -237,41 +291,61 @@ def regimes(fractions: list[float]) -> dict[str, list[float]]:
     return {name: values for name, values in named.items() if values}
 
 
-def recommendations(scores: pd.DataFrame) -> list[str]:
-    """Best method per backbone and data regime, worded with its evidence."""
+def recommendations(scores: pd.DataFrame, paired: pd.DataFrame | None = None) -> list[str]:
+    """Best method per backbone and data regime, among the cells that learned, worded with its evidence: how often
+    it won, its margin over the runner-up, and against full fine-tuning the paired comparisons across seeds."""
     lines = []
     for (task, backbone), group in scores.groupby(["task", "backbone"], sort=True):
         for regime, fractions in regimes(group["fraction"].tolist()).items():
             part = group[group["fraction"].isin(fractions)]
-            cells = part.groupby(["dataset", "fraction"])
-            wins = part[part["winner"]].groupby("method").size().sort_values(ascending=False)
+            failed = part[part["learned"].map(lambda v: v is False)]
+            usable = part.drop(failed.index)
+            left_out = (f" Left out, as they did not beat the trivial classifier: "
+                        f"{', '.join(f'{r.method} on {r.dataset} ({r.fraction:g})' for r in failed.itertuples())}."
+                        if len(failed) else "")
+            cells = usable.groupby(["dataset", "fraction"])
+            wins = usable[usable["winner"]].groupby("method").size().sort_values(ascending=False)
             if wins.empty:
+                if len(failed):
+                    lines.append(f"{backbone} ({task}), {regime}: no recommendation, no method learned.{left_out}")
                 continue
             method = wins.index[0]
-            mine = part[part["method"] == method]
             runner = []
             for (_dataset, _fraction), cell in cells:
                 others = cell[cell["method"] != method].sort_values("oriented", ascending=False)
                 ours = cell[cell["method"] == method]
-                if others.empty or ours.empty:
-                    continue
-                o, r = ours.iloc[0], others.iloc[0]
-                runner.append({"margin": o["oriented"] - r["oriented"],
-                               "overlap": o["ci_low"] <= r["ci_high"] and r["ci_low"] <= o["ci_high"],
-                               "single_seed": o["seeds"] < 2})
-            margin = np.mean([r["margin"] for r in runner]) if runner else math.nan
-            overlaps = sum(r["overlap"] for r in runner)
-            single = all(r["single_seed"] for r in runner) if runner else True
-            gain = mine["gain_vs_full"].mean()
+                if not others.empty and not ours.empty:
+                    runner.append(ours.iloc[0]["oriented"] - others.iloc[0]["oriented"])
+            mine = usable[usable["method"] == method]
             unit = " points" if mine["unit"].iloc[0] == "%" else ""
-            metric = mine["metric"].iloc[0]
-            evidence = (f"best {metric} in {int(wins.iloc[0])} of {cells.ngroups} dataset/fraction cells; mean "
-                        f"margin over the runner-up {margin:+.1f}{unit}" if runner
-                        else f"best in {int(wins.iloc[0])} cells")
-            if method != "full" and not math.isnan(gain):
-                evidence += f", {gain:+.1f}{unit} against full fine-tuning"
-            confidence = ("one seed per cell, so no confidence interval: treat as a hint" if single else
-                          f"95% CIs overlap the runner-up's in {overlaps} of {len(runner)} cells")
+            evidence = (f"best {mine['metric'].iloc[0]} in {int(wins.iloc[0])} of {cells.ngroups} dataset/fraction "
+                        f"cells that learned" + (f"; mean margin over the runner-up {np.mean(runner):+.1f}{unit}"
+                                                 if runner else ""))
+            noise = float(mine["noise"].mean())
+            if runner and noise == noise and abs(np.mean(runner)) < noise:
+                evidence += (f", within the test set's sampling noise (±{noise:.1f}{unit}): on this data the methods "
+                             "cannot be ranked")
+            against = _against_full(paired, task, backbone, method, fractions) if method != "full" else ""
             lines.append(f"{backbone} ({task}), {regime} (fraction {', '.join(f'{f:g}' for f in fractions)}): "
-                         f"**{method}** — {evidence}; {confidence}.")
+                         f"**{method}** — {evidence}{against}.{left_out}")
     return lines
+
+
+def _against_full(paired: pd.DataFrame | None, task: str, backbone: str, method: str, fractions: list[float]) -> str:
+    if paired is None or paired.empty:
+        return ""
+    mine = paired[(paired["task"] == task) & (paired["backbone"] == backbone) & (paired["method"] == method)
+                  & paired["fraction"].isin(fractions)]
+    if mine.empty:
+        return ""
+    skipped = mine[mine["verdict"].str.startswith("not compared")]
+    mine = mine.drop(skipped.index)
+    if mine.empty:
+        return f"; not compared with full fine-tuning ({skipped['verdict'].iloc[0].removeprefix('not compared: ')})"
+    verdicts = mine["verdict"].value_counts()
+    unit = " points" if mine["unit"].iloc[0] == "%" else ""
+    if set(verdicts.index) == {"cannot tell (one seed)"}:
+        return (f"; against full fine-tuning {mine['mean_diff'].mean():+.1f}{unit}, but with one seed per cell "
+                "the difference cannot be told from seed noise")
+    parts = ", ".join(f"{n} {v}" for v, n in verdicts.items())
+    return f"; against full fine-tuning, paired by seed: mean {mine['mean_diff'].mean():+.1f}{unit} ({parts})"

@@ -30,9 +30,11 @@ FORMATS = ("md", "html", "csv", "parquet")
 RAW_COLUMNS_DOC = (
     "one row per trial: sweep, trial_key, cell_key, run_id, task, dataset, backbone, method, fraction, seed, status, "
     "stopped_early, failure_reason, score (the validation selection metric, higher is better), val_metric, "
-    "val_best, val_best_loss, test_metric, test_main, test_acc, test_balanced_acc, test_auroc, test_loss (and "
+    "val_best, val_best_loss, test_metric, test_main, test_f1, test_acc, test_balanced_acc, test_auroc, test_mcc, "
+    "test_loss (and "
     "test_<m> for every other test metric, e.g. test_fid, test_kid), "
-    "trainable_params, total_params, trainable_share, epochs_run, max_epochs, "
+    "bn_mode, counts_val and counts_test (images per class: the trivial classifier's scores come from them), "
+    "not_converged, lr_at_edge, trainable_params, total_params, trainable_share, epochs_run, max_epochs, "
     "wall_seconds, peak_mem_mb, cpus, gpus, workers, is_best_in_cell, and every hyperparameter as "
     "searched.* / train.* / method.*"
 )
@@ -59,15 +61,18 @@ def build(uri: str, sweep: str, out: Path, formats: tuple[str, ...] = FORMATS, l
         trials.to_csv(out / "results.csv", index=False)
         files.append(out / "results.csv")
 
+    paired = analysis.paired_vs_full(trials, scores)
     doc = Document(f"Sweep {sweep!r}: which PEFT method, where")
     _overview(doc, trials, status)
+    _did_not_learn(doc, scores)
     for (task, backbone), group in scores.groupby(["task", "backbone"], sort=True):
         _main_table(doc, task, backbone, group)
+    _versus_full(doc, paired)
     _data_volume(doc, scores, out, files)
     _pareto(doc, scores, out, files)
     _cost(doc, trials)
     doc.heading("Recommendations")
-    doc.bullets(analysis.recommendations(scores) or ["No cell has a finished trial yet."])
+    doc.bullets(analysis.recommendations(scores, paired) or ["No cell has a finished trial yet."])
     doc.heading("Raw data")
     doc.text(f"`results.parquet` / `results.csv`: {RAW_COLUMNS_DOC}. Every number above can be recomputed from it.")
     if "md" in formats:
@@ -89,7 +94,7 @@ def _overview(doc: Document, trials: pd.DataFrame, status: pd.DataFrame) -> None
         f"{len(status)} cells, {int(status['complete'].sum()) if len(status) else 0} complete; {len(trials)} trials "
         f"({', '.join(f'{n} {s}' for s, n in sorted(states.items()))}). Each cell's trial is chosen on its "
         f"validation metric alone ({'; '.join(selections)}); the tables show those trials' test metric as "
-        "mean ± std over seeds with a 95% bootstrap confidence interval (accuracies and AUROC in percent)."
+        "mean ± std over seeds with a 95% bootstrap confidence interval (F1, accuracies and AUROC in percent)."
     )
     incomplete = status[~status["complete"]] if len(status) else status
     if len(incomplete):
@@ -107,7 +112,30 @@ def _fmt(row) -> str:
     text = f"{row['mean']:.1f}"
     if row["seeds"] > 1:
         text += f" ± {row['std']:.1f} [{row['ci_low']:.1f}, {row['ci_high']:.1f}]"
-    return f"**{text}**" if row["winner"] else text
+    text = f"**{text}**" if row["winner"] else text
+    if row["learned"] is False:
+        text += " (did not learn)"
+    return text + ("†" if row["not_converged"] else "") + ("‡" if row["lr_at_edge"] else "")
+
+
+def _did_not_learn(doc: Document, scores: pd.DataFrame) -> None:
+    """The cells whose chosen trial did not beat the trivial classifier, before any table that ranks methods."""
+    failed = scores[scores["learned"].map(lambda v: v is False)]
+    if failed.empty:
+        return
+    doc.heading("Cells that did not learn")
+    doc.text(f"{len(failed)} of {len(scores)} cells did not beat the trivial classifier (the best of always the "
+             "majority class and random guesses, on the same metric) by more than the noise on validation and test. "
+             "They are marked in the tables and left out of every comparison with full fine-tuning, every 'best "
+             "method' and the recommendations: a method that did not learn says nothing about PEFT, and a baseline "
+             "that did not learn makes every gain against it meaningless.")
+    doc.table(pd.DataFrame({
+        "backbone": failed["backbone"], "dataset": failed["dataset"], "fraction": failed["fraction"].map(lambda f: f"{f:g}"),
+        "method": failed["method"], "test": failed["mean"].map(lambda v: f"{v:.1f}"),
+        "trivial classifier": failed["trivial"].map(lambda v: f"{v:.1f}"),
+        "not converged": failed["not_converged"].map({True: "yes", False: ""}),
+        "LR at the edge": failed["lr_at_edge"],
+    }))
 
 
 def _main_table(doc: Document, task: str, backbone: str, scores: pd.DataFrame) -> None:
@@ -118,6 +146,11 @@ def _main_table(doc: Document, task: str, backbone: str, scores: pd.DataFrame) -
     order = part.groupby("method")["oriented"].mean().sort_values(ascending=False).index.tolist()
     order = [m for m in ("full", "linear") if m in order] + [m for m in order if m not in ("full", "linear")]
     rows = []
+    trivial = part.groupby("dataset")["trivial"].first()
+    if trivial.notna().any():
+        rows.append({"method": "trivial classifier", **{d: f"{trivial.get(d, math.nan):.1f}" for d in datasets},
+                     "trainable %": "0", "Δ vs full": "-", **({"BatchNorm stats": "-"} if task == "classification"
+                                                              else {})})
     for method in order:
         mine = part[part["method"] == method].set_index("dataset")
         row = {"method": method}
@@ -126,12 +159,43 @@ def _main_table(doc: Document, task: str, backbone: str, scores: pd.DataFrame) -
         row["trainable %"] = f"{mine['trainable_share'].mean() * 100:.3g}"
         gain = mine["gain_vs_full"].mean()
         row["Δ vs full"] = "-" if method == "full" or math.isnan(gain) else f"{gain:+.1f}"
+        if task == "classification":
+            row["BatchNorm stats"] = ",".join(sorted(set(mine["bn_mode"]) - {""})) or "-"
         rows.append(row)
     direction = "higher" if part["higher_is_better"].iloc[0] else "lower"
     doc.heading(f"{backbone} ({task}): {metric}{' (%)' if unit else ''} with {fraction:.0%} of the training data")
-    doc.text(f"Bold: the best method for that dataset ({direction} is better). Δ vs full: mean improvement over "
-             f"full fine-tuning across the datasets{' in percentage points' if unit else ''} (positive: better).")
+    legend = (f"Bold: the best method for that dataset among those that learned ({direction} is better). Δ vs full: "
+              f"mean difference to full fine-tuning across the datasets where both learned"
+              f"{' in percentage points' if unit else ''} (positive: better; paired by seed in 'PEFT against full "
+              "fine-tuning' below). The trivial classifier row is what a model that ignores the image scores. "
+              "(did not learn): no better than it; †: training loss still falling at the last epoch (train longer); "
+              "‡: the chosen learning rate is the edge of the range searched (widen it).")
+    if task == "classification":
+        legend += (" BatchNorm stats: whether the BatchNorm running statistics were updated in training (train) or "
+                   "kept as pretrained (eval).")
+    doc.text(legend)
     doc.table(pd.DataFrame(rows))
+
+
+def _versus_full(doc: Document, paired: pd.DataFrame) -> None:
+    if paired.empty:
+        return
+    doc.heading("PEFT against full fine-tuning")
+    doc.text("Each method against full fine-tuning on the same backbone, dataset and fraction, paired by seed (the "
+             "same seed draws the same training subset): the mean of the per-seed differences of the test metric "
+             "(positive: the method is better), its paired bootstrap 95% interval, and the sign and exact Wilcoxon "
+             "signed-rank tests (with n seeds the smallest possible two-sided p is 2/2^n: five seeds are needed "
+             "for p < 0.05). 'better' or 'worse' means the interval excludes zero.")
+    doc.table(pd.DataFrame({
+        "backbone": paired["backbone"], "dataset": paired["dataset"],
+        "fraction": paired["fraction"].map(lambda f: f"{f:g}"), "method": paired["method"],
+        "seeds": paired["pairs"], "mean Δ": paired["mean_diff"].map(lambda v: f"{v:+.1f}"),
+        "95% CI": [("-" if math.isnan(lo) else f"[{lo:+.1f}, {hi:+.1f}]")
+                   for lo, hi in zip(paired["ci_low"], paired["ci_high"], strict=True)],
+        "sign p": paired["sign_p"].map(lambda p: "-" if math.isnan(p) else f"{p:.3g}"),
+        "Wilcoxon p": paired["wilcoxon_p"].map(lambda p: "-" if math.isnan(p) else f"{p:.3g}"),
+        "verdict": paired["verdict"],
+    }))
 
 
 def _data_volume(doc: Document, scores: pd.DataFrame, out: Path, files: list[Path]) -> None:
@@ -143,17 +207,6 @@ def _data_volume(doc: Document, scores: pd.DataFrame, out: Path, files: list[Pat
         plots.data_volume(group, out / name, f"{dataset}, {backbone}")
         files.append(out / name)
         doc.image(out / name, f"{group['metric'].iloc[0]} against training fraction: {dataset}, {backbone}")
-    versus = analysis.peft_vs_full(scores)
-    if len(versus):
-        doc.text("Where the best PEFT method beats full fine-tuning, and by how much (positive: better; points for "
-                 "accuracies); 'CIs overlap' means the difference is within seed noise.")
-        doc.table(pd.DataFrame({
-            "backbone": versus["backbone"], "dataset": versus["dataset"],
-            "fraction": versus["fraction"].map(lambda f: f"{f:g}"), "best PEFT": versus["best_peft"],
-            "margin": versus["margin"].map(lambda m: f"{m:+.1f}"),
-            "PEFT wins": versus["peft_wins"].map({True: "yes", False: "no"}),
-            "CIs overlap": versus["ci_overlap"].map(lambda o: "n/a (1 seed)" if o is None else "yes" if o else "no"),
-        }))
 
 
 def _pareto(doc: Document, scores: pd.DataFrame, out: Path, files: list[Path]) -> None:

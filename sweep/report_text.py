@@ -7,7 +7,7 @@ import shlex
 import textwrap
 
 from sweep.plan import Plan
-from sweep.results import format_table
+from sweep.results import did_not_learn, format_table
 
 
 def banner(note: str) -> str:
@@ -78,8 +78,16 @@ def summary(plan: Plan, name: str, outcome, storage, mlflow_uri: str) -> str:
         "",
         f"Each cell's trial is chosen on validation ({plan.selection.val}); its {plan.selection.test} is shown for "
         "reporting only.",
+        "trivial: what a classifier that ignores the image scores on that split (the best of always the majority "
+        "class and random guesses); learned: the chosen trial beats it on validation and test by more than the "
+        "noise of that many images.",
         "epochs: trial-epochs run / an exhaustive search's; stopped: trials stopped early at a rung.",
     ]
+    failed = did_not_learn(cells)
+    if failed:
+        lines += ["", f"DID NOT LEARN: {len(failed)} cell(s) chose a trial no better than the trivial classifier; "
+                  "their numbers say nothing about the method, and the report leaves them out of every comparison:",
+                  *(f"  {key}" for key in failed)]
     if plan.notes:
         lines += ["", *("NOTE: " + n for n in plan.notes)]
     store = mlflow_uri.removeprefix("sqlite:///")

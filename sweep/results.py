@@ -7,12 +7,15 @@ from typing import Any
 
 import pandas as pd
 
+from sweep import trust
 from sweep.analysis import TERMINAL, chosen_trials
 
 
 def cell_frame(trials: pd.DataFrame, cells: list, max_epochs: int) -> pd.DataFrame:
     """Per planned cell: the chosen trial's hyperparameters and metrics, and what the scheduler saved."""
-    chosen = chosen_trials(trials).set_index("cell_key") if len(trials) else pd.DataFrame()
+    chosen = trust.add_trivial(chosen_trials(trials)) if len(trials) else pd.DataFrame()
+    verdicts = trust.cell_verdicts(chosen, ["cell_key"]).set_index("cell_key") if len(chosen) else None
+    chosen = chosen.set_index("cell_key") if len(chosen) else chosen
     rows = []
     for cell in cells:
         mine = trials[trials["cell_key"] == cell.key] if len(trials) else trials
@@ -39,6 +42,9 @@ def cell_frame(trials: pd.DataFrame, cells: list, max_epochs: int) -> pd.DataFra
                 test=float(best["test_main"]),
                 trainable_params=int(best["trainable_params"]),
                 total_params=int(best["total_params"]),
+                trivial_val=float(verdicts.loc[cell.key, "trivial_val"]),
+                trivial_test=float(verdicts.loc[cell.key, "trivial_test"]),
+                learned=trust.verdict(verdicts.loc[cell.key, "learned"]),
             )
         rows.append(row)
     return pd.DataFrame(rows)
@@ -46,7 +52,7 @@ def cell_frame(trials: pd.DataFrame, cells: list, max_epochs: int) -> pd.DataFra
 
 def format_table(cells: pd.DataFrame, selection) -> str:
     header = ["cell", "chosen", selection.val.replace("/best_", " "), selection.test.replace("/", " "),
-              "trainable / total", "epochs", "stopped"]
+              "trivial val/test", "learned", "trainable / total", "epochs", "stopped"]
     lines = []
     for _, c in cells.iterrows():
         has = isinstance(c.get("chosen_trial"), str)
@@ -56,6 +62,8 @@ def format_table(cells: pd.DataFrame, selection) -> str:
             c["chosen"] if has else ("(incomplete)" if not c["complete"] else "(no finished trial)"),
             f"{c['val']:.4f}" if has else "-",
             f"{c['test']:.4f}" if has and not math.isnan(c["test"]) else "-",
+            _pair(c.get("trivial_val"), c.get("trivial_test")) if has else "-",
+            {None: "n/a", True: "yes", False: "NO"}.get(c.get("learned"), "-") if has else "-",
             f"{count(c['trainable_params'])} / {count(c['total_params'])}{share}" if has else "-",
             f"{c['epochs_run']}/{c['epochs_max']}",
             f"{c['stopped_early']}/{c['trials']}" + (f" ({c['failed']} failed)" if c["failed"] else ""),
@@ -64,6 +72,19 @@ def format_table(cells: pd.DataFrame, selection) -> str:
     render = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in [header, *lines]]
     render.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(render)
+
+
+def _pair(val: float | None, test: float | None) -> str:
+    if val is None or test is None or math.isnan(val) or math.isnan(test):
+        return "-"
+    return f"{val:.3f}/{test:.3f}"
+
+
+def did_not_learn(cells: pd.DataFrame) -> list[str]:
+    """The cells whose chosen trial did not beat the trivial classifier (for the launcher's summary)."""
+    if "learned" not in cells:
+        return []
+    return [key for key, ok in zip(cells["cell_key"], cells["learned"], strict=True) if ok is False]
 
 
 def _short(value: Any) -> str:

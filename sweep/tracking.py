@@ -64,6 +64,28 @@ def client(uri: str):
     return MlflowClient(uri)
 
 
+def create_store(uri: str) -> None:
+    """A new sqlite store appears complete or not at all: its schema is built in a file of its own, then linked into
+    place (a link never replaces a file another process made first). Anything that opens the store while it is
+    still being migrated (a trial, `mlflow ui`, a test polling it) would run the same migration at the same time,
+    and one of them fails ("table _alembic_tmp_... already exists")."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    building = path.with_name(f".{path.name}.{os.getpid()}.creating")
+    building.unlink(missing_ok=True)
+    try:
+        client(f"sqlite:///{building}").search_experiments(max_results=1)  # runs the schema migrations
+        os.link(building, path)
+    except FileExistsError:
+        pass  # another process finished first: use its store
+    finally:
+        building.unlink(missing_ok=True)
+
+
 def find_experiment(uri: str, name: str):
     return client(uri).get_experiment_by_name(name)
 
@@ -71,6 +93,7 @@ def find_experiment(uri: str, name: str):
 def prepare(uri: str, sweep: str, artifact_root: str, cells: list[Cell], spec_text: str,
             notes: Iterable[str] = ()) -> Tracking:
     """Get or create the sweep's experiment, parent run and cell runs."""
+    create_store(uri)
     mlflow = client(uri)
     experiment = mlflow.get_experiment_by_name(sweep)
     if experiment is None:
@@ -142,13 +165,16 @@ def record_outcome(uri: str, trials, status, finished_parent: str | None = None)
 
     from mlflow.entities import Metric, RunTag
 
+    from sweep import trust
     from sweep.analysis import chosen_trials
 
     mlflow = client(uri)
     for run_id, best, state in zip(trials["run_id"], trials["is_best_in_cell"], trials["status"], strict=True):
         if state in ("finished", "stopped_early", "failed"):
             mlflow.set_tag(run_id, "is_best_in_cell", str(bool(best)).lower())
-    chosen = chosen_trials(trials).set_index("cell_key")
+    chosen = trust.add_trivial(chosen_trials(trials))
+    verdicts = trust.cell_verdicts(chosen, ["cell_key"]).set_index("cell_key") if len(chosen) else None
+    chosen = chosen.set_index("cell_key")
     now = int(time.time() * 1000)
     for cell in status.itertuples():
         tags, metrics = [RunTag("complete", str(bool(cell.complete)).lower())], []
@@ -159,9 +185,16 @@ def record_outcome(uri: str, trials, status, finished_parent: str | None = None)
             tags += [RunTag("chosen_trial", best["trial_key"]),
                      RunTag("chosen", ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                                 for k, v in sorted(searched.items())))]
+            verdict = verdicts.loc[cell.cell_key]
+            # "did not learn" where the chosen trial is no better than the trivial classifier (sweep.trust).
+            tags += [RunTag("learned", {None: "n/a", True: "yes", False: "did not learn"}[trust.verdict(verdict["learned"])]),
+                     RunTag("not_converged", str(bool(best.get("not_converged", False))).lower()),
+                     RunTag("lr_at_edge", str(best.get("lr_at_edge", "")) or "no")]
             values = {"val": best["val_best"], "test": best["test_main"],
-                      "chosen_lr": searched.get("lr")}
-            metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if isinstance(v, int | float)]
+                      "chosen_lr": searched.get("lr"), "trivial_val": verdict["trivial_val"],
+                      "trivial_test": verdict["trivial_test"]}
+            metrics = [Metric(k, float(v), now, 0) for k, v in values.items()
+                       if isinstance(v, int | float) and v == v]
         mlflow.log_batch(cell.cell_run_id, metrics=metrics, tags=tags)
         if cell.complete:
             mlflow.set_terminated(cell.cell_run_id, "FINISHED")

@@ -3,6 +3,7 @@ partial sweeps, comparisons."""
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from sweep import report
+from sweep import analysis, report
 from tests.conftest import needs_shared_data
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -49,8 +50,12 @@ def fake_sweep(uri: str, name: str, cells: dict[str, list[dict]], budget: int | 
                          "total_params": 100_000, "trainable_share": t.get("params", 1000) / 100_000,
                          "searched.lr": t["lr"], "train.lr": t["lr"], "resources.gpus": 0, "resources.cpus": 1,
                          "selection.val": "val/best_acc", "selection.test": "test/acc",
-                         "selection.test_higher_is_better": True}.items():
+                         "selection.test_higher_is_better": True,
+                         **{f"data.counts_{split}": str(t[f"counts_{split}"]) for split in ("val", "test")
+                            if f"counts_{split}" in t}}.items():
                 client.log_param(run, k, v)
+            for step, loss in enumerate(t.get("curve", []), start=1):
+                client.log_metric(run, "train/loss", loss, step=step)
             for k, v in {"val/best_acc": t["val"], "score": t["val"], "val/best_loss": t.get("loss", 0.5),
                          "epoch": t.get("epochs", 4),
                          **({"test/acc": t["test"]} if "test" in t else {})}.items():
@@ -111,12 +116,17 @@ def test_quickstart_report_files_and_numbers(quickstart, tmp_path):
     assert set(COLUMNS) <= set(raw.columns) and len(raw) == 24 and raw["trial_key"].is_unique
     assert raw["is_best_in_cell"].sum() == 8
 
-    # The main table, recomputed from the raw rows: per cell the finished trial with the best validation accuracy
-    # (ties: lower validation loss), its test accuracy.
+    # The main table, recomputed from the raw rows: per cell the finished trial with the best validation macro F1
+    # (ties: lower validation loss), its test F1.
     finished = raw[raw["status"] == "finished"].sort_values(["score", "val_best_loss"], ascending=[False, True])
     chosen = finished.groupby("cell_key").head(1)
-    full_data = chosen[chosen["fraction"] == 1.0].set_index("method")["test_acc"] * 100
+    full_data = chosen[chosen["fraction"] == 1.0].set_index("method")["test_f1"] * 100
     text = (out / "report.md").read_text()
+    # The trivial classifier on BreastMNIST's test split (42 malignant, 114 benign/normal), macro F1: guessing in the
+    # class proportions scores 1/2, better than always "benign/normal" (F1 2*0.731/1.731 = 0.845 for that class,
+    # 0 for the other: 0.422) or uniform guessing (0.472).
+    assert "| trivial classifier | 50.0 |" in text
+    assert "did not learn" not in text, "a quickstart cell did not beat the trivial classifier"
     for method, value in full_data.items():
         assert re.search(rf"^\| {method} \| \**{value:.1f}\**", text, re.MULTILINE), (method, value)
     gains = full_data - full_data["full"]
@@ -158,3 +168,57 @@ def test_html_report_renders_in_headless_chromium(quickstart, tmp_path):
     blue = (np.abs(pixels - [31, 119, 180]).sum(axis=2) < 40).sum()  # matplotlib's first line colour
     assert ink > 0.01, "the screenshot is (nearly) blank"
     assert blue > 200, "no plot lines in the screenshot"
+
+
+def test_a_baseline_that_did_not_learn_is_marked_and_left_out(tmp_path):
+    """Full fine-tuning collapsed to the majority class (73% accuracy on a 57/21 split, the trivial score) on both
+    seeds; LoRA learned. The table says so, and no gain over full fine-tuning or recommendation is drawn from it."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    counts = {"counts_val": [21, 57], "counts_test": [42, 114]}
+    cells = {}
+    for seed in (0, 1):
+        cells[("breast", "full", 1.0, seed)] = [{"lr": 1e-3, "val": 57 / 78, "test": 114 / 156, **counts,
+                                                 "curve": [0.7, 0.69, 0.69, 0.69]}]
+        cells[("breast", "lora", 1.0, seed)] = [{"lr": 1e-3, "val": 0.88 + 0.01 * seed, "test": 0.86 + 0.02 * seed,
+                                                 **counts, "curve": [0.7, 0.5, 0.3, 0.2]}]
+        cells[("breast", "linear", 1.0, seed)] = [{"lr": 1e-2, "val": 0.86, "test": 0.84 + 0.01 * seed, **counts,
+                                                   "curve": [0.7, 0.6, 0.55, 0.54]}]
+    fake_sweep(uri, "s", cells)
+    result = report.build(uri, "s", tmp_path / "out")
+    text = (tmp_path / "out" / "report.md").read_text()
+    scores = result.scores.set_index("method")
+    assert scores.loc["full", "learned"] is False and scores.loc["lora", "learned"] is True
+    assert scores.loc["full", "trivial"] == pytest.approx(100 * 114 / 156)
+    assert "## Cells that did not learn" in text and "| bb | breast | 1 | full | 73.1 | 73.1 |" in text
+    assert re.search(r"^\| full \| 73\.1 .*\(did not learn\) \|", text, re.MULTILINE)
+    assert "linear" not in text.split("## Cells that did not learn")[1].split("##")[0]
+    assert "| trivial classifier | 73.1 |" in text
+    assert math.isnan(scores.loc["lora", "gain_vs_full"])  # no gain against a baseline that did not learn
+    assert "not compared: full did not learn" in text
+    recommendations = text.split("## Recommendations")[1]
+    assert "**lora**" in recommendations and "Left out, as they did not beat the trivial classifier: full" in recommendations
+    assert "not compared with full fine-tuning (full did not learn)" in recommendations
+    assert "lora_conv" not in text and "†" in text  # lora's loss still fell by a third over its last epochs
+    cell_tags = {r.data.tags["cell_key"]: r.data.tags["learned"]
+                 for r in MlflowClient(uri).search_runs(["1"], "tags.role = 'cell'")}
+    assert cell_tags["cls/breast/bb/full/frac=1/seed=0"] == "did not learn"
+    assert cell_tags["cls/breast/bb/lora/frac=1/seed=1"] == "yes"
+
+
+def test_paired_comparisons_against_full_and_one_seed_cannot_tell(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    counts = {"counts_val": [500, 500], "counts_test": [500, 500]}
+    full_test, lora_test = [0.80, 0.82, 0.78], [0.84, 0.85, 0.83]
+    cells = {("d", m, 1.0, seed): [{"lr": 1e-3, "val": v, "test": v, **counts}]
+             for m, values in (("full", full_test), ("lora", lora_test)) for seed, v in enumerate(values)}
+    cells |= {("e", m, 1.0, 0): [{"lr": 1e-3, "val": v, "test": v, **counts}] for m, v in (("full", 0.7), ("lora", 0.9))}
+    fake_sweep(uri, "s", cells)
+    result = report.build(uri, "s", tmp_path / "out")
+    paired = analysis.paired_vs_full(result.trials, result.scores).set_index("dataset")
+    differences = 100 * (np.array(lora_test) - np.array(full_test))  # 4, 3, 5 points, seed by seed
+    assert paired.loc["d", "mean_diff"] == pytest.approx(differences.mean())
+    assert paired.loc["d", "pairs"] == 3 and paired.loc["d", "verdict"] == "better"
+    assert paired.loc["d", "sign_p"] == pytest.approx(0.25)  # 3 of 3 positive: 2 / 2^3
+    assert paired.loc["e", "verdict"] == "cannot tell (one seed)" and paired.loc["e", "pairs"] == 1
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "## PEFT against full fine-tuning" in text and "cannot tell (one seed)" in text

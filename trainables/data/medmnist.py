@@ -1,7 +1,8 @@
 """MedMNIST v2 / MedMNIST+ 2D subsets from their `.npz` files (official train/val/test splits).
 
 Looked up under the data root as `<subset>_<size>.npz` (or `<subset>.npz` for 28 px), directly or in a
-`medmnist/` folder; when missing, the `medmnist` package downloads it (when online) to its own cache.
+`medmnist/` folder, then in the `medmnist` package's cache, then among the files shipped with the project
+(BreastMNIST 28 px); when missing, the `medmnist` package downloads it (when online) to its own cache.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from trainables.utils import reachable
 
 SIZES = (28, 64, 128, 224)
 DOWNLOAD_DIR = Path("~/.medmnist").expanduser()
+# Real data inside the project (BreastMNIST 28 px, CC BY 4.0; see its README): the last place looked, so the default
+# sweep trains on real images on any machine, offline included.
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
 
 
 class MedMNISTOptions(Options):
@@ -40,7 +44,7 @@ class MedMNIST(Source):
         subset, size = self.options.subset, self.options.size
         names = [f"{subset}_{size}.npz"] + ([f"{subset}.npz"] if size == 28 else [])
         roots = [self.root, self.root / "medmnist"] if self.root else []
-        roots.append(DOWNLOAD_DIR)
+        roots += [DOWNLOAD_DIR, SHIPPED_DIR]
         return [root / name for root in roots for name in names]
 
     def info(self) -> dict:

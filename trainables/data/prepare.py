@@ -7,6 +7,7 @@ images handled per `on_corrupt` -> nested, stratified fraction of the training s
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -123,6 +124,10 @@ def load_splits(cfg: DataConfig, seed: int) -> SplitData:
         "data.skipped_corrupt": str(len(cache.errors) if cfg.on_corrupt == "skip" else 0),
         **{f"data.{k}": v for k, v in manifest.notes.items()},
         **{f"data.n_{s}": str(len(data[s])) for s in SPLITS},
+        # Images per class in each split: what the report's trivial classifier (majority class / chance) is
+        # computed from, on the same metric as the trials.
+        **{f"data.counts_{s}": json.dumps(np.bincount(splits[s]["label"], minlength=len(manifest.classes)).tolist())
+           for s in SPLITS},
     }
     return SplitData(manifest.classes, data["train"], data["val"], data["test"], params, manifest)
 

@@ -1,0 +1,81 @@
+"""The checks that keep artefacts out of the answer (sweep.trust), against direct computations: scikit-learn on
+explicit predictions, simulation, scipy's exact tests, and the bootstrap enumerated exhaustively."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+from sweep import trust
+
+
+@pytest.mark.parametrize("counts", [[21, 57], [42, 114], [50, 50], [3, 10, 40, 7], [150, 150, 150, 115, 150, 150, 142]])
+def test_trivial_score_is_the_best_classifier_that_ignores_the_image(counts):
+    labels = np.repeat(np.arange(len(counts)), counts)
+    majority = np.full(len(labels), int(np.argmax(counts)))
+    rng = np.random.default_rng(0)
+    p = np.asarray(counts) / sum(counts)
+    proportional = [f1_score(labels, rng.choice(len(counts), len(labels), p=p), average="macro") for _ in range(400)]
+    uniform = [f1_score(labels, rng.integers(0, len(counts), len(labels)), average="macro") for _ in range(400)]
+    expected_f1 = max(f1_score(labels, majority, average="macro"), np.mean(proportional), np.mean(uniform))
+    assert trust.trivial_score(counts, "f1") == pytest.approx(expected_f1, abs=0.02)
+    assert trust.trivial_score(counts, "acc") == pytest.approx(accuracy_score(labels, majority))
+    assert trust.trivial_score(counts, "balanced_acc") == pytest.approx(balanced_accuracy_score(labels, majority))
+    assert trust.trivial_score(counts, "auroc") == 0.5 and trust.trivial_score(counts, "mcc") == 0.0
+    assert math.isnan(trust.trivial_score(counts, "fid"))
+
+
+def test_a_collapsed_classifier_did_not_learn_and_a_good_one_did():
+    # BreastMNIST validation: 21 malignant, 57 other. Always "other": accuracy 73%, but that is the trivial score.
+    trivial_acc = trust.trivial_score([21, 57], "acc")
+    assert trust.learned(np.array([57 / 78]), trivial_acc, 78) == (False, pytest.approx(1.96 * math.sqrt(
+        (57 / 78) * (21 / 78) / 78)))
+    ok, noise = trust.learned(np.array([0.86]), trust.trivial_score([21, 57], "f1"), 78)
+    assert ok and noise == pytest.approx(1.96 * math.sqrt(0.86 * 0.14 / 78))
+    # Three seeds that disagree a lot: the seeds' spread is the noise.
+    ok, noise = trust.learned(np.array([0.40, 0.75, 0.95]), 0.5, 10_000)
+    assert not ok and noise == pytest.approx(1.96 * np.std([0.40, 0.75, 0.95], ddof=1) / math.sqrt(3))
+    assert trust.learned(np.array([30.0]), math.nan, 100) == (None, pytest.approx(math.nan, nan_ok=True))
+
+
+def test_paired_bootstrap_matches_the_exhaustive_bootstrap():
+    differences = np.array([1.5, -0.5, 4.0])
+    means = sorted(np.mean(r) for r in itertools.product(differences, repeat=3))  # all 27 resamples, equally likely
+    low, high = trust.paired_bootstrap_ci(differences, resamples=20_000)
+    assert low == pytest.approx(np.percentile(means, 2.5, method="inverted_cdf"), abs=0.25)
+    assert high == pytest.approx(np.percentile(means, 97.5, method="inverted_cdf"), abs=0.25)
+    assert math.isnan(trust.paired_bootstrap_ci(np.array([2.0]))[0])
+
+
+@pytest.mark.parametrize("differences", [[1.2, 0.4, 2.5, -0.3, 1.1], [3.0, 2.0, 1.0, 4.0, 5.0, 6.0],
+                                         [-1.0, 2.0, -3.0, 4.0], [0.5, 0.5, 1.0, -2.0, 0.0, 3.0]])
+def test_sign_and_wilcoxon_tests_match_scipy(differences):
+    d = np.array(differences)
+    nonzero = d[d != 0]
+    assert trust.sign_test(d) == pytest.approx(stats.binomtest(int((nonzero > 0).sum()), len(nonzero)).pvalue)
+    expected = stats.wilcoxon(nonzero, method="exact" if len(set(np.abs(nonzero))) == len(nonzero) else "approx",
+                              zero_method="wilcox").pvalue
+    tolerance = 1e-9 if len(set(np.abs(nonzero))) == len(nonzero) else 0.15  # ties: scipy's normal approximation
+    assert trust.wilcoxon_exact(d) == pytest.approx(expected, abs=tolerance)
+
+
+def test_verdicts_one_seed_cannot_tell_and_an_interval_excluding_zero_decides():
+    assert trust.paired_comparison(np.array([12.0]))["verdict"] == "cannot tell (one seed)"
+    assert trust.paired_comparison(np.array([3.0, 4.0, 5.0, 3.5, 4.5]))["verdict"] == "better"
+    assert trust.paired_comparison(np.array([-3.0, -4.0, -5.0]))["verdict"] == "worse"
+    assert trust.paired_comparison(np.array([3.0, -4.0, 1.0]))["verdict"] == "no clear difference"
+
+
+def test_still_falling_and_lr_at_the_edge():
+    assert trust.still_falling([1.0, 0.8, 0.6, 0.45, 0.3])  # fell by a third over the last two epochs
+    assert not trust.still_falling([1.0, 0.5, 0.41, 0.40, 0.40])
+    import pandas as pd
+
+    trials = pd.DataFrame({"cell_key": ["a"] * 3 + ["b"] * 3, "searched.lr": [1e-4, 1e-3, 1e-2] * 2})
+    chosen = pd.DataFrame({"cell_key": ["a", "b"], "searched.lr": [1e-2, 1e-3]})
+    assert trust.lr_at_edge(trials, chosen).to_dict() == {"a": "high", "b": ""}
