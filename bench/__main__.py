@@ -16,7 +16,7 @@ import time
 
 import torch
 
-BENCHMARKS = ["data", "trainable", "sweeps", "asha", "scale"]
+BENCHMARKS = ["data", "trainable", "sweeps", "asha", "scale", "gpu"]
 
 
 def machine() -> dict:

@@ -47,6 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arm", action="append", default=[], metavar="ID",
                    help="run only this arm of a spec with `arms:` (repeatable; default: every arm, in order)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="with --dry-run: measure every (backbone, method) group here and estimate device-hours and "
+                        "cost (see python -m sweep.calibrate)")
+    from sweep.calibrate import add_arguments
+
+    add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -63,6 +69,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.dry_run:
         print("\n\n".join(report_text.dry_run(s.plan, s.name) for s in sweeps))
+        if args.calibrate:
+            from sweep import calibrate
+
+            print()
+            try:
+                return calibrate.run([(s.plan, s.name) for s in sweeps], args)
+            except SpecError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return EXIT_BAD_INPUT
         return 0
     for note in dict.fromkeys(note for s in sweeps for note in s.plan.notes):
         print(report_text.banner(note), flush=True)
@@ -117,12 +132,14 @@ def _setup(args: argparse.Namespace) -> list[Setup]:
     from sweep.run import load_inputs
     from sweep.spec import DEFAULT_SPEC, SweepSpec, load_specs
     from sweep.storage import parse_storage
-    from sweep.tracking import without_credentials
+    from sweep.tracking import check_tracking_uri, without_credentials
 
     spec_path = Path(args.config) if args.config else DEFAULT_SPEC
     storage = parse_storage(args.storage)
     if args.resume and args.overrides:
         raise SpecError("--set cannot change a sweep on --resume: it continues as it was started")
+    if args.calibrate and not args.dry_run:
+        raise SpecError("--calibrate goes with --dry-run (or run python -m sweep.calibrate)")
     specs = _chosen_arms(load_specs(spec_path, args.overrides), args.arm)
     data_root = args.data_root or os.environ.get("MEDPEFT_DATA_ROOT") or None
     checked_storage = False
@@ -141,13 +158,33 @@ def _setup(args: argparse.Namespace) -> list[Setup]:
             path, root = spec_path, data_root
             mlflow_uri = without_credentials(args.mlflow_uri or _default_tracking_uri(storage))
             if not args.dry_run:
+                check_tracking_uri(mlflow_uri)
                 if not checked_storage:
                     storage.preflight()
                     checked_storage = True
                 _check_name(storage, name, mlflow_uri, resume=False)
         plan = make_plan(spec, path, root, allow_missing=args.dry_run)
+        if not args.dry_run and not (args.address or os.environ.get("RAY_ADDRESS")):
+            check_local_resources(plan)
         setups.append(Setup(plan, name, storage, mlflow_uri, root, resume))
     return setups
+
+
+def check_local_resources(plan) -> None:
+    """On a local Ray (no cluster address) no node can be added: a trial worker that needs more CPUs or GPUs than
+    this machine offers would wait forever, so it is an error before anything starts."""
+    import torch
+
+    res = plan.spec.resources
+    gpus = res.num_gpus if res.num_gpus is not None else torch.cuda.device_count()
+    cpus = res.num_cpus if res.num_cpus is not None else os.cpu_count() or 1
+    for cell in plan.cells:
+        r = cell.resources
+        if r.gpus > gpus or r.cpus > cpus:
+            raise SpecError(
+                f"{cell.method.key} trials need {r.cpus:g} CPUs and {r.gpus:g} GPUs per worker, and this machine "
+                f"offers {cpus} CPUs and {gpus} GPUs (a local Ray cannot add nodes, so they would wait forever). "
+                "Lower resources.gpus_per_trial / cpus_per_trial (or per_method), or run on a cluster with --address")
 
 
 def _chosen_arms(specs: list, arms: list[str]) -> list:

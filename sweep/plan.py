@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sweep.grid import Cell, expand, grid_points
+from sweep.grid import AUTO_GPU, Cell, expand, grid_points
 from sweep.spec import DatasetEntry, SpecError, SweepSpec, format_validation_error, load_method_spaces
 from trainables.tasks import Selection
 
@@ -78,6 +78,8 @@ def make_plan(spec: SweepSpec, spec_path: Path, data_root: str | None, allow_mis
     if problems:
         raise SpecError("the sweep cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
     plan.cells = [_with_dataset(c, datasets[c.dataset.key], task.short) for c in cells]
+    if any(c.resources.gpus == AUTO_GPU for c in plan.cells):
+        _calibrated_gpu_shares(plan)
     if spec.scheduler.type == "halving" and any(c.resources.workers > 1 for c in plan.cells):
         # A paused multi-worker trial's TorchTrainer does not stop with it (its workers train on and hold their
         # CPUs/GPUs), so its cell would wait for it forever.
@@ -89,6 +91,47 @@ def make_plan(spec: SweepSpec, spec_path: Path, data_root: str | None, allow_mis
                           "TPE learns nothing from its cell's results (it samples at random). Use scheduler.type: "
                           "asha to let TPE learn, or sampler: grid/qmc with halving.")
     return plan
+
+
+def _calibrated_gpu_shares(plan: Plan) -> None:
+    """`gpus_per_trial: auto`: each cell's GPU share from its group's calibrated peak memory on the sweep's GPU type
+    (calibrated now when this machine has that GPU and the group is not cached)."""
+    from sweep.calibrate import MEMORY_MARGIN, gpu_shares, group_of, measure_groups, read_cache
+
+    res = plan.spec.resources
+    device = res.gpu_type
+    local = _local_gpu()
+    if device is None and local is None:
+        raise SpecError("gpus_per_trial: auto needs to know the GPU: set resources.gpu_type (as torch names it, e.g. "
+                        "'NVIDIA H100 80GB HBM3') and calibrate on it (python -m sweep.calibrate --config SPEC on a "
+                        "GPU node), or plan on a machine with that GPU")
+    device = device or local
+    auto = [c for c in plan.cells if c.resources.gpus == AUTO_GPU]
+    measured = read_cache(device)
+    missing = [c for c in auto if group_of(plan.spec, c).key not in measured]
+    if missing and device == local:
+        measured |= measure_groups([group_of(plan.spec, c) for c in missing], "cuda")[1]
+    elif missing:
+        raise SpecError(f"gpus_per_trial: auto: {len(missing)} (backbone, method) groups have no calibration on "
+                        f"{device!r} (first: {missing[0].backbone.key} / {missing[0].method.key}); run python -m "
+                        "sweep.calibrate --config SPEC on that GPU first")
+    card = res.gpu_memory_gb * 1024 if res.gpu_memory_gb else None
+    shares = gpu_shares(dataclasses.replace(plan, cells=auto), measured, card)
+    plan.cells = [dataclasses.replace(c, resources=dataclasses.replace(
+        c.resources, gpus=shares[(c.backbone.key, c.method.key)])) if c.resources.gpus == AUTO_GPU else c
+        for c in plan.cells]
+    listed = ", ".join(f"{backbone} / {method}: {share:g}" for (backbone, method), share in sorted(shares.items()))
+    plan.notes.append(f"GPU share per trial from its calibrated memory on {device} (+{MEMORY_MARGIN:.0%}): {listed}")
+
+
+def _local_gpu() -> str | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    from trainables.calibrate import device_name
+
+    return device_name(torch.device("cuda"))
 
 
 def _resolve_dataset(entry: DatasetEntry, data_root: str | None, plan: Plan) -> DatasetEntry:
@@ -176,11 +219,18 @@ def prepare_data(plan: Plan, storage=None, log=print) -> dict[str, dict]:
 
     from sweep.grid import data_config
     from trainables.config import DataConfig
-    from trainables.data import DatasetError, check_captions, open_source, prepare_cache, prepare_manifest
+    from trainables.data import (
+        DatasetError,
+        check_captions,
+        check_classes,
+        open_source,
+        prepare_cache,
+        prepare_manifest,
+    )
     from trainables.data.prepare import drop_corrupt
     from trainables.tasks import get_task
 
-    needs_captions = get_task(plan.spec.task).needs_captions
+    task = get_task(plan.spec.task)
     prepared: dict[str, dict] = {}
     for cell in plan.cells:
         if cell.dataset.key in prepared:
@@ -190,8 +240,10 @@ def prepare_data(plan: Plan, storage=None, log=print) -> dict[str, dict]:
         try:
             source = open_source(cfg)
             manifest = prepare_manifest(cfg, source)
-            if needs_captions:
+            if task.needs_captions:
                 check_captions(manifest, cell.dataset.key)
+            if task.needs_classes:
+                check_classes(manifest, cell.dataset.key)
             cache = prepare_cache(cfg, source, manifest)
             drop_corrupt(manifest.frame.assign(row=range(len(manifest.frame))), cache, cfg.on_corrupt, source.name)
         except DatasetError as e:

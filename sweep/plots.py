@@ -52,6 +52,31 @@ def pareto(points: pd.DataFrame, path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
+def study_volume(curves: pd.DataFrame, path: Path, title: str) -> Path:
+    """The study's data-volume curves (dashed) beside ours (solid, where run), one panel per backbone."""
+    backbones = list(dict.fromkeys(curves["study_backbone"]))
+    fig, axes = plt.subplots(1, len(backbones), figsize=(5.2 * len(backbones), 4.0), dpi=110, squeeze=False)
+    for ax, backbone in zip(axes[0], backbones, strict=True):
+        part = curves[curves["study_backbone"] == backbone].sort_values("fraction")
+        for i, (method, group) in enumerate(part.groupby("study_method", sort=True)):
+            color = f"C{i}"
+            ax.plot(group["fraction"], group["published"], linestyle="--", marker="o", markersize=3, color=color,
+                    label=f"{method} (study)")
+            if group["ours"].notna().any():
+                ax.plot(group["fraction"], group["ours"], linestyle="-", marker="s", markersize=4, color=color,
+                        linewidth=2, label=f"{method} (ours)")
+        ax.set_xscale("log")
+        fractions = sorted(part["fraction"].unique())
+        ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("fraction of the training set")
+        ax.set_ylabel("test F1 (%)")
+        ax.set_title(f"{title}, {backbone}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, frameon=False)
+    return _save(fig, path)
+
+
 def _label(scores: pd.DataFrame) -> str:
     unit = " (%)" if scores["unit"].iloc[0] == "%" else ""
     better = "higher" if scores["higher_is_better"].iloc[0] else "lower"

@@ -24,6 +24,7 @@ _UNITS = {"K": 1e3, "M": 1e6}
 @dataclass(frozen=True)
 class Reference:
     name: str
+    short: str  # e.g. "Dutt et al. 2024"
     citation: str
     tables: Any  # pandas DataFrame: one row per printed number (table, backbone, dataset, ..., method, value)
     backbones: dict[str, str]
@@ -56,7 +57,7 @@ def load_reference(name: str) -> Reference:
     raw = yaml.safe_load(path.read_text())
     tables = pd.read_csv(path.parent / raw["tables"], comment="#", dtype={"train_size": str})
     notes = {(n["backbone"], n["method"]): n for n in raw.get("count_notes", [])}
-    return Reference(name, " ".join(raw["citation"].split()), tables, raw["backbones"], raw["datasets"],
+    return Reference(name, raw.get("short", name), " ".join(raw["citation"].split()), tables, raw["backbones"], raw["datasets"],
                      raw["methods"], int(raw["count_classes"]), notes)
 
 

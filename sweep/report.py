@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweep import analysis, plots, tracking
+from sweep import analysis, plots, reproduction, tracking
 from sweep.document import Document
+from sweep.reference import available as available_references
+from sweep.reference import load_reference
 from sweep.results import count
 from sweep.spec import SpecError
 from sweep.storage import Storage, parse_storage
@@ -48,7 +50,8 @@ class Report:
     status: pd.DataFrame
 
 
-def build(uri: str, sweep: str, out: Path, formats: tuple[str, ...] = FORMATS, log_to_mlflow: bool = True) -> Report:
+def build(uri: str, sweep: str, out: Path, formats: tuple[str, ...] = FORMATS, log_to_mlflow: bool = True,
+          reference: str | None = None) -> Report:
     trials, cells = analysis.trials_table(uri, sweep)
     status = analysis.cell_status(trials, cells)
     scores = analysis.method_scores(trials)
@@ -73,6 +76,9 @@ def build(uri: str, sweep: str, out: Path, formats: tuple[str, ...] = FORMATS, l
     _cost(doc, trials)
     doc.heading("Recommendations")
     doc.bullets(analysis.recommendations(scores, paired) or ["No cell has a finished trial yet."])
+    if reference:
+        _reproduction(doc, reproduction.compare(load_reference(reference), scores), load_reference(reference), out,
+                      files)
     doc.heading("Raw data")
     doc.text(f"`results.parquet` / `results.csv`: {RAW_COLUMNS_DOC}. Every number above can be recomputed from it.")
     if "md" in formats:
@@ -236,6 +242,61 @@ def _cost(doc: Document, trials: pd.DataFrame) -> None:
     }))
 
 
+def _reproduction(doc: Document, found: reproduction.Reproduction, reference, out: Path, files: list[Path]) -> None:
+    cells = found.cells
+    main = cells[cells["table"] != "Figure 1"]
+    ran = main[main["ours"].notna()]
+    doc.heading(f"Reproduction of {reference.short} (--reference {reference.name})")
+    doc.text(f"{reference.citation} Each cell: ours / published (difference, ours minus published); F1 in percent "
+             f"(the study prints it as a fraction), FID as printed. {len(ran)} of {len(main)} cells of the study's "
+             "tables were run in this sweep. Cells marked (did not learn) are left out of the ranks and findings.")
+    for (table, backbone), part in main.groupby(["table", "study_backbone"], sort=False):
+        if part["ours"].isna().all():
+            continue
+        columns = list(dict.fromkeys(part["study_dataset"] + part["fraction"].map(
+            lambda f: "" if f == 1.0 else f" ({f:g})")))
+        rows = []
+        for method, mine in part.groupby("study_method", sort=False):
+            row = {"method": method}
+            for r in mine.itertuples(index=False):
+                column = r.study_dataset + ("" if r.fraction == 1.0 else f" ({r.fraction:g})")
+                row[column] = (f"- / {r.published:.1f}" if math.isnan(r.ours) else
+                               f"{r.ours:.1f} / {r.published:.1f} ({r.difference:+.1f})"
+                               + (" (did not learn)" if r.learned is False else ""))
+            rows.append(row)
+        doc.heading(f"{table}, {backbone}", level=3)
+        doc.table(pd.DataFrame(rows, columns=["method", *columns]).fillna("-"))
+    missing = main[main["ours"].isna()]
+    if len(missing):
+        doc.heading("Not run here", level=3)
+        doc.bullets([f"{table}, {backbone}: {len(part)} cells ({', '.join(dict.fromkeys(part['study_method']))} "
+                     f"on {', '.join(dict.fromkeys(part['study_dataset']))})"
+                     for (table, backbone), part in missing.groupby(["table", "study_backbone"], sort=False)])
+    doc.heading("Method ranks (mean of the per-dataset ranks, 1 = best, as the study ranks them)", level=3)
+    ranks = found.ranks[found.ranks["our_datasets"] > 0]
+    if len(ranks):
+        doc.table(pd.DataFrame({"backbone": ranks["study_backbone"], "method": ranks["study_method"],
+                                "study": ranks["study_mean_rank"].map(lambda v: f"{v:.2f}"),
+                                "ours": ranks["our_mean_rank"].map(lambda v: f"{v:.2f}"),
+                                "datasets (ours)": ranks["our_datasets"]}))
+        doc.text("Kendall's tau between the study's order of the methods and ours, per dataset (1: the same order, "
+                 "-1: reversed; over the methods we ran that learned):")
+        doc.table(pd.DataFrame({"backbone": found.taus["study_backbone"], "dataset": found.taus["study_dataset"],
+                                "methods": found.taus["methods"],
+                                "tau": found.taus["tau"].map(lambda v: "-" if math.isnan(v) else f"{v:+.2f}")}))
+    else:
+        doc.text("No method of the study was run here on any of its datasets.")
+    doc.heading("The study's findings, on our numbers", level=3)
+    doc.table(pd.DataFrame({"finding": found.findings["finding"], "study": found.findings["study"],
+                            "ours": found.findings["ours"], "verdict": found.findings["verdict"]}))
+    if len(found.volume):
+        name = "reference-volume.png"
+        plots.study_volume(found.volume, out / name, "HAM10000")
+        files.append(out / name)
+        doc.image(out / name, "The study's Figure 1 (dashed) and ours (solid, where run): test F1 against the "
+                              "fraction of HAM10000's training split")
+
+
 def _log(uri: str, sweep: str, trials: pd.DataFrame, status: pd.DataFrame, files: list[Path]) -> None:
     mlflow = tracking.client(uri)
     experiment = mlflow.get_experiment_by_name(sweep)
@@ -301,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mlflow-uri", default=None)
     parser.add_argument("--out", default=None, help="default: <storage>/<name>/report")
     parser.add_argument("--format", default=",".join(FORMATS), help=f"comma-separated, of {', '.join(FORMATS)}")
+    parser.add_argument("--reference", default=None,
+                        help="put a published study's numbers beside ours, e.g. dutt2024 (shipped: "
+                             f"{', '.join(available_references())})")
     args = parser.parse_args(argv)
     try:
         storage = parse_storage(args.storage)
@@ -323,7 +387,12 @@ def main(argv: list[str] | None = None) -> int:
             print("error: give --name NAME (or --compare NAME_A NAME_B)", file=sys.stderr)
             return 2
         out = _out(storage, args.out, args.name, "report")
-        report = build(_tracking_uri(storage, args.name, args.mlflow_uri), args.name, out, formats)
+        if args.reference and args.reference not in available_references():
+            print(f"error: no reference study {args.reference!r}; shipped: {', '.join(available_references())}",
+                  file=sys.stderr)
+            return 2
+        report = build(_tracking_uri(storage, args.name, args.mlflow_uri), args.name, out, formats,
+                       reference=args.reference)
     except LookupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

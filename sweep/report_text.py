@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import math
 import shlex
 import textwrap
 
 from sweep.plan import Plan
 from sweep.results import did_not_learn, format_table
+from sweep.spec import halving_epochs
 
 
 def banner(note: str) -> str:
     line = "!" * 100
     body = "\n".join("!! " + row for row in textwrap.wrap(note, 94))
     return f"{line}\n{body}\n{line}"
-
-
-def halving_epochs(trials: int, max_t: int, rungs: list[int], eta: float) -> int:
-    """Trial-epochs synchronous successive halving spends on one cell's trials: after each rung the best
-    ceil(n/η) go on. Asynchronous ASHA spends at least this (its early arrivals go on unopposed)."""
-    total, survivors, previous = 0, trials, 0
-    for rung in [*rungs, max_t]:
-        total += survivors * (rung - previous)
-        previous, survivors = rung, max(1, math.ceil(survivors / eta))
-    return total
 
 
 def dry_run(plan: Plan, name: str) -> str:

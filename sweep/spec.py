@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -158,16 +158,30 @@ def halving_rungs(max_t: int, grace_period: int, reduction_factor: float) -> lis
     return rungs
 
 
+def halving_epochs(trials: int, max_t: int, rungs: list[int], eta: float) -> int:
+    """Trial-epochs synchronous successive halving spends on one cell's trials: after each rung the best
+    ceil(n/η) go on. Asynchronous ASHA spends at least this (its early arrivals go on unopposed)."""
+    total, survivors, previous = 0, trials, 0
+    for rung in [*rungs, max_t]:
+        total += survivors * (rung - previous)
+        previous, survivors = rung, max(1, math.ceil(survivors / eta))
+    return total
+
+
+GpuShare = Annotated[float, Field(ge=0)] | Literal["auto"]
+
+
 class MethodResources(_Model):
     cpus: float | None = Field(None, gt=0)
-    gpus: float | None = Field(None, ge=0)
+    gpus: GpuShare | None = None
     workers: int | None = Field(None, ge=1)
     gpu_memory_gb: float | None = Field(None, gt=0)  # what one worker of this method needs on its GPU
 
 
 class ResourcesSpec(_Model):
     cpus_per_trial: float = Field(1.0, gt=0)
-    gpus_per_trial: float = Field(0.0, ge=0)
+    # "auto": each method's share of a GPU is its calibrated peak memory plus a margin (sweep.calibrate)
+    gpus_per_trial: GpuShare = 0.0
     workers_per_trial: int = Field(1, ge=1)
     max_concurrent_trials: int | None = Field(None, ge=1)
     per_method: dict[str, MethodResources] = Field(default_factory=dict)
@@ -175,6 +189,9 @@ class ResourcesSpec(_Model):
     # a trial's GPU share grows to what its memory takes, so Ray never packs more trials on a GPU than fit.
     gpu_memory_gb: float | None = Field(None, gt=0)  # memory of one GPU of the cluster
     gpu_memory_per_trial_gb: float | None = Field(None, gt=0)
+    # The GPU the sweep runs on, as torch names it, for `gpus_per_trial: auto` (calibrations are kept per GPU
+    # type); default: this machine's GPU.
+    gpu_type: str | None = None
     # Resources of the local Ray instance started when no cluster address is given (None: Ray's own count).
     num_cpus: int | None = Field(None, ge=1)
     num_gpus: int | None = Field(None, ge=0)

@@ -64,6 +64,53 @@ def client(uri: str):
     return MlflowClient(uri)
 
 
+# What MLflow can track to, and how to write each.
+TRACKING_SCHEMES = {
+    "sqlite": "sqlite:///PATH/mlflow.db (a local file; the default)",
+    "postgresql": "postgresql://USER@HOST:PORT/DB (a database; needs psycopg2-binary)",
+    "mysql": "mysql://USER@HOST:PORT/DB (needs pymysql or mysqlclient)",
+    "mssql": "mssql://USER@HOST:PORT/DB (needs pyodbc)",
+    "http": "http://HOST:PORT (an `mlflow server`)",
+    "https": "https://HOST (an `mlflow server`)",
+    "databricks": "databricks (a Databricks workspace)",
+}
+_DRIVERS = {"postgresql": ("psycopg2", "psycopg2-binary"), "mysql": ("pymysql", "pymysql"),
+            "mssql": ("pyodbc", "pyodbc")}
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Raise SpecError unless MLflow can open `uri`: a known scheme, its database driver installed, a server that
+    answers, a sqlite file whose folder can be created. Called before anything is written."""
+    import importlib.util
+
+    from sweep.spec import SpecError
+
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.split("+", 1)[0]
+    if scheme not in TRACKING_SCHEMES:
+        known = "; ".join(TRACKING_SCHEMES.values())
+        raise SpecError(f"--mlflow-uri {uri!r}: MLflow cannot track to {parsed.scheme or 'a plain path'!r} URIs. "
+                        f"Use one of: {known}")
+    if scheme in _DRIVERS and not importlib.util.find_spec(_DRIVERS[scheme][0]):
+        raise SpecError(f"--mlflow-uri {uri!r}: the {scheme} driver is not installed: pip install "
+                        f"{_DRIVERS[scheme][1]}")
+    if scheme == "sqlite":
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        existing = next((p for p in [folder, *folder.parents] if p.exists()), None)
+        if existing is None or not os.access(existing, os.W_OK):
+            raise SpecError(f"--mlflow-uri {uri!r}: {folder} cannot be created or written")
+    if scheme in ("http", "https"):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
+                response.read(64)
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise SpecError(f"--mlflow-uri {uri!r}: no MLflow tracking server answers there ({e}); start one "
+                            "(mlflow server --host 127.0.0.1 --port 5000 ...) or give another URI") from None
+
+
 def create_store(uri: str) -> None:
     """A new sqlite store appears complete or not at all: its schema is built in a file of its own, then linked into
     place (a link never replaces a file another process made first). Anything that opens the store while it is

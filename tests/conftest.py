@@ -32,10 +32,10 @@ os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-def launch(*args: str, check: int | None = 0) -> subprocess.CompletedProcess:
+def launch(*args: str, check: int | None = 0, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m sweep.launch ARGS` in a subprocess (its own Ray, its own imports)."""
     result = subprocess.run([sys.executable, "-m", "sweep.launch", *args], capture_output=True, text=True,
-                            cwd=REPO, timeout=900)
+                            cwd=REPO, timeout=900, env=env)
     if check is not None and result.returncode != check:
         raise AssertionError(f"exit {result.returncode}\nstdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}")
     return result
@@ -125,11 +125,13 @@ def mlflow_experiment(config: dict, folder: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def quickstart(tmp_path_factory) -> tuple[Path, str]:
-    """The default sweep, unchanged, on real BreastMNIST: shared by every test that needs a finished sweep."""
-    if not (SHARED_DATA / "medmnist").is_dir():
-        pytest.skip("../shared/data is not present")
+    """The default sweep, unchanged, as `make run` runs it on a fresh machine: no data root and an empty home
+    directory, so it trains on the BreastMNIST shipped inside the project. Shared by every test that needs a
+    finished sweep."""
     storage = tmp_path_factory.mktemp("quickstart")
-    result = launch("--storage", str(storage), "--data-root", str(SHARED_DATA))
+    home = tmp_path_factory.mktemp("empty-home")
+    env = {k: v for k, v in os.environ.items() if k != "MEDPEFT_DATA_ROOT"} | {"HOME": str(home)}
+    result = launch("--storage", str(storage), env=env)
     return storage, result.stdout
 
 

@@ -29,9 +29,27 @@ def test_medmnist_labels_flat_or_column(tmp_path, label_shape):
 
 
 def test_missing_medmnist_names_the_files_and_the_fix(tmp_path):
-    source = get_source("medmnist", str(tmp_path), {"subset": "breastmnist", "download": False})
+    source = get_source("medmnist", str(tmp_path), {"subset": "dermamnist", "download": False})  # not shipped
     with pytest.raises(DatasetError, match="--data-root"):
         source.locate()
+
+
+def test_breastmnist_ships_with_the_project_and_is_found_without_a_data_root(tmp_path, monkeypatch):
+    """The default sweep's data is real and inside the project: found with no data root, no download, and an empty
+    home directory (nothing cached there)."""
+    import hashlib
+
+    from trainables.data import medmnist
+
+    monkeypatch.setattr(medmnist, "DOWNLOAD_DIR", tmp_path / "empty-home" / ".medmnist")
+    source = get_source("medmnist", None, {"subset": "breastmnist", "download": False})
+    located = source.locate()
+    assert located.root == str(medmnist.SHIPPED_DIR)
+    path = medmnist.SHIPPED_DIR / "breastmnist_28.npz"
+    assert hashlib.md5(path.read_bytes()).hexdigest() == "098de56cd2d92ef2f7170e6153c02849"
+    assert "CC BY 4.0" in (medmnist.SHIPPED_DIR / "README.md").read_text()
+    with np.load(path) as npz:
+        assert npz["train_images"].shape == (546, 28, 28) and npz["test_labels"].reshape(-1).sum() == 114
 
 
 def test_unknown_dataset_and_bad_options():

@@ -300,3 +300,23 @@ def test_rsna_modality_lut_and_unreadable_dicom(tmp_path, cache):
     broken.write_bytes(b"not a dicom file at all")
     with pytest.raises(DatasetError, match=r"broken.dcm is not a readable DICOM image"):
         read_dicom(broken)
+
+
+@needs_shared_data
+def test_rsna_pneumonia_bad_rows_are_errors_naming_the_file(tmp_path, cache):
+    root = layouts.rsna_pneumonia(tmp_path / "rsna", patients=12)
+    labels = pd.read_csv(root / "stage_2_train_labels.csv", dtype={"patientId": str})
+    missing = sorted((root / "stage_2_train_images").glob("*.dcm"))[0]
+    missing.unlink()
+    with pytest.raises(DatasetError, match=rf"1 of 12 DICOM files listed in the metadata are missing.*{missing.name}"):
+        manifest("rsna_pneumonia", root, cache)
+    layouts.write_dicom(missing, np.zeros((8, 8), dtype=np.uint8))
+    labels.loc[0, "Target"] = 2
+    labels.to_csv(root / "stage_2_train_labels.csv", index=False)
+    with pytest.raises(DatasetError, match=rf"Target other than 0 or 1 \(e.g. patients {labels.loc[0, 'patientId']}"):
+        manifest("rsna_pneumonia", root, cache)
+    labels.loc[0, "Target"] = 0
+    labels.to_csv(root / "stage_2_train_labels.csv", index=False)
+    missing.write_bytes(b"truncated")  # listed, present, not DICOM: named when the image cache is built
+    with pytest.raises(DatasetError, match=rf"could not be decoded:\n.*{missing.name}"):
+        load("rsna_pneumonia", root, cache)

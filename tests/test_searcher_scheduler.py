@@ -12,10 +12,9 @@ import pytest
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
-from sweep.report_text import halving_epochs
 from sweep.scheduler import PerCellASHA, PerCellHalving
 from sweep.searcher import CellPlan, CellSearcher, SweepState, grid_order
-from sweep.spec import Dist
+from sweep.spec import Dist, halving_epochs
 
 LR = {"lr": Dist(low=1e-4, high=1e-2)}
 

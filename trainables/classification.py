@@ -105,7 +105,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     prepared = prepare_model(model, info, cfg.method.name, cfg.method.knobs, cfg.method.bn_mode)
     model, bn_mode = prepared.model.to(device), prepared.bn_mode
     train_batches = Batches(data.train, train.batch_size, info.mean, info.std, device, shuffle=True,
-                            augment=train.augment, seed=cfg.seed, rank=rank, world_size=world)
+                            augment=train.augment, seed=cfg.seed, rank=rank, world_size=world, min_last=2)
     evaluate = Evaluator(info.mean, info.std, train.eval_batch_size, device, rank, world)
     trained = [p for p in model.parameters() if p.requires_grad]
     weights = class_weights(data.train.labels.numpy(), data.num_classes, train.class_weights)
@@ -203,7 +203,9 @@ def accumulate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, micro: int, tra
     while True:
         try:
             total = 0.0
-            for xs, ys in zip(x.split(micro), y.split(micro), strict=True):
+            # Near-equal chunks of at most `micro` (never a last chunk of one image: BatchNorm needs two).
+            chunks = math.ceil(len(y) / micro)
+            for xs, ys in zip(x.tensor_split(chunks), y.tensor_split(chunks), strict=True):
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.amp and device.type == "cuda"):
                     logits = net(xs)
                     loss = F.cross_entropy(logits, ys, weight=weights, label_smoothing=train.label_smoothing,

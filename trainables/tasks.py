@@ -40,6 +40,7 @@ class Task:
     probe: Callable[..., Any]
     check_weights: Callable[[str, str, dict], str]  # (backbone, weights, kwargs) -> resolved source; WeightsError
     needs_captions: bool = False  # trains on image-caption pairs: datasets are checked for them before any trial
+    needs_classes: bool = False  # classifies: datasets need two classes or more, each in every split
 
     def max_epochs(self, train: BaseModel) -> int:
         return int(train.epochs)
@@ -52,7 +53,7 @@ def _classification() -> Task:
 
     return Task("classification", "cls", train_loop_per_worker, ClassificationTrain, ("vit", "cnn"),
                 lambda t: Selection(f"val/best_{t.select_metric}", f"test/{t.select_metric}"), probe,
-                lambda name, weights, kwargs: check_weights(name, weights))
+                lambda name, weights, kwargs: check_weights(name, weights), needs_classes=True)
 
 
 def _simulated() -> Task:

@@ -16,7 +16,13 @@ from trainables.data import (  # noqa: F401  (registration)
 from trainables.data.base import DatasetError, Located, Source, get_source, list_datasets, register_dataset
 from trainables.data.cache import ImageCache, image_cache
 from trainables.data.loader import Batches
-from trainables.data.manifest import Manifest, build_manifest, check_captions, default_cache_dir
+from trainables.data.manifest import (
+    Manifest,
+    build_manifest,
+    check_captions,
+    check_classes,
+    default_cache_dir,
+)
 from trainables.data.prepare import (
     ImageSplit,
     SplitData,
@@ -37,6 +43,7 @@ __all__ = [
     "SplitData",
     "build_manifest",
     "check_captions",
+    "check_classes",
     "default_cache_dir",
     "get_source",
     "image_cache",

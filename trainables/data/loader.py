@@ -6,6 +6,7 @@ so gathering rows + one batched random-resized-crop/flip (affine grid sampling) 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 
@@ -37,10 +38,14 @@ class Batches:
         world_size: int = 1,
         drop_last: bool = False,
         pad: bool = True,
+        min_last: int = 1,
     ) -> None:
         self.split, self.batch_size, self.device = split, batch_size, torch.device(device)
         self.shuffle, self.augment, self.seed = shuffle, augment, seed
         self.rank, self.world_size, self.drop_last, self.pad = rank, world_size, drop_last, pad
+        # A last batch smaller than this joins the one before it: BatchNorm in train mode cannot normalise a
+        # batch of one image whose feature maps are 1x1 (545 BreastMNIST images in batches of 32 leave one).
+        self.min_last = min_last
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1) * 255
         self.epoch = 0
@@ -57,17 +62,26 @@ class Batches:
             order = order[self.rank :: self.world_size]
         return order
 
+    def _starts(self, n: int) -> list[int]:
+        """Where each batch starts (and, last, where the last one ends)."""
+        starts = list(range(0, n, self.batch_size))
+        if self.drop_last and n % self.batch_size:
+            starts.pop()
+        elif len(starts) > 1 and n - starts[-1] < self.min_last:
+            starts.pop()  # the short last batch joins the previous one
+        end = starts[-1] + self.batch_size if self.drop_last and starts else n
+        return [*starts, min(end, n)]
+
     def __len__(self) -> int:
         n = len(self.indices()) if self.world_size > 1 else len(self.split)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return len(self._starts(n)) - 1
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.indices()
         generator = torch.Generator(device=self.device).manual_seed(self.seed * 7919 + self.epoch)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            if self.drop_last and len(idx) < self.batch_size:
-                break
+        bounds = self._starts(len(order))
+        for start, stop in itertools.pairwise(bounds):
+            idx = order[start:stop]
             x = self.split.batch(idx.numpy()).to(self.device, non_blocking=True).float()
             if x.shape[1] == 1:
                 x = x.expand(-1, 3, -1, -1)

@@ -96,6 +96,24 @@ def check_captions(manifest: Manifest, dataset: str) -> None:
                            f"{empty.iloc[0]}); every image needs one: fill them in, or drop those images")
 
 
+def check_classes(manifest: Manifest, dataset: str) -> None:
+    """Classification needs two classes or more, each with training and validation images (validation chooses
+    the trial; a class it lacks cannot be scored there) and test images (which the report reads). A dataset that
+    does not have them is an error naming the split and the classes, before any training."""
+    classes = manifest.classes
+    if len(classes) < 2:
+        raise DatasetError(f"dataset {dataset!r} has {len(classes)} class ({', '.join(classes) or 'none'}): "
+                           "classification needs two or more (an imagefolder needs one folder per class)")
+    counts = manifest.frame.groupby(["split", "label"]).size()
+    for split in ("train", "val", "test"):
+        absent = [c for i, c in enumerate(classes) if counts.get((split, i), 0) == 0]
+        if absent:
+            raise DatasetError(
+                f"dataset {dataset!r}: the {split} split has no images of class(es) {', '.join(absent[:5])} "
+                f"({len(absent)} of {len(classes)}); every class needs images in train, val and test. Add images, "
+                "merge or drop those classes, or change the split (val_share / test_share)")
+
+
 def frame_hash(frame: pd.DataFrame) -> str:
     return hashlib.sha1(frame.to_csv(index=False).encode()).hexdigest()[:16]
 

@@ -138,4 +138,5 @@ class MedMNIST(Source):
         return f"{self.path}:{st.st_size}:{st.st_mtime_ns}:{self.options.subset}:{self.options.size}"
 
     def describe(self) -> str:
-        return f"{self.options.subset}"
+        shipped = self.path.parent == SHIPPED_DIR
+        return f"{self.options.subset}" + (" (the copy shipped with medpeft-sweep)" if shipped else "")

@@ -1,0 +1,173 @@
+"""How fast one (backbone, method, image size, batch size) trains on this machine, and how much memory it takes:
+a few warm-up and timed training steps and one evaluation pass on synthetic inputs of the right shape, with the
+backbone built from its config (random weights: speed and memory do not depend on the values).
+
+`sweep.calibrate` turns these measurements into a sweep's device-hours and cost and into GPU shares per trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from trainables.devices import peak_memory_mb
+from trainables.methods import param_groups, prepare_model, train_mode, trainable_state_dict
+
+TEXT_TOKENS = 77  # caption length the U-Net attends to (CLIP's)
+
+
+def device_name(device: torch.device) -> str:
+    """What calibrations are cached per: the GPU's name, or the CPU's model and the threads used."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def _classifier(backbone: str, weights: str, kwargs: dict[str, Any], method: str, knobs: dict, bn_mode: str | None,
+                image_size: int, device: torch.device):
+    from trainables.backbones import build_backbone
+
+    model, info = build_backbone(backbone, 2, "random", image_size, **kwargs)
+    prepared = prepare_model(model, info, method, knobs, bn_mode)
+    model = prepared.model.to(device)
+
+    def batch(n: int):
+        return (torch.randn(n, 3, image_size, image_size, device=device), torch.randint(0, 2, (n,), device=device))
+
+    def loss(inputs) -> torch.Tensor:
+        x, y = inputs
+        return F.cross_entropy(model(x), y)
+
+    return model, prepared, batch, loss
+
+
+def _unet(backbone: str, weights: str, kwargs: dict[str, Any], method: str, knobs: dict, bn_mode: str | None,
+          image_size: int, device: torch.device):
+    from trainables.diffusion_models import build_unet
+
+    unet, info = build_unet(backbone, weights, kwargs, config_only=True)
+    prepared = prepare_model(unet, info, method, knobs, bn_mode)
+    unet = prepared.model.to(device)
+    factor = 4 if backbone == "tiny-sd" else 8  # the VAE's downsampling
+    side, width = max(1, image_size // factor), int(unet.config.cross_attention_dim)
+
+    def batch(n: int):
+        return (torch.randn(n, unet.config.in_channels, side, side, device=device),
+                torch.randint(0, 1000, (n,), device=device), torch.randn(n, TEXT_TOKENS, width, device=device))
+
+    def loss(inputs) -> torch.Tensor:
+        latents, t, context = inputs
+        return F.mse_loss(unet(latents, t, encoder_hidden_states=context).sample, latents)
+
+    return unet, prepared, batch, loss
+
+
+def measure(task: str, backbone: str, weights: str, kwargs: dict[str, Any], method: str, knobs: dict,
+            bn_mode: str | None, image_size: int, batch_size: int, steps: int = 5, warmup: int = 2,
+            device: str | torch.device | None = None, amp: bool = True) -> dict[str, Any]:
+    """Train images/s (`warmup` steps, then `steps` timed), eval images/s (`steps` batches), peak device memory of
+    the training steps, and the size of a checkpoint of what the method trains (weights and AdamW state)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    build = _unet if task == "t2i" else _classifier
+    model, prepared, batch, loss_of = build(backbone, weights, kwargs, method, knobs, bn_mode, image_size, device)
+    optimizer = torch.optim.AdamW(param_groups(model, 1e-4, 0.0))
+    autocast = {"device_type": device.type, "dtype": torch.bfloat16, "enabled": amp and device.type == "cuda"}
+    inputs = batch(batch_size)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rss_before = _reset_cpu_peak()
+
+    def step() -> None:
+        with torch.autocast(**autocast):
+            loss = loss_of(inputs)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    train_mode(model, prepared.bn_mode)
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    train_seconds = (time.perf_counter() - started) / steps
+    # GPU: the peak of allocated memory, the model's weights included. CPU: the peak resident memory of the steps
+    # above what the process held before them, plus the model's own tensors (built before the reset).
+    model_mb = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / 2**20
+    peak = peak_memory_mb(device) if device.type == "cuda" else _cpu_peak() - rss_before + model_mb
+    card_mb = torch.cuda.get_device_properties(device).total_memory / 2**20 if device.type == "cuda" else None
+
+    model.eval()
+    with torch.no_grad(), torch.autocast(**autocast):
+        loss_of(inputs)
+        _sync(device)
+        started = time.perf_counter()
+        for _ in range(steps):
+            loss_of(inputs)
+        _sync(device)
+    eval_seconds = (time.perf_counter() - started) / steps
+
+    with tempfile.TemporaryDirectory() as tmp:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous().cpu() for k, v in trainable_state_dict(model, prepared.bn_mode).items()},
+                  os.path.join(tmp, "trained.safetensors"))
+        torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+        checkpoint = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp))
+    return {
+        "device": device_name(device),
+        "train_images_per_s": batch_size / train_seconds,
+        "eval_images_per_s": batch_size / eval_seconds,
+        "peak_memory_mb": float(peak),
+        "memory_kind": "peak allocated GPU memory" if device.type == "cuda" else "peak resident memory above the "
+                       "model's (Linux VmHWM since reset)",
+        "device_memory_mb": card_mb,
+        "checkpoint_mb": checkpoint / 2**20,
+        "trainable_params": prepared.trainable_params,
+        "steps": steps,
+    }
+
+
+def _status_mb(field: str) -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_cpu_peak() -> float:
+    """Reset the process's peak RSS (Linux: writing 5 to clear_refs) and return the current RSS in MB, so the peak
+    read after the steps is theirs, not that of an earlier group measured in the same process."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+    return _status_mb("VmRSS")
+
+
+def _cpu_peak() -> float:
+    return _status_mb("VmHWM")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
