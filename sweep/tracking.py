@@ -129,6 +129,9 @@ def create_store(uri: str) -> None:
         os.link(building, path)
     except FileExistsError:
         pass  # another process finished first: use its store
+    except OSError:  # a filesystem without hard links: a rename (which could replace a store made meanwhile)
+        if not path.exists():
+            os.replace(building, path)
     finally:
         building.unlink(missing_ok=True)
 
