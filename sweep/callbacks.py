@@ -7,6 +7,7 @@ SweepState object with the searcher and scheduler, which restore keeps shared.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from ray.tune import Callback
@@ -15,6 +16,57 @@ from ray.tune.experiment import Trial
 from sweep.scheduler import trial_key_of
 from sweep.searcher import SweepState
 from trainables.tracking import RUN_ID
+
+
+def node_lost(error: BaseException | None) -> bool:
+    """The trial's actor died with its node or became unreachable (a spot preemption, a node removed or crashed),
+    not of its own code (that arrives as a RayTaskError)."""
+    from ray.exceptions import ActorUnavailableError, NodeDiedError, RayActorError
+
+    if isinstance(error, NodeDiedError | ActorUnavailableError):
+        return True
+    if isinstance(error, RayActorError):
+        text = str(error).lower()
+        return bool(getattr(error, "preempted", False)) or ("node" in text and ("died" in text or "dead" in text))
+    return False
+
+
+def last_error(trial: Trial) -> BaseException | None:
+    """The error Tune just recorded for the trial: its local pickle (written at once; the copy in the sweep's
+    storage follows later)."""
+    import cloudpickle
+
+    path = trial.pickled_error_file
+    if path and os.path.isfile(path):
+        with open(path, "rb") as f:
+            try:
+                return cloudpickle.load(f)
+            except Exception:  # not unpicklable here: no verdict
+                return None
+    return trial.get_pickled_error()
+
+
+class NodeLossIsNotAFailure(Callback):
+    """A trial that lost its node restarts from its last checkpoint elsewhere, and that restart does not use up its
+    failure budget (`FailureConfig.max_failures`, meant for the trial's own errors): Tune counts a preemption
+    announced by a drain as no failure, but a node that disappears without warning as one. At most `max_forgiven`
+    losses per trial are forgiven, so a trial that takes its worker down itself every time (say, out of memory)
+    still ends."""
+
+    def __init__(self, max_forgiven: int = 3) -> None:
+        if max_forgiven < 0:
+            raise ValueError(f"max_forgiven must be >= 0, got {max_forgiven}")
+        self.max_forgiven = max_forgiven
+        self.forgiven: dict[str, int] = {}  # trial key -> node losses forgiven (saved with the experiment)
+
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
+        key = trial_key_of(trial)
+        if (node_lost(last_error(trial)) and trial.run_metadata.num_failures > 0
+                and self.forgiven.get(key, 0) < self.max_forgiven):
+            self.forgiven[key] = self.forgiven.get(key, 0) + 1
+            trial.run_metadata.num_failures -= 1
+            print(f"[node lost] {trial_key_of(trial)}: restarting from its last checkpoint on another node "
+                  "(not counted as a failure)", file=sys.stdout, flush=True)
 
 
 class SweepProgress(Callback):

@@ -58,7 +58,7 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
     import ray
     from ray import tune
 
-    from sweep.callbacks import SweepProgress
+    from sweep.callbacks import NodeLossIsNotAFailure, SweepProgress
     from sweep.scheduler import PerCellASHA, PerCellHalving
     from sweep.searcher import CellPlan, CellSearcher, SweepState
     from trainables.launch import run_trial, trial_resources
@@ -119,7 +119,7 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
                     name=name,
                     storage_path=storage.uri,
                     verbose=0,
-                    callbacks=[progress],
+                    callbacks=[progress, NodeLossIsNotAFailure()],
                     failure_config=tune.FailureConfig(max_failures=1),
                 ),
             )

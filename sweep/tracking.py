@@ -67,15 +67,18 @@ def client(uri: str):
 # What MLflow can track to, and how to write each.
 TRACKING_SCHEMES = {
     "sqlite": "sqlite:///PATH/mlflow.db (a local file; the default)",
-    "postgresql": "postgresql://USER@HOST:PORT/DB (a database; needs psycopg2-binary)",
+    "postgresql": "postgresql+psycopg2://USER@HOST:PORT/DB (a database; needs psycopg2-binary)",
     "mysql": "mysql://USER@HOST:PORT/DB (needs pymysql or mysqlclient)",
     "mssql": "mssql://USER@HOST:PORT/DB (needs pyodbc)",
     "http": "http://HOST:PORT (an `mlflow server`)",
     "https": "https://HOST (an `mlflow server`)",
     "databricks": "databricks (a Databricks workspace)",
 }
-_DRIVERS = {"postgresql": ("psycopg2", "psycopg2-binary"), "mysql": ("pymysql", "pymysql"),
-            "mssql": ("pyodbc", "pyodbc")}
+# The Python driver SQLAlchemy loads for each database (`scheme+driver://` names it; without one, SQLAlchemy
+# 2.1's defaults), and the package that provides it.
+_DRIVERS = {"postgresql": "psycopg", "mysql": "mysqldb", "mssql": "pyodbc"}
+_PACKAGES = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "pymysql": "pymysql",
+             "mysqldb": "mysqlclient", "pyodbc": "pyodbc"}
 
 
 def check_tracking_uri(uri: str) -> None:
@@ -86,14 +89,18 @@ def check_tracking_uri(uri: str) -> None:
     from sweep.spec import SpecError
 
     parsed = urlparse(uri)
-    scheme = parsed.scheme.split("+", 1)[0]
+    scheme, _, driver = parsed.scheme.partition("+")
     if scheme not in TRACKING_SCHEMES:
         known = "; ".join(TRACKING_SCHEMES.values())
         raise SpecError(f"--mlflow-uri {uri!r}: MLflow cannot track to {parsed.scheme or 'a plain path'!r} URIs. "
                         f"Use one of: {known}")
-    if scheme in _DRIVERS and not importlib.util.find_spec(_DRIVERS[scheme][0]):
-        raise SpecError(f"--mlflow-uri {uri!r}: the {scheme} driver is not installed: pip install "
-                        f"{_DRIVERS[scheme][1]}")
+    driver = driver or _DRIVERS.get(scheme, "")
+    module = {"mysqldb": "MySQLdb"}.get(driver, driver)
+    if scheme in _DRIVERS and not importlib.util.find_spec(module):
+        raise SpecError(f"--mlflow-uri {uri!r}: its database driver {driver!r} is not installed: pip install "
+                        f"{_PACKAGES.get(driver, driver)}" + (" (or name the driver you have, e.g. "
+                                                               "postgresql+psycopg2://...)" if scheme == "postgresql"
+                                                               else ""))
     if scheme == "sqlite":
         folder = Path(uri.removeprefix("sqlite:///")).parent
         existing = next((p for p in [folder, *folder.parents] if p.exists()), None)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import requests
 
@@ -94,6 +97,36 @@ class Proxy:
             for s in (source, sink):
                 with contextlib.suppress(OSError):
                     s.close()
+
+
+POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def postgres_available() -> bool:
+    return (POSTGRES_BIN / "initdb").is_file()
+
+
+@contextlib.contextmanager
+def postgres(database: str = "mlflow") -> Iterator[str]:
+    """A PostgreSQL server of its own in a temporary data directory, on a loopback port, stopped afterwards.
+    initdb and postgres refuse to run as root: as root they run as the `postgres` user."""
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    data = Path(tempfile.mkdtemp(prefix="medpeft-pg-"))
+    if as_user:
+        shutil.chown(data, "postgres", "postgres")
+    port = free_port()
+    run = lambda *args: subprocess.run([*as_user, *args], check=True, capture_output=True, text=True)  # noqa: E731
+    try:
+        run(str(POSTGRES_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
+        run(str(POSTGRES_BIN / "pg_ctl"), "-D", str(data), "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {data}",
+            "-l", str(data / "log"), "-w", "start")
+        run(str(POSTGRES_BIN / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c",
+            f"CREATE DATABASE {database}")
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/{database}"
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError, FileNotFoundError):
+            run(str(POSTGRES_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(data, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -297,3 +297,20 @@ def test_unknown_knobs_and_methods_are_errors():
         prepare_model(model, info, "lora_everywhere")
     with pytest.raises(MethodError, match="peft:adalora"):
         prepare_model(model, info, "peft:adalora")
+
+
+@pytest.mark.parametrize("method", ["vpt_shallow", "vpt_deep"])
+def test_gradient_checkpointing_keeps_the_prompts(method, real_batch):
+    """timm's gradient checkpointing calls the blocks one by one (checkpoint_seq), which would skip the prompts;
+    with VPT it checkpoints inside the prompted blocks instead: same outputs, and the prompts still learn."""
+    model, info, _ = build("test_vit", method)
+    nn.init.normal_(model.get_submodule(info.head).weight, std=0.1)
+    x, _ = real_batch
+    model.eval()
+    with torch.no_grad():
+        plain = model(x)
+    model.set_grad_checkpointing(True)
+    checkpointed = model(x)
+    torch.testing.assert_close(checkpointed, plain)
+    checkpointed.sum().backward()
+    assert model.blocks.prompts.grad is not None and model.blocks.prompts.grad.abs().sum() > 0

@@ -352,3 +352,30 @@ def test_halving_never_waits_forever(caplog):
     with caplog.at_level(logging.WARNING):
         assert sched.choose_trial_to_run(ctl) is trials[0]
     assert "c/trial=2" in caplog.text and ctl.stopped == ["c/trial=1"]
+
+
+def test_a_lost_node_does_not_use_up_the_failure_budget(tmp_path):
+    """Tune counts a node that vanished without notice as one of the trial's failures; the callback gives it back
+    (up to max_forgiven times), and leaves the trial's own errors counted."""
+    import cloudpickle
+    from ray.exceptions import ActorUnavailableError, RayTaskError
+
+    from sweep.callbacks import NodeLossIsNotAFailure
+
+    class FakeTrial:
+        def __init__(self, error):
+            self.config = {"tracking": {"trial_key": "c/trial=0"}}
+            self.pickled_error_file = str(tmp_path / f"{id(self)}.pkl")
+            with open(self.pickled_error_file, "wb") as f:
+                cloudpickle.dump(error, f)
+            self.run_metadata = type("Meta", (), {"num_failures": 1})()
+
+    callback = NodeLossIsNotAFailure(max_forgiven=2)
+    lost = FakeTrial(ActorUnavailableError("Socket closed", None))
+    for _ in range(3):
+        lost.run_metadata.num_failures = 1
+        callback.on_trial_recover(0, [], lost)
+    assert lost.run_metadata.num_failures == 1 and callback.forgiven == {"c/trial=0": 2}  # the third one counts
+    own = FakeTrial(RayTaskError("train", "Traceback: ValueError: bad", ValueError("bad")))
+    callback.on_trial_recover(0, [], own)
+    assert own.run_metadata.num_failures == 1

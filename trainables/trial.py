@@ -120,6 +120,16 @@ def run_tags(cfg: TrialConfig, data_params: dict[str, str]) -> dict[str, str]:
     return tags
 
 
+def node_id() -> str:
+    """The Ray node this process runs on, or "local" outside Ray."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    except Exception:  # no Ray at all, or a context without a node
+        return "local"
+
+
 class Diverged(RuntimeError):
     """The training loss became NaN or infinite: the trial ends as failed (a result, not a crash)."""
 
@@ -163,8 +173,8 @@ class Trial:
             self.run.finish("finished")
             self._report({**self.final_report, "replayed": 1})
             return True
-        if resumed_epoch:
-            self.run.set_tags({"resumed_from_epoch": str(resumed_epoch)})
+        # Where this attempt runs (the last attempt's node, when a trial was moved after losing its node).
+        self.run.set_tags({"node": node_id(), **({"resumed_from_epoch": str(resumed_epoch)} if resumed_epoch else {})})
         return False
 
     def replay(self) -> None:
