@@ -1,7 +1,10 @@
 """Several Ray nodes on this machine (ray.cluster_utils.Cluster, everything on 127.0.0.1), the simulated task.
 
-- node_loss_redone_epochs: epochs trained twice per trial that was running on a worker node removed without
-  notice (its last logged epoch before the loss minus the epoch its restart resumed from); target <= 1;
+- node_loss_redone_epochs: training thrown away per trial that was running on a worker node removed without
+  notice, in epochs: the time from its last checkpointed epoch to the loss, plus any checkpointed epochs its
+  restart did not resume from; target <= 1;
+- node_drain_redone_epochs: the same for a node that is drained first (a preemption notice, the GCS call the
+  autoscaler makes): its trials checkpoint and move before it goes; target 0;
 - node_loss_recovery_s: seconds from the node's removal to the first epoch a moved trial logs again;
 - multinode_slot_efficiency: the same 8-trial sweep on a head + 2 worker nodes of one CPU each, against one node
   with the same two CPUs: wall time of one node / wall time of three (1.0: the extra nodes cost nothing).
@@ -64,7 +67,7 @@ def _sweep(folder: Path, epochs: int, address: str | None) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def node_loss(epochs: int) -> dict:
+def node_loss(epochs: int, drain: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         cluster, nodes = _cluster(2, 1)
@@ -82,22 +85,53 @@ def node_loss(epochs: int) -> dict:
                         if r.data.tags.get("node") == victim.node_id and r.data.tags.get("status") == "running"
                         and r.data.metrics.get("epoch", 0) >= 2}
             removed = time.time()
-            cluster.remove_node(victim, allow_graceful=False)
+            if drain:
+                _drain(cluster.address, victim.node_id)
+                _wait_moved(folder / "store", set(lost), victim.node_id)
+                cluster.remove_node(victim)
+            else:
+                cluster.remove_node(victim, allow_graceful=False)
             cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", object_store_memory=96 * 2**20)
             proc.wait(600)
             client, runs = _runs(folder / "store")
             by_key = {r.data.tags["trial_key"]: r for r in runs}
             redone, back = [], []
-            for key, epoch in lost.items():
+            for key in lost:
                 run = by_key[key]
-                redone.append(epoch - int(run.data.tags.get("resumed_from_epoch", 0)))
-                stamps = sorted(m.timestamp / 1000 for m in client.get_metric_history(run.info.run_id, "epoch"))
-                later = [t for t in stamps if t > removed]
+                history = sorted(client.get_metric_history(run.info.run_id, "epoch"), key=lambda m: m.step)
+                resumed = int(run.data.tags.get("resumed_from_epoch", 0))
+                before = [m for m in history if m.timestamp / 1000 <= removed]
+                checkpointed = before[-1].step if before else 0
+                # A drained trial trains on until it has checkpointed an epoch and then leaves: nothing is lost.
+                # A killed one loses what it did since its last epoch ended.
+                partial = 0.0 if drain or not before else (removed - before[-1].timestamp / 1000) / 1.0
+                redone.append(round(max(0, checkpointed - resumed) + min(partial, 1.0), 2))
+                later = [m.timestamp / 1000 for m in history if m.timestamp / 1000 > removed]
                 if later:
                     back.append(later[0] - removed)
             return {"trials_lost": len(lost), "redone": redone, "recovery_s": back, "exit": proc.returncode}
         finally:
             cluster.shutdown()
+
+
+def _drain(address: str, node_id: str) -> None:
+    from ray._raylet import GcsClient
+    from ray.core.generated import autoscaler_pb2
+
+    accepted, why = GcsClient(address=address).drain_node(
+        node_id, autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"), "spot interruption",
+        int(time.time() * 1000) + 120_000)
+    if not accepted:
+        raise RuntimeError(f"drain refused: {why}")
+
+
+def _wait_moved(storage: Path, keys: set[str], node_id: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, runs = _runs(storage)
+        if all(r.data.tags.get("node") != node_id for r in runs if r.data.tags["trial_key"] in keys):
+            return
+        time.sleep(0.5)
 
 
 def wall_seconds(epochs: int, nodes: bool) -> float:
@@ -115,7 +149,7 @@ def wall_seconds(epochs: int, nodes: bool) -> float:
 
 def run(quick: bool = False) -> list[Result]:
     epochs = 6 if quick else 10
-    loss = node_loss(epochs)
+    loss, drained = node_loss(epochs), node_loss(epochs, drain=True)
     redone = max(loss["redone"]) if loss["redone"] else None
     recovery = max(loss["recovery_s"]) if loss["recovery_s"] else None
     one, three = wall_seconds(epochs, nodes=False), wall_seconds(epochs, nodes=True)
@@ -123,6 +157,10 @@ def run(quick: bool = False) -> list[Result]:
         Result(key="node_loss_redone_epochs", value=redone, target="<= 1",
                ours=f"{loss['trials_lost']} trials on a worker node removed without notice; epochs redone per trial "
                     f"{loss['redone']}; sweep exit {loss['exit']}",
+               baseline="0: a trial that loses nothing"),
+        Result(key="node_drain_redone_epochs", value=max(drained["redone"]) if drained["redone"] else None,
+               target="0", ours=f"{drained['trials_lost']} trials on a drained node (preemption notice); epochs "
+                                f"lost per trial {drained['redone']}; sweep exit {drained['exit']}",
                baseline="0: a trial that loses nothing"),
         Result(key="node_loss_recovery_s", value=recovery, target="-",
                ours=f"seconds from the node's removal to each moved trial's next logged epoch: "

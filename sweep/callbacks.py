@@ -21,10 +21,14 @@ from trainables.tracking import RUN_ID
 def node_lost(error: BaseException | None) -> bool:
     """The trial's actor died with its node or became unreachable (a spot preemption, a node removed or crashed),
     not of its own code (that arrives as a RayTaskError)."""
-    from ray.exceptions import ActorUnavailableError, NodeDiedError, RayActorError
+    from ray.exceptions import ActorUnavailableError, NodeDiedError, RayActorError, RayTaskError
+
+    from trainables.trial import NodeDraining
 
     if isinstance(error, NodeDiedError | ActorUnavailableError):
         return True
+    if isinstance(error, RayTaskError) and isinstance(error.as_instanceof_cause(), NodeDraining):
+        return True  # the trial left a draining node after checkpointing
     if isinstance(error, RayActorError):
         text = str(error).lower()
         return bool(getattr(error, "preempted", False)) or ("node" in text and ("died" in text or "dead" in text))

@@ -208,3 +208,50 @@ def test_head_lost_and_the_sweep_resumed_on_a_new_head(cluster, tmp_path):
     assert {r.data.tags["status"] for r in after} == {"finished"}
     now = {r.data.tags["trial_key"]: r.info.end_time for r in after}
     assert all(now[k] == t for k, t in finished.items()), "a trial finished before the head was lost ran again"
+
+
+def test_a_drained_node_lets_its_trials_checkpoint_and_move(cluster, tmp_path):
+    """A preemption notice: the node is drained (the GCS call the autoscaler makes when the cloud announces a spot
+    interruption). Its trials end their epoch, checkpoint it, and continue on another node from that epoch: no
+    epoch is lost or trained twice, and the move uses up no failure budget."""
+    from ray._raylet import GcsClient
+    from ray.core.generated import autoscaler_pb2
+
+    c = cluster(workers=2)
+    storage = tmp_path / "store"
+    uri = f"sqlite:///{storage / 'mlflow.db'}"
+    sweep = LaunchedSweep(["--config", str(spec(tmp_path / "nodes.yaml")), "--storage", str(storage),
+                           "--address", c.address], env={**os.environ, **LOOPBACK})
+    drained = c.workers[0]
+    found: dict[str, int] = {}
+
+    def trials_on_drained() -> bool:
+        found.update(running_on(uri, drained.node_id, 2))
+        return bool(found)
+
+    assert sweep.wait_for(trials_on_drained, timeout=240), sweep.output[-3000:]
+    accepted, why = GcsClient(address=c.address).drain_node(
+        drained.node_id, autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"), "spot interruption",
+        int(time.time() * 1000) + 120_000)
+    assert accepted, why
+
+    def moved() -> bool:
+        _, runs = trial_runs(uri)
+        return all(r.data.tags.get("node") != drained.node_id for r in runs if r.data.tags["trial_key"] in found)
+
+    assert sweep.wait_for(moved, timeout=120), sweep.output[-3000:]
+    c.cluster.remove_node(drained)  # the interruption itself, once its trials have left
+    c.workers.remove(drained)
+    assert sweep.wait(420) == 0, sweep.output[-3000:]
+    assert "4/4 cells complete" in sweep.output and "[node lost]" in sweep.output
+    client, runs = trial_runs(uri)
+    by_key = {r.data.tags["trial_key"]: r for r in runs}
+    assert len(by_key) == len(runs) == 8 and {r.data.tags["status"] for r in runs} == {"finished"}
+    for key, epoch in found.items():
+        run = by_key[key]
+        history = sorted(client.get_metric_history(run.info.run_id, "epoch"), key=lambda m: m.step)
+        assert [m.step for m in history] == list(range(1, EPOCHS + 1)), f"{key}: every epoch logged once"
+        resumed = int(run.data.tags["resumed_from_epoch"])
+        # It left right after checkpointing an epoch: the restart begins exactly there (nothing redone), at or
+        # after the epoch it had reached when the notice came.
+        assert resumed >= epoch, f"{key}: at epoch {epoch} at the notice, resumed from {resumed}"

@@ -120,6 +120,23 @@ def run_tags(cfg: TrialConfig, data_params: dict[str, str]) -> dict[str, str]:
     return tags
 
 
+class NodeDraining(RuntimeError):
+    """The node this attempt runs on is being drained (a cloud's preemption notice): the attempt ends right after
+    checkpointing and reporting an epoch, and the trial continues from that checkpoint on another node."""
+
+
+def node_draining() -> bool:
+    """Is this process's Ray node being drained? (Ray has no public API for it: the GCS's list of draining nodes,
+    the one the autoscaler fills on a preemption notice.)"""
+    try:
+        import ray
+        from ray._private.state import state
+
+        return ray.is_initialized() and ray.get_runtime_context().get_node_id() in state.get_draining_nodes()
+    except Exception:  # no Ray, or a Ray without drains
+        return False
+
+
 def node_id() -> str:
     """The Ray node this process runs on, or "local" outside Ray."""
     try:
@@ -204,6 +221,9 @@ class Trial:
                     (Path(directory) / FINAL_REPORT).write_text(json.dumps(metrics, default=float))
                 self.store.save(Path(directory), epoch)
         self._report(metrics)
+        if not last and self.store and node_draining():
+            raise NodeDraining(f"the node is being drained after epoch {epoch}: continuing from its checkpoint "
+                               "on another node")
 
     def _report(self, metrics: dict[str, Any]) -> None:
         # With the run's id the driver can mark a trial it stops without searching MLflow for it.
@@ -225,6 +245,8 @@ class Trial:
             self._report(self._failure(self.epoch + 1, str(e)))
         except SystemExit:
             raise  # Tune stopped the trial (early stop or shutdown); the driver records why.
+        except NodeDraining:
+            raise  # not a failure of the trial: its run stays open for the attempt on another node
         except BaseException as e:
             # After the run is recorded finished, only the final report (or checkpoint) can fail: the result stands.
             if self.run is not None and not self.finished:
