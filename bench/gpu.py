@@ -35,8 +35,8 @@ def shapes(quick: bool) -> dict:
     if torch.cuda.is_available():
         return {"backbone": "vit_base_patch16_224", "size": 224, "batch": 64, "steps": 20 if quick else 60,
                 "images": 2048, "packing": [1, 2, 4, 8], "device": torch.cuda.get_device_name(0)}
-    return {"backbone": "test_vit", "size": 32, "batch": 32, "steps": 10 if quick else 30,
-            "images": 256 if quick else 1024, "packing": [1, 2],
+    return {"backbone": "test_vit", "size": 32, "batch": 32, "steps": 5 if quick else 30,
+            "images": 128 if quick else 1024, "packing": [1, 2],
             "device": "cpu (no GPU: these figures say nothing about a GPU)"}
 
 
@@ -169,7 +169,7 @@ def run(quick: bool = False) -> list[Result]:
             baseline=f"{base['images_per_s']:,.0f} images/s, a minimal loop (peak {base['peak_mb']:,.0f} MB)",
             details={"ours": ours, "minimal": base, **s},
         ))
-    seconds = 3.0 if quick else 20.0
+    seconds = 2.0 if quick else 20.0
     runs = [packed(k, s, seconds) for k in s["packing"]]
     one = runs[0]["total_images_per_s"]
     four = next((r for r in runs if r["processes"] == 4), runs[-1])
