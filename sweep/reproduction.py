@@ -62,10 +62,8 @@ def compare(reference: Reference, scores: pd.DataFrame) -> Reproduction:
     table = reference.tables
     published = table[table["table"] != "Table 6"].copy()  # Table 6 repeats Table 3's counts, no scores
     published = published[published["value"].notna()]
-    ours = scores.copy()
-    ours["key"] = list(zip(ours["backbone"], ours["dataset"], ours["method"], ours["fraction"].round(4),
-                           strict=True))
-    mine = ours.set_index("key")
+    mine = {(r["backbone"], r["dataset"], r["method"], round(float(r["fraction"]), 4)): r
+            for r in scores.to_dict("records")}
     rows = []
     for r in published.itertuples(index=False):
         backbone, dataset = reference.ours("backbone", r.backbone), reference.ours("dataset", r.dataset)
@@ -77,8 +75,8 @@ def compare(reference: Reference, scores: pd.DataFrame) -> Reproduction:
                "study_method": r.method, "fraction": fraction, "metric": r.metric, "backbone": backbone,
                "dataset": dataset, "method": method, "published": float(r.value) * scale,
                "higher_is_better": r.metric != "fid"}
-        if key in mine.index:
-            got = mine.loc[key]
+        if key in mine:
+            got = mine[key]
             row |= {"ours": float(got["mean"]), "seeds": int(got["seeds"]), "learned": got["learned"],
                     "difference": float(got["mean"]) - float(r.value) * scale}
         else:

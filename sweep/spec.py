@@ -40,6 +40,9 @@ class DatasetEntry(_Model):
     split_seed: int = 0
     val_share: float = Field(0.1, ge=0.0, lt=1.0)
     test_share: float = Field(0.2, gt=0.0, lt=1.0)
+    # A fixed, stratified subset of the training split (chosen with split_seed) that the fractions are taken
+    # of: bounds the cost of a study on a large dataset; validation and test stay whole.
+    max_train_images: int | None = Field(None, ge=2)
 
     @property
     def key(self) -> str:

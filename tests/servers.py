@@ -31,8 +31,12 @@ def moto_s3() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    # A threaded moto server keeps its buckets in this process's memory, shared by every server started here:
+    # without a reset, one test finds what an earlier one wrote.
+    requests.post(f"{url}/moto-api/reset", timeout=10).raise_for_status()
     try:
-        yield f"http://{host}:{port}"
+        yield url
     finally:
         server.stop()
 

@@ -110,3 +110,22 @@ def test_batches_shard_pad_and_augment_deterministically():
     first = next(iter(aug))[0]
     again = next(iter(aug))[0]
     assert first.shape == (8, 3, 16, 16) and np.allclose(first.numpy(), again.numpy())
+
+
+def test_max_train_images_is_one_fixed_stratified_pool_the_fractions_come_from(tmp_path):
+    def splits(seed: int, fraction: float, cap: int | None):
+        return load_splits(DataConfig(name="synthetic", options={"num_classes": 3}, image_size=16, fraction=fraction,
+                                      max_train_images=cap, cache_dir=str(tmp_path)), seed=seed)
+
+    whole = splits(0, 1.0, None)
+    capped = [splits(seed, 1.0, 150) for seed in (0, 1)]
+    # 600 balanced images capped at 150: 50 per class, the same pool whatever the cell's seed.
+    assert capped[0].train.labels.bincount().tolist() == [50, 50, 50]
+    assert (capped[0].train.rows == capped[1].train.rows).all()
+    assert set(capped[0].train.rows) < set(whole.train.rows)
+    # Fractions are of the pool: 0.2 of 150 = 10 per class, inside the pool; validation and test stay whole.
+    tenth = splits(1, 0.2, 150)
+    assert tenth.train.labels.bincount().tolist() == [10, 10, 10]
+    assert set(tenth.train.rows) < set(capped[0].train.rows)
+    assert len(tenth.val) == len(whole.val) and len(tenth.test) == len(whole.test)
+    assert tenth.params["data.max_train_images"] == "150"

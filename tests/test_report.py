@@ -133,7 +133,9 @@ def test_quickstart_report_files_and_numbers(quickstart, tmp_path):
     gains = full_data - full_data["full"]
     for method, gain in gains.items():
         if method != "full":
-            assert re.search(rf"^\| {method} \|.* \| {re.escape(f'{gain:+.1f}')} \|$", text, re.MULTILINE), method
+            # ... | Δ vs full | BatchNorm stats |
+            assert re.search(rf"^\| {method} \|.* \| {re.escape(f'{gain:+.1f}')} \| [a-z,-]+ \|$", text, re.MULTILINE), \
+                method
     epochs, exhaustive = int(raw["epochs_run"].sum()), int(raw["max_epochs"].sum())
     assert f"The sweep ran {epochs:,} trial-epochs where an exhaustive search would have run {exhaustive:,}" in text
     assert "## Recommendations" in text and "**" in text.split("## Recommendations")[1]

@@ -28,6 +28,8 @@ class DataConfig(_Strict):
     test_share: float = Field(0.2, gt=0.0, lt=1.0)
     on_corrupt: Literal["error", "skip"] = "error"
     on_duplicate: Literal["error", "drop"] = "error"
+    # Fractions are of a fixed stratified subset of this many training images (chosen with split_seed).
+    max_train_images: int | None = Field(None, ge=2)
     cache_dir: str | None = None
     # The manifest and image cache the sweep's driver prepared: {"manifest", "images"} file names, the source's
     # description, and "remote" (the storage's cache folder, from which nodes without them download them).
@@ -40,12 +42,22 @@ class BackboneConfig(_Strict):
     name: str
     weights: str = "default"
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    id: str | None = None  # how the sweep spec calls it (tags and reports); default: the name
+
+    @property
+    def key(self) -> str:
+        return self.id or self.name
 
 
 class MethodConfig(_Strict):
     name: str
     knobs: dict[str, Any] = Field(default_factory=dict)
     bn_mode: Literal["train", "eval"] | None = None
+    id: str | None = None  # how the sweep spec calls it (tags and reports); default: the name
+
+    @property
+    def key(self) -> str:
+        return self.id or self.name
 
 
 class ResourcesConfig(_Strict):

@@ -49,7 +49,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     params = {"task": cfg.task, "method": cfg.method.name, "train.lr": train.lr, "train.epochs": train.epochs,
               "selection.val": "val/best_acc", "selection.test": "test/acc",
               **{f"searched.{k}": v for k, v in cfg.searched.items()}, "trainable_params": 1, "total_params": 1}
-    tags = {"task": cfg.task, "dataset": cfg.data.name, "backbone": cfg.backbone.name, "method": cfg.method.name,
+    tags = {"task": cfg.task, "dataset": cfg.data.name, "backbone": cfg.backbone.key, "method": cfg.method.key,
             "fraction": str(cfg.data.fraction), "seed": str(cfg.seed)}
     if trial.start(params, tags, start):
         return

@@ -113,7 +113,7 @@ def run_tags(cfg: TrialConfig, data_params: dict[str, str]) -> dict[str, str]:
     """The tags reports group by. `dataset` is the spec's id for it (two csv datasets stay apart), or what was
     really used when the sweep fell back to synthetic data."""
     dataset = data_params.get("data.source", cfg.data.name) if cfg.data.fallback_from else (cfg.data.id or cfg.data.name)
-    tags = {"task": cfg.task, "dataset": dataset, "backbone": cfg.backbone.name, "method": cfg.method.name,
+    tags = {"task": cfg.task, "dataset": dataset, "backbone": cfg.backbone.key, "method": cfg.method.key,
             "fraction": str(cfg.data.fraction), "seed": str(cfg.seed)}
     if cfg.data.fallback_from:
         tags["data_fallback"] = f"synthetic data: {cfg.data.fallback_from} was not found"

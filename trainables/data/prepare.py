@@ -113,12 +113,17 @@ def load_splits(cfg: DataConfig, seed: int) -> SplitData:
     frame = manifest.frame.assign(row=np.arange(len(manifest.frame)))
     frame = drop_corrupt(frame, cache, cfg.on_corrupt, cfg.name)
     train = frame[frame["split"] == "train"]
+    if cfg.max_train_images and len(train) > cfg.max_train_images:
+        pool = fraction_mask(train["label"].to_numpy(), cfg.max_train_images / len(train), cfg.split_seed,
+                             manifest.classes)
+        train = train[pool]
     keep = fraction_mask(train["label"].to_numpy(), cfg.fraction, seed, manifest.classes)
     splits = {"train": train[keep], "val": frame[frame["split"] == "val"], "test": frame[frame["split"] == "test"]}
     data = {name: _split(cache.images, rows) for name, rows in splits.items()}
     params = {
         "data.source": describe,
         "data.classes": str(len(manifest.classes)),
+        "data.max_train_images": str(cfg.max_train_images or ""),
         "data.manifest_hash": manifest.hash,
         "data.cache_key": cache.key,
         "data.skipped_corrupt": str(len(cache.errors) if cfg.on_corrupt == "skip" else 0),
