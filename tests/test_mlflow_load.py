@@ -13,7 +13,7 @@ from mlflow.entities import Metric, Param
 from tests.servers import mlflow_server
 
 pytestmark = pytest.mark.slow
-WRITERS, STEPS = 16, 30
+WRITERS, STEPS = 16, 15
 
 
 def writer(args: tuple[str, str, int]) -> str:

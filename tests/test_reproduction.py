@@ -53,7 +53,7 @@ backbones:
   - {name: tf_efficientnet_lite0, id: resnet50.tv_in1k, weights: default}
 methods: [full, linear, bias, ssf]
 image_size: 32
-train: {epochs: 1, batch_size: 64, warmup_epochs: 0.2, select_metric: f1}
+train: {epochs: 2, batch_size: 64, warmup_epochs: 0.2, select_metric: f1}
 search: {sampler: grid, trials_per_cell: 1, spaces: {full: {lr: [0.001]}, linear: {lr: [0.01]}, bias: {lr: [0.01]},
          ssf: {lr: [0.003]}}}
 scheduler: {type: fifo}
