@@ -309,17 +309,25 @@ def recommendations(scores: pd.DataFrame, paired: pd.DataFrame | None = None) ->
                 if len(failed):
                     lines.append(f"{backbone} ({task}), {regime}: no recommendation, no method learned.{left_out}")
                 continue
-            method = wins.index[0]
-            runner = []
-            for (_dataset, _fraction), cell in cells:
-                others = cell[cell["method"] != method].sort_values("oriented", ascending=False)
-                ours = cell[cell["method"] == method]
-                if not others.empty and not ours.empty:
-                    runner.append(ours.iloc[0]["oriented"] - others.iloc[0]["oriented"])
+
+            def margins(candidate: str, cells=cells) -> list[float]:
+                """Per cell where it ran: the candidate's score minus the best other method's."""
+                out = []
+                for _, cell in cells:
+                    others = cell[cell["method"] != candidate].sort_values("oriented", ascending=False)
+                    ours = cell[cell["method"] == candidate]
+                    if not others.empty and not ours.empty:
+                        out.append(ours.iloc[0]["oriented"] - others.iloc[0]["oriented"])
+                return out
+
+            # Most cells won; between methods that won as many, the larger mean margin (not the order of names).
+            tied = [m for m in wins.index if wins[m] == wins.iloc[0]]
+            method = max(tied, key=lambda m: (np.mean(margins(m)) if margins(m) else -np.inf, m == tied[0]))
+            runner = margins(method)
             mine = usable[usable["method"] == method]
             unit = " points" if mine["unit"].iloc[0] == "%" else ""
             evidence = (f"best {mine['metric'].iloc[0]} in {int(wins.iloc[0])} of {cells.ngroups} dataset/fraction "
-                        f"cells that learned" + (f"; mean margin over the runner-up {np.mean(runner):+.1f}{unit}"
+                        f"cells that learned" + (f"; mean difference to the best other method {np.mean(runner):+.1f}{unit}"
                                                  if runner else ""))
             noise = float(mine["noise"].mean())
             if runner and noise == noise and abs(np.mean(runner)) < noise:

@@ -7,6 +7,7 @@ import itertools
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
@@ -79,3 +80,18 @@ def test_still_falling_and_lr_at_the_edge():
     trials = pd.DataFrame({"cell_key": ["a"] * 3 + ["b"] * 3, "searched.lr": [1e-4, 1e-3, 1e-2] * 2})
     chosen = pd.DataFrame({"cell_key": ["a", "b"], "searched.lr": [1e-2, 1e-3]})
     assert trust.lr_at_edge(trials, chosen).to_dict() == {"a": "high", "b": ""}
+
+
+def test_a_tie_in_wins_goes_to_the_larger_margin_not_the_name():
+    """'aaa' and 'zzz' win one dataset each; 'zzz' wins its dataset by 10 points and loses the other by 1, 'aaa'
+    the reverse: 'zzz' is recommended, with its mean difference to the best other method (10 - 1) / 2 = +4.5."""
+    from sweep.analysis import recommendations
+
+    scores = {("d1", "aaa"): 71.0, ("d1", "zzz"): 70.0, ("d1", "full"): 60.0,
+              ("d2", "aaa"): 60.0, ("d2", "zzz"): 70.0, ("d2", "full"): 50.0}
+    rows = [{"task": "classification", "backbone": "b", "fraction": 1.0, "dataset": d, "method": m, "oriented": v,
+             "learned": True, "unit": "%", "metric": "test/f1", "noise": 1.0} for (d, m), v in scores.items()]
+    frame = pd.DataFrame(rows)
+    frame["winner"] = frame.groupby("dataset")["oriented"].transform("max") == frame["oriented"]
+    (line,) = recommendations(frame)
+    assert "**zzz**" in line and "best other method +4.5 points" in line
