@@ -321,9 +321,9 @@ def recommendations(scores: pd.DataFrame, paired: pd.DataFrame | None = None) ->
                 return out
 
             # Most cells won; between methods that won as many, the larger mean margin (not the order of names).
-            tied = [m for m in wins.index if wins[m] == wins.iloc[0]]
-            method = max(tied, key=lambda m: (np.mean(margins(m)) if margins(m) else -np.inf, m == tied[0]))
-            runner = margins(method)
+            tied = {m: margins(m) for m in wins.index if wins[m] == wins.iloc[0]}
+            method = max(tied, key=lambda m: np.mean(tied[m]) if tied[m] else -np.inf)
+            runner = tied[method]
             mine = usable[usable["method"] == method]
             unit = " points" if mine["unit"].iloc[0] == "%" else ""
             evidence = (f"best {mine['metric'].iloc[0]} in {int(wins.iloc[0])} of {cells.ngroups} dataset/fraction "
