@@ -161,9 +161,10 @@ class PerCellHalving(_PerCell):
         self.rungs = halving_rungs(self.max_t, self.grace_period, self.reduction_factor)
         self._seen: list[Trial] | None = None  # the controller's trial list, of which ...
         self._ended_prefix = 0  # ... this many first trials have ended
+        self._erred: dict[str, Trial] = {}  # trial id -> a trial Tune reported errored, until it is seen to stay so
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_seen": None, "_ended_prefix": 0}  # Tune pickles the scheduler; not its trials
+    def __getstate__(self) -> dict:  # Tune pickles the scheduler; not its trials
+        return {**self.__dict__, "_seen": None, "_ended_prefix": 0, "_erred": {}}
 
     def _cell(self, cell: str) -> CellRungs:
         if cell not in self.state.halving:
@@ -207,16 +208,27 @@ class PerCellHalving(_PerCell):
         self._settle(tune_controller, cell, reporting=key)
         if epoch not in rungs.decided:
             return TrialScheduler.PAUSE
-        return TrialScheduler.CONTINUE if key in rungs.promoted[epoch] else TrialScheduler.STOP
+        if key not in rungs.promoted[epoch]:
+            # Lost here, or (after it had failed) decided without it: either way stopped early, and recorded so.
+            rungs.lost.add(key)
+            self.state.stopped_early.add(key)
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
-        # After a driver restart Tune hands paused trials back as pending, and starts every pending trial: one
-        # that waits at a rung (or lost there) is made paused again before Tune files it.
+        # A trial re-queued after an error (see on_trial_error) will report again: its rungs wait for it.
+        self._erred.pop(trial.trial_id, None)
+        # After a driver restart, and after a lost node, Tune hands trials back as pending and starts every
+        # pending trial: one that waits at a rung (or lost there) is made paused again before Tune files it.
         if trial.status == Trial.PENDING and not self._may_run(trial):
             trial.set_status(Trial.PAUSED)
 
     def choose_trial_to_run(self, tune_controller) -> Trial | None:
         """Promoted trials first (their cells finish sooner), then new ones; never one waiting at a rung."""
+        for trial_id, trial in list(self._erred.items()):
+            if trial.status == Trial.ERROR:  # not re-queued: it failed for good
+                del self._erred[trial_id]
+                self._drop(tune_controller, trial)
         trials = self._unended(tune_controller.get_trials())
         for trial in trials:
             if trial.status == Trial.PAUSED and trial_key_of(trial) in self._cell(cell_of(trial)).lost:
@@ -232,7 +244,12 @@ class PerCellHalving(_PerCell):
             self._drop(tune_controller, trial)
 
     def on_trial_error(self, tune_controller, trial: Trial) -> None:
-        self._drop(tune_controller, trial)
+        # Tune calls this for a trial that failed for good, and also for one it stops to restart from its
+        # checkpoint (its node was lost, or it failed within `max_failures`), re-adding that one at once
+        # (on_trial_add). Dropping it here would decide its rungs without it, and stop it unrecorded when it got
+        # there, or leave it waiting at a rung decided without it, for ever. So the verdict waits for Tune's
+        # next step (choose_trial_to_run): still errored, it is dropped.
+        self._erred[trial.trial_id] = trial
 
     def on_trial_remove(self, tune_controller, trial: Trial) -> None:
         if trial_key_of(trial) not in self._cell(cell_of(trial)).lost:  # not one of ours: stop waiting for it

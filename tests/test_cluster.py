@@ -26,16 +26,20 @@ LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # else Ray rewrites 127.0
 EPOCHS = 10
 
 
-def spec(path: Path) -> Path:
+DATASETS = ["{name: synthetic, id: a}", "{name: synthetic, id: b, options: {seed: 1}}"]
+
+
+def spec(path: Path, scheduler: str = "{type: fifo}", datasets: int = 2, trials_per_cell: int = 2) -> Path:
+    """Two methods on `datasets` synthetic datasets, `trials_per_cell` learning rates each."""
     path.write_text(
         "name: nodes\ntask: simulated\n"
-        "datasets: [{name: synthetic, id: a}, {name: synthetic, id: b, options: {seed: 1}}]\n"
+        f"datasets: [{', '.join(DATASETS[:datasets])}]\n"
         "backbones: [{name: test_resnet, weights: random}]\n"
         "methods: [linear, bitfit]\n"
         "image_size: 16\n"
         f"train: {{epochs: {EPOCHS}, epoch_seconds: 1.0}}\n"
-        "search: {sampler: grid, trials_per_cell: 2}\n"
-        "scheduler: {type: fifo}\n"
+        f"search: {{sampler: grid, trials_per_cell: {trials_per_cell}}}\n"
+        f"scheduler: {scheduler}\n"
         "resources: {cpus_per_trial: 0.5}\n"
     )
     return path
@@ -215,6 +219,59 @@ def test_lost_nodes_cost_at_most_an_epoch_and_no_failure(cluster, stack, tmp_pat
                 connection.cursor() as cursor:
             cursor.execute("SELECT count(*) FROM runs")
             assert cursor.fetchone()[0] == 8 + 4 + 1  # in PostgreSQL: the trials, the cells, the sweep's run
+
+
+def test_lost_nodes_under_synchronous_halving(cluster, tmp_path):
+    """Successive halving waits at each rung for every trial of a cell still in the race. A worker vanishes while
+    trials run towards the first rung (some of their cell already wait there, paused), then again while a
+    promoted trial runs towards the second: the rungs wait for the restarted trials, and each cell ends exactly
+    as halving without a lost node would (the best third of 3 at epoch 2 goes on; the rest stopped early there,
+    recorded as such), every epoch logged once."""
+    c = cluster(workers=2)
+    storage = tmp_path / "store"
+    uri = f"sqlite:///{storage / 'mlflow.db'}"
+    halving = "{type: halving, grace_period: 2, reduction_factor: 3}"  # rungs at epochs 2 and 6 of 10
+    sweep = LaunchedSweep(["--config", str(spec(tmp_path / "nodes.yaml", halving, datasets=1, trials_per_cell=3)),
+                           "--storage", str(storage), "--address", c.address], env={**os.environ, **LOOPBACK})
+    killed = {}  # trial key -> its last logged epoch when its node went
+    for min_epoch in (1, 3):
+        busy: dict = {}
+
+        def some_worker_busy(seen=busy, min_epoch=min_epoch) -> bool:
+            counts = {n: running_on(uri, n.node_id, min_epoch) for n in c.workers}
+            node = max(counts, key=lambda n: len(counts[n]))
+            seen.update(node=node, trials=counts[node])
+            return bool(counts[node])
+
+        assert sweep.wait_for(some_worker_busy, timeout=240), f"no trial got going:\n{sweep.output[-3000:]}"
+        c.cluster.remove_node(busy["node"], allow_graceful=False)
+        c.workers.remove(busy["node"])
+        killed.update(busy["trials"])
+        c.workers.append(c.add())
+    assert sweep.wait(300) == 0, sweep.output[-3000:]
+    out = sweep.output
+    assert "2/2 cells complete" in out and "[node lost]" in out, out[-4000:]
+    verdicts = [line for line in out.splitlines() if line.startswith("[") and "/trial=" in line]
+    assert not [v for v in verdicts if "finished" in v and f"finished {EPOCHS}/{EPOCHS}" not in v], verdicts
+    client, runs = trial_runs(uri)
+    assert len({r.data.tags["trial_key"] for r in runs}) == len(runs) == 6, "one MLflow run per trial"
+    by_cell: dict[str, list] = {}
+    for run in runs:
+        key = run.data.tags["trial_key"]
+        by_cell.setdefault(key.rsplit("/trial=", 1)[0], []).append(run)
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch")]
+        expected = EPOCHS if run.data.tags["status"] == "finished" else 2
+        assert steps == list(range(1, expected + 1)), f"{key} ({run.data.tags['status']}): logged {steps}"
+        if key in killed:
+            assert int(run.data.tags.get("resumed_from_epoch", 0)) >= killed[key] - 1, key
+    for cell, cell_runs in by_cell.items():
+        assert sorted(r.data.tags["status"] for r in cell_runs) == ["finished", "stopped_early", "stopped_early"]
+        at_rung = {r.data.tags["trial_key"]: next(m.value for m in client.get_metric_history(r.info.run_id,
+                                                                                               "val/best_acc")
+                                                  if m.step == 2) for r in cell_runs}
+        winner = next(r.data.tags["trial_key"] for r in cell_runs if r.data.tags["status"] == "finished")
+        assert at_rung[winner] == max(at_rung.values()), f"{cell}: {winner} went on, the best at epoch 2 did not"
+    assert killed, "no trial was running on a lost node"
 
 
 def test_head_lost_and_the_sweep_resumed_on_a_new_head(cluster, tmp_path):

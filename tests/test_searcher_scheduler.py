@@ -248,9 +248,10 @@ def test_halving_stops_waiting_for_failed_trials():
     # One diverges (reports failed and ends itself), one errors: the rung is complete with the two that reported.
     assert sched.on_trial_result(ctl, trials[2], {"epoch": 1, "failed": 1, "val/best_acc": float("nan")}) == "CONTINUE"
     assert sched.choose_trial_to_run(ctl) is None
-    sched.on_trial_error(ctl, trials[3])
+    failed_for_good(sched, ctl, trials[3])
+    assert sched.choose_trial_to_run(ctl) is trials[1]  # Tune's next step: trial 3 is known failed
     assert sched.state.halving["c"].promoted[1] == {"c/trial=1"}  # ceil(2/3) = 1
-    assert ctl.stopped == ["c/trial=0"] and sched.choose_trial_to_run(ctl) is trials[1]
+    assert ctl.stopped == ["c/trial=0"]
 
 
 def test_halving_searcher_records_a_trial_stopped_while_paused_as_stopped_early():
@@ -352,6 +353,80 @@ def test_halving_never_waits_forever(caplog):
     with caplog.at_level(logging.WARNING):
         assert sched.choose_trial_to_run(ctl) is trials[0]
     assert "c/trial=2" in caplog.text and ctl.stopped == ["c/trial=1"]
+
+
+def retried(sched, ctl, trial):
+    """What Tune does with a trial whose node is lost (or that fails within its failure budget): it stops it as
+    errored, tells the scheduler `on_trial_error`, then queues it again (`on_trial_add`) to restart from its last
+    checkpoint (TuneController._try_recover)."""
+    trial.status = "ERROR"
+    sched.on_trial_error(ctl, trial)
+    trial.status = "PENDING"
+    sched.on_trial_add(ctl, trial)
+
+
+def failed_for_good(sched, ctl, trial):
+    """What Tune does with a trial that errs past its failure budget: `on_trial_error`, then it stays ERROR."""
+    sched.on_trial_error(ctl, trial)
+    trial.status = "ERROR"
+
+
+def test_halving_waits_for_a_trial_restarted_after_losing_its_node():
+    # Trial 2 loses its node before its first rung: the rung waits for its restart instead of being decided on
+    # trials 0 and 1 (which stopped it, unrecorded, when it got there: "finished 1/9 epochs").
+    sched = halving({"c": 3})
+    trials = [StubTrial(str(i), "c") for i in range(3)]
+    ctl = StubController(sched, trials)
+    assert step(sched, ctl, trials[0], 1, 0.5) == TrialScheduler.PAUSE
+    assert step(sched, ctl, trials[1], 1, 0.6) == TrialScheduler.PAUSE
+    retried(sched, ctl, trials[2])
+    assert trials[2].status == "PENDING"  # restarts at once
+    assert sched.choose_trial_to_run(ctl) is trials[2] and ctl.stopped == []
+    assert 1 not in sched.state.halving["c"].decided
+    assert step(sched, ctl, trials[2], 1, 0.9) == TrialScheduler.CONTINUE  # the best of the three goes on
+    assert ctl.stopped == ["c/trial=0", "c/trial=1"] and sched.state.stopped_early == {"c/trial=0", "c/trial=1"}
+
+
+def test_halving_keeps_a_trial_that_lost_its_node_while_pausing_at_a_rung():
+    # Trial 0 reported rung 1 and Tune was pausing it when its node went: its value there stands, it waits paused
+    # (it is not started again just to wait), and it goes on from its checkpoint when it wins.
+    sched = halving({"c": 3})
+    trials = [StubTrial(str(i), "c") for i in range(3)]
+    ctl = StubController(sched, trials)
+    step(sched, ctl, trials[0], 1, 0.9)
+    trials[0].status = "RUNNING"  # the pause was not carried out
+    retried(sched, ctl, trials[0])
+    assert trials[0].status == "PAUSED"
+    step(sched, ctl, trials[1], 1, 0.5)
+    assert step(sched, ctl, trials[2], 1, 0.6) == TrialScheduler.STOP
+    assert ctl.stopped == ["c/trial=1"] and sched.choose_trial_to_run(ctl) is trials[0]
+
+
+def test_halving_decides_without_a_trial_that_failed_for_good():
+    sched = halving({"c": 3})
+    trials = [StubTrial(str(i), "c") for i in range(3)]
+    ctl = StubController(sched, trials)
+    step(sched, ctl, trials[0], 1, 0.5)
+    step(sched, ctl, trials[1], 1, 0.6)
+    failed_for_good(sched, ctl, trials[2])
+    sched.choose_trial_to_run(ctl)  # Tune's next step
+    assert sched.state.halving["c"].promoted[1] == {"c/trial=1"} and ctl.stopped == ["c/trial=0"]
+
+
+def test_halving_stops_a_trial_that_reaches_a_rung_decided_without_it_as_stopped_early():
+    # Rung 1 was decided without trial 2 (it had failed); restarted all the same (a resume that retries errored
+    # trials), it is stopped there and recorded as stopped early, not left to look finished.
+    sched = halving({"c": 3})
+    trials = [StubTrial(str(i), "c") for i in range(3)]
+    ctl = StubController(sched, trials)
+    step(sched, ctl, trials[0], 1, 0.9)
+    step(sched, ctl, trials[1], 1, 0.2)
+    failed_for_good(sched, ctl, trials[2])
+    sched.choose_trial_to_run(ctl)
+    assert 1 in sched.state.halving["c"].decided
+    trials[2].status = "RUNNING"
+    assert step(sched, ctl, trials[2], 1, 0.95) == TrialScheduler.STOP
+    assert "c/trial=2" in sched.state.stopped_early
 
 
 def test_a_lost_node_does_not_use_up_the_failure_budget(tmp_path):
