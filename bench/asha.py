@@ -19,12 +19,12 @@ from types import SimpleNamespace
 import pandas as pd
 
 from bench.common import Result, data_args, launch
-from trainables.tasks import SCORE
+from trainables.contract import SCORE
 
 
 def same_choice(exhaustive: pd.DataFrame, searched: pd.DataFrame) -> tuple[int, int]:
     """Cells where `searched` chose the exhaustive choice or one within 0.5 points of it; cells in all."""
-    from sweep.analysis import chosen_trials
+    from sweep.report.analysis import chosen_trials
 
     best_exhaustive = chosen_trials(exhaustive).set_index("cell_key")
     best_searched = chosen_trials(searched).set_index("cell_key")
@@ -67,12 +67,13 @@ def replay_halving(curves: dict[str, dict[int, dict[str, float]]], max_t: int, g
     halving run reproduces them epoch for epoch): the trial-epochs it would spend and the trials that finish."""
     from ray.tune.schedulers import TrialScheduler
 
-    from sweep.scheduler import PerCellHalving
-    from sweep.searcher import SweepState
+    from sweep.tune.scheduler import PerCellHalving
+    from sweep.tune.searcher import SweepState
 
     trials = [_Trial(key, curve) for key, curve in sorted(curves.items())]
     budgets = Counter(t.config["tracking"]["cell_key"] for t in trials)
-    scheduler = PerCellHalving(SweepState(), dict(budgets), SCORE, "max", max_t, "epoch", grace, eta)
+    scheduler = PerCellHalving(state=SweepState(), budgets=dict(budgets), max_t=max_t, grace_period=grace,
+                               reduction_factor=eta)
     controller, epochs = _Controller(trials), 0
     while (trial := scheduler.choose_trial_to_run(controller)) is not None:
         trial.status = "RUNNING"
@@ -88,9 +89,9 @@ def replay_halving(curves: dict[str, dict[int, dict[str, float]]], max_t: int, g
 
 
 def curves_of(uri: str, runs: pd.DataFrame) -> dict[str, dict[int, dict[str, float]]]:
-    from sweep import tracking
+    from sweep.store import mlflow_experiment
 
-    client, curves = tracking.client(uri), {}
+    client, curves = mlflow_experiment.client(uri), {}
     for key, run_id in zip(runs["trial_key"], runs["run_id"], strict=True):
         by_epoch: dict[int, dict[str, float]] = {}
         for metric in (SCORE, "val/best_loss"):
@@ -101,7 +102,7 @@ def curves_of(uri: str, runs: pd.DataFrame) -> dict[str, dict[int, dict[str, flo
 
 
 def run(quick: bool = False) -> list[Result]:
-    from sweep.analysis import trials_table
+    from sweep.report.analysis import trials_table
 
     # Full: 8 cells x 8 learning rates x 27 epochs, about the study's length of training; quick: 4 cells x 6 x 9.
     # Linear probing at 32 px keeps the exhaustive run affordable on a CPU. Rungs as in paper.yaml (grace 3,

@@ -39,8 +39,7 @@ def sample_images(folder: Path, quick: bool) -> tuple[Path, int]:
 def run(quick: bool = False) -> list[Result]:
     from trainables.config import DataConfig
     from trainables.data import Batches, load_splits
-    from trainables.data.base import decode_file
-    from trainables.data.prepare import square_resize
+    from trainables.data.base import decode_file, square_resize
 
     torch.set_num_threads(1)
     results = []

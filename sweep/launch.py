@@ -25,11 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweep.spec import SpecError
-
-EXIT_BAD_INPUT = 2
-EXIT_STORAGE = 3
-EXIT_INTERRUPTED = 130
+from sweep.exit_codes import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_STORAGE
+from sweep.plan.spec import SpecError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    from sweep import report_text
+    from sweep.report import launcher_output
 
     if args.dry_run:
-        print("\n\n".join(report_text.dry_run(s.plan, s.name) for s in sweeps))
+        print("\n\n".join(launcher_output.dry_run(s.plan, s.name) for s in sweeps))
         if args.calibrate:
             from sweep import calibrate
 
@@ -80,10 +77,10 @@ def main(argv: list[str] | None = None) -> int:
                 return EXIT_BAD_INPUT
         return 0
     for note in dict.fromkeys(note for s in sweeps for note in s.plan.notes):
-        print(report_text.banner(note), flush=True)
+        print(launcher_output.banner(note), flush=True)
 
-    from sweep.plan import prepare_data
-    from sweep.run import StorageLost, run_sweep, save_inputs
+    from sweep.plan.validate import prepare_data
+    from sweep.tune.run import StorageLost, run_sweep, save_inputs
 
     try:  # every arm's data, before any arm starts: bad data stops the whole sweep now
         prepared = [prepare_data(s.plan, s.storage, log=lambda line: print(line, flush=True)) for s in sweeps]
@@ -103,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         except StorageLost as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_STORAGE
-        print(report_text.summary(plan, name, outcome, storage, sweep.mlflow_uri))
+        print(launcher_output.summary(plan, name, outcome, storage, sweep.mlflow_uri))
         if not outcome.complete:
             return EXIT_INTERRUPTED
         empty = outcome.cells.loc[~outcome.cells["has_result"], "cell_key"].tolist()
@@ -128,11 +125,11 @@ class Setup:
 
 def _setup(args: argparse.Namespace) -> list[Setup]:
     """Everything that can be wrong with the input, checked before anything is created."""
-    from sweep.plan import make_plan
-    from sweep.run import load_inputs
-    from sweep.spec import DEFAULT_SPEC, SweepSpec, load_specs
-    from sweep.storage import parse_storage
-    from sweep.tracking import check_tracking_uri, without_credentials
+    from sweep.plan.spec import DEFAULT_SPEC, SweepSpec, chosen_arms, load_specs
+    from sweep.plan.validate import make_plan
+    from sweep.store.mlflow_experiment import check_tracking_uri, without_credentials
+    from sweep.store.storage import parse_storage
+    from sweep.tune.run import load_inputs
 
     spec_path = Path(args.config) if args.config else DEFAULT_SPEC
     storage = parse_storage(args.storage)
@@ -140,7 +137,7 @@ def _setup(args: argparse.Namespace) -> list[Setup]:
         raise SpecError("--set cannot change a sweep on --resume: it continues as it was started")
     if args.calibrate and not args.dry_run:
         raise SpecError("--calibrate goes with --dry-run (or run python -m sweep.calibrate)")
-    specs = _chosen_arms(load_specs(spec_path, args.overrides), args.arm)
+    specs = chosen_arms(load_specs(spec_path, args.overrides), args.arm)
     data_root = args.data_root or os.environ.get("MEDPEFT_DATA_ROOT") or None
     checked_storage = False
     setups = []
@@ -187,18 +184,8 @@ def check_local_resources(plan) -> None:
                 "Lower resources.gpus_per_trial / cpus_per_trial (or per_method), or run on a cluster with --address")
 
 
-def _chosen_arms(specs: list, arms: list[str]) -> list:
-    if not arms:
-        return specs
-    known = [s.arm for s in specs if s.arm]
-    unknown = sorted(set(arms) - set(known))
-    if unknown:
-        raise SpecError(f"--arm {', '.join(unknown)}: this spec's arms are {', '.join(known) or '(none)'}")
-    return [s for s in specs if s.arm in arms]
-
-
 def _default_tracking_uri(storage) -> str:
-    from sweep.tracking import default_tracking_uri
+    from sweep.store.mlflow_experiment import default_tracking_uri
 
     return default_tracking_uri(storage)
 
@@ -214,7 +201,7 @@ def _check_name(storage, name: str, mlflow_uri: str, resume: bool) -> None:
             "or start a new one with --name NEW_NAME (results are never overwritten)"
         )
     if not resume and mlflow_uri.startswith("sqlite:///") and Path(mlflow_uri.removeprefix("sqlite:///")).exists():
-        from sweep.tracking import find_experiment
+        from sweep.store.mlflow_experiment import find_experiment
 
         if find_experiment(mlflow_uri, name) is not None:
             raise SpecError(

@@ -11,8 +11,9 @@ import pytest
 
 from sweep import calibrate
 from sweep.launch import main as launch_main
-from sweep.plan import make_plan
-from sweep.spec import SpecError, load_spec
+from sweep.plan import cost
+from sweep.plan.spec import SpecError, load_spec
+from sweep.plan.validate import make_plan
 
 SPEC = """
 name: calib
@@ -87,9 +88,9 @@ def test_auto_gpu_shares_follow_the_measured_memory(spec_file, tmp_path):
     # A calibration of that GPU type, as `python -m sweep.calibrate` on it would have cached.
     memory = {"linear": 900.0, "ssf": 3000.0, "lora": 7000.0}
     plan = make_plan(load_spec(spec_file), spec_file, None)
-    measured = {calibrate.group_of(plan.spec, c).key: {"peak_memory_mb": memory[c.method.name],
+    measured = {cost.group_of(plan.spec, c).key: {"peak_memory_mb": memory[c.method.name],
                                                        "device_memory_mb": 16384.0} for c in plan.cells}
-    calibrate.write_cache("Test GPU 16GB", measured)
+    cost.write_cache("Test GPU 16GB", measured)
     plan = make_plan(spec, spec_file, None)
     for cell in plan.cells:
         expected = math.ceil(100 * memory[cell.method.name] * 1.2 / 16384) / 100  # peak + 20% of a 16 GB card

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from trainables.launch import DRIVER_RESOURCE
+from trainables.trainable import DRIVER_RESOURCE
 
 REPO = Path(__file__).resolve().parents[1]
 

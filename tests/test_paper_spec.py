@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from sweep.launch import main
-from sweep.spec import load_specs
+from sweep.plan.spec import load_specs
 from tests import dataset_layouts as layouts
 from tests.conftest import needs_shared_data
 

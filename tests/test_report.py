@@ -15,7 +15,8 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from sweep import analysis, report
+from sweep.report import analysis
+from sweep.report import build as report
 from tests.conftest import needs_shared_data
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

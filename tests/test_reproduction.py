@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from sweep import report, reproduction
-from sweep.reference import load_reference
+from sweep.references import load_reference
+from sweep.report import build as report
+from sweep.report import reproduction
 from tests.conftest import SHARED_DATA, launch, needs_shared_data
 
 

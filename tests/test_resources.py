@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from sweep.grid import method_resources
-from sweep.run import concurrent_trials
-from sweep.spec import SweepSpec
-from trainables.launch import DRIVER_RESOURCE, trial_resources
+from sweep.plan.grid import method_resources
+from sweep.plan.spec import SweepSpec
+from sweep.tune.run import concurrent_trials
+from trainables.trainable import DRIVER_RESOURCE, trial_resources
 
 
 def spec(**resources) -> SweepSpec:

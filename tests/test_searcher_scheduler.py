@@ -12,9 +12,9 @@ import pytest
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
-from sweep.scheduler import PerCellASHA, PerCellHalving
-from sweep.searcher import CellPlan, CellSearcher, SweepState, grid_order
-from sweep.spec import Dist, halving_epochs
+from sweep.plan.spec import Dist, halving_epochs
+from sweep.tune.scheduler import PerCellASHA, PerCellHalving
+from sweep.tune.searcher import CellPlan, CellSearcher, SweepState, grid_order
 
 LR = {"lr": Dist(low=1e-4, high=1e-2)}
 
@@ -26,7 +26,7 @@ def plans(n_cells=3, budget=3, space=LR):
 
 
 def searcher(sampler="grid", cell_by_cell=False, **kw) -> CellSearcher:
-    return CellSearcher(plans(**kw), SweepState(), "val/best_acc", "max", sampler=sampler, grid_points=3, seed=0,
+    return CellSearcher(cells=plans(**kw), state=SweepState(), metric="val/best_acc", sampler=sampler, grid_points=3, seed=0,
                         cell_by_cell=cell_by_cell)
 
 
@@ -101,7 +101,8 @@ class StubTrial:
 
 
 def scheduler(state=None) -> PerCellASHA:
-    return PerCellASHA(state or SweepState(), "val/best_acc", "max", max_t=9, grace_period=1, reduction_factor=3)
+    return PerCellASHA(state=state or SweepState(), metric="val/best_acc", max_t=9, grace_period=1,
+                       reduction_factor=3)
 
 
 def report(sched, trial, epoch, value):
@@ -137,7 +138,7 @@ def test_reaching_max_t_is_not_an_early_stop():
 
 def test_rung_records_survive_a_restore_through_the_searcher(tmp_path):
     state = SweepState()
-    s = CellSearcher(plans(n_cells=1), state, "val/best_acc", "max")
+    s = CellSearcher(cells=plans(n_cells=1), state=state, metric="val/best_acc")
     sched = scheduler(state)
     trials = [StubTrial(f"t{i}", "c") for i in range(3)]
     for t, v in zip(trials, [0.8, 0.9, 0.85], strict=True):
@@ -148,14 +149,13 @@ def test_rung_records_survive_a_restore_through_the_searcher(tmp_path):
     # As after Tuner.restore: searcher and scheduler unpickled together from tuner.pkl (sharing one state object,
     # but with the state of the experiment's start), then the searcher restores the latest snapshot in place.
     start_state = SweepState()
-    fresh_s, fresh_sched = pickle.loads(pickle.dumps((CellSearcher(plans(n_cells=1), start_state, "val/best_acc",
-                                                                   "max"), scheduler(start_state))))
+    fresh_s, fresh_sched = pickle.loads(pickle.dumps((CellSearcher(cells=plans(n_cells=1), state=start_state, metric="val/best_acc"), scheduler(start_state))))
     assert fresh_s.state is fresh_sched.state
     fresh_s.restore(str(tmp_path / "s.pkl"))
     newcomer = StubTrial("t9", "c")
     fresh_sched.on_trial_add(None, newcomer)
     assert report(fresh_sched, newcomer, 1, 0.5) == TrialScheduler.STOP  # compared with the restored rung
-    restored_rung = fresh_s.state.asha["c"]._brackets[0]._rungs[-1][1]
+    restored_rung = fresh_s.state.asha["c"].scheduler._brackets[0]._rungs[-1][1]
     assert {"t0", "t1", "t2", "t9"} <= set(restored_rung)
 
 
@@ -182,7 +182,7 @@ class StubController:
 
 
 def halving(budgets, max_t=9, state=None) -> PerCellHalving:
-    return PerCellHalving(state or SweepState(), budgets, "val/best_acc", "max", max_t=max_t, grace_period=1,
+    return PerCellHalving(state=state or SweepState(), budgets=budgets, metric="val/best_acc", max_t=max_t, grace_period=1,
                           reduction_factor=3)
 
 
@@ -256,7 +256,7 @@ def test_halving_stops_waiting_for_failed_trials():
 
 def test_halving_searcher_records_a_trial_stopped_while_paused_as_stopped_early():
     state = SweepState()
-    s = CellSearcher(plans(n_cells=1, budget=3), state, "val/best_acc", "max")
+    s = CellSearcher(cells=plans(n_cells=1, budget=3), state=state, metric="val/best_acc")
     cell = plans(n_cells=1)[0].key
     sched = halving({cell: 3}, state=state)
     trials = []
@@ -277,7 +277,7 @@ def test_halving_spends_exactly_the_planned_epochs_and_survives_a_restore(tmp_pa
     """Drive whole cells through a stand-in Tune loop (a restore in the middle) and count trial-epochs."""
     budgets = {"a": 8, "b": 5}
     state = SweepState()
-    s = CellSearcher(plans(n_cells=1), state, "val/best_acc", "max")
+    s = CellSearcher(cells=plans(n_cells=1), state=state, metric="val/best_acc")
     sched = halving(budgets, max_t=9, state=state)
     trials = [StubTrial(str(i), c) for c, n in budgets.items() for i in range(n)]
     for t in trials:
@@ -301,7 +301,7 @@ def test_halving_spends_exactly_the_planned_epochs_and_survives_a_restore(tmp_pa
             s.save(str(tmp_path / "s.pkl"))
             fresh = SweepState()
             sched = halving(budgets, max_t=9, state=fresh)
-            CellSearcher(plans(n_cells=1), fresh, "val/best_acc", "max").restore(str(tmp_path / "s.pkl"))
+            CellSearcher(cells=plans(n_cells=1), state=fresh, metric="val/best_acc").restore(str(tmp_path / "s.pkl"))
             ctl = StubController(sched, trials)
             for t in trials:
                 t.status = "PENDING" if t.status == "PAUSED" else t.status
@@ -435,7 +435,7 @@ def test_a_lost_node_does_not_use_up_the_failure_budget(tmp_path):
     import cloudpickle
     from ray.exceptions import ActorUnavailableError, RayTaskError
 
-    from sweep.callbacks import NodeLossIsNotAFailure
+    from sweep.tune.callbacks import NodeLossIsNotAFailure
 
     class FakeTrial:
         def __init__(self, error):

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from sweep.grid import base_config, expand, grid_values, trial_budget, with_searched
-from sweep.spec import (
+from sweep.plan.grid import base_config, expand, grid_values, trial_budget, with_searched
+from sweep.plan.spec import (
     DEFAULT_SPEC,
     Dist,
     SpecError,

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sweep.reference import PrintedCount, count_table, load_reference, study_settings
+from sweep.references import PrintedCount, count_table, load_reference, study_settings
 from trainables.backbones import build_backbone
 from trainables.methods import prepare_model
 from trainables.probe import probe

@@ -8,8 +8,8 @@ import pytest
 
 from tests.conftest import mlflow_experiment, run_worker
 from trainables.classification import train_loop_per_worker
+from trainables.mlflow_run import config_hash
 from trainables.session import LocalSession
-from trainables.tracking import config_hash
 
 
 def trial_config(tmp_path=None, storage=None, **train) -> dict:
@@ -146,7 +146,7 @@ def test_a_run_stopped_before_it_logged_an_epoch_is_trained_not_replayed(tmp_pat
 
 
 def test_a_trial_that_ends_without_reporting_fails_instead_of_failing_the_sweep(monkeypatch):
-    import trainables.launch as launch
+    import trainables.trainable as launch
 
     monkeypatch.setattr(launch, "get_task", lambda name: type("Task", (), {"worker": staticmethod(lambda c: None)}))
     with pytest.raises(RuntimeError, match="k/trial=0 ended without reporting any epoch"):

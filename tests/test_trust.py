@@ -1,4 +1,4 @@
-"""The checks that keep artefacts out of the answer (sweep.trust), against direct computations: scikit-learn on
+"""The checks that keep artefacts out of the answer (sweep.report.trust), against direct computations: scikit-learn on
 explicit predictions, simulation, scipy's exact tests, and the bootstrap enumerated exhaustively."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
-from sweep import trust
+from sweep.report import trust
 
 
 @pytest.mark.parametrize("counts", [[21, 57], [42, 114], [50, 50], [3, 10, 40, 7], [150, 150, 150, 115, 150, 150, 142]])
@@ -85,7 +85,7 @@ def test_still_falling_and_lr_at_the_edge():
 def test_a_tie_in_wins_goes_to_the_larger_margin_not_the_name():
     """'aaa' and 'zzz' win one dataset each; 'zzz' wins its dataset by 10 points and loses the other by 1, 'aaa'
     the reverse: 'zzz' is recommended, with its mean difference to the best other method (10 - 1) / 2 = +4.5."""
-    from sweep.analysis import recommendations
+    from sweep.report.analysis import recommendations
 
     scores = {("d1", "aaa"): 71.0, ("d1", "zzz"): 70.0, ("d1", "full"): 60.0,
               ("d2", "aaa"): 60.0, ("d2", "zzz"): 70.0, ("d2", "full"): 50.0}

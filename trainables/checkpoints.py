@@ -26,14 +26,15 @@ import pyarrow.fs as pafs
 LATEST = "LATEST"
 
 
-def trial_dirname(trial_key: str) -> str:
+def safe_dirname(trial_key: str) -> str:
+    """A trial key as one folder name: its checkpoint folder, and the start of its Tune trial folder."""
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", trial_key)
 
 
 class CheckpointStore:
     def __init__(self, root: str, trial_key: str, digest: str) -> None:
         self.fs, base = pafs.FileSystem.from_uri(root) if "://" in root else (pafs.LocalFileSystem(), root)
-        self.dir = f"{base.rstrip('/')}/{trial_dirname(trial_key)}"
+        self.dir = f"{base.rstrip('/')}/{safe_dirname(trial_key)}"
         self.digest = digest  # a checkpoint of another config under the same key is not ours to resume
 
     def save(self, local_dir: Path, epoch: int) -> None:

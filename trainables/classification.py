@@ -25,6 +25,7 @@ from torch import nn
 
 from trainables.backbones import build_backbone
 from trainables.config import TrialConfig
+from trainables.contract import SCORE, Selection
 from trainables.data import Batches, ImageSplit, load_splits
 from trainables.devices import ddp, device_for, peak_memory_mb
 from trainables.methods import (
@@ -36,7 +37,6 @@ from trainables.methods import (
 )
 from trainables.metrics import classification_metrics
 from trainables.session import current_session
-from trainables.tasks import SCORE, Selection
 from trainables.trial import (
     Diverged,
     Trial,

@@ -78,7 +78,7 @@ _current: Session | None = None
 
 def current_session() -> Session:
     if _current is None:
-        raise RuntimeError("No training session: run the loop through trainables.launch or use_session(...).")
+        raise RuntimeError("No training session: run the loop through trainables.trainable or use_session(...).")
     return _current
 
 

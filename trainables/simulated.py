@@ -15,8 +15,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from trainables.config import TrialConfig
+from trainables.contract import SCORE
 from trainables.session import current_session
-from trainables.tasks import SCORE
 from trainables.trial import Trial
 
 

@@ -2,9 +2,7 @@
 backbone families it trains, how to check a backbone/method pair without training, and which metrics it reports.
 Nothing else of trainables is needed to plan or run a sweep.
 
-Every task reports `score` each epoch: its selection metric oriented so that higher is better (the best-so-far
-validation accuracy for classification, minus the best validation denoising loss for text-to-image). The sweep's
-searcher and per-cell scheduler compare trials on it, whatever the task.
+What a task's trials report, and the rule its trials are ranked by, are the contract in trainables/contract.py.
 """
 
 from __future__ import annotations
@@ -15,16 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-SCORE = "score"
-
-
-@dataclass(frozen=True)
-class Selection:
-    """What a task's trials are chosen on (validation) and reported with (test), and which way is better."""
-
-    val: str  # e.g. "val/best_acc"
-    test: str  # e.g. "test/acc"
-    test_higher_is_better: bool = True
+from trainables.contract import Selection
 
 
 @dataclass(frozen=True)

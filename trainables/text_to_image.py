@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from trainables.config import TrialConfig
+from trainables.contract import SCORE, Selection
 from trainables.data import ImageSplit, check_captions, load_splits
 from trainables.data.manifest import default_cache_dir
 from trainables.devices import ddp, device_for, peak_memory_mb
@@ -33,7 +34,6 @@ from trainables.diffusion_models import DiffusionParts, build_diffusion
 from trainables.fid import feature_extractor, fid, kid
 from trainables.methods import load_trainable_state, param_groups, prepare_model, trainable_state_dict
 from trainables.session import current_session
-from trainables.tasks import SCORE, Selection
 from trainables.trial import (
     Diverged,
     Trial,

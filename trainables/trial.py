@@ -14,9 +14,19 @@ from typing import Any, TypeVar
 
 from trainables.checkpoints import CheckpointStore
 from trainables.config import TrialConfig
+from trainables.contract import (
+    EPOCH,
+    FAILED,
+    FAILURE_REASON,
+    REPLAYED,
+    REPLAYED_STOPPED_EARLY,
+    RUN_ID,
+    SCORE,
+    Selection,
+    Status,
+)
+from trainables.mlflow_run import DIVERGED, TrialRun, config_hash, open_trial_run
 from trainables.session import Session
-from trainables.tasks import SCORE, Selection
-from trainables.tracking import RUN_ID, TrialRun, config_hash, open_trial_run
 
 
 def warmup_cosine(optimizer, warmup_steps: int, total_steps: int):
@@ -187,8 +197,8 @@ class Trial:
             # record was lost). Nothing is left to train, and a trial that ends without a report would fail the
             # whole Tune experiment: the final report is made again from the checkpoint.
             self.run.log_metrics(self.final_report, step=resumed_epoch)
-            self.run.finish("finished")
-            self._report({**self.final_report, "replayed": 1})
+            self.run.finish(Status.FINISHED)
+            self._report({**self.final_report, REPLAYED: 1})
             return True
         # Where this attempt runs (the last attempt's node, when a trial was moved after losing its node).
         self.run.set_tags({"node": node_id(), **({"resumed_from_epoch": str(resumed_epoch)} if resumed_epoch else {})})
@@ -199,11 +209,11 @@ class Trial:
         history = list(self.run.history().values())
         for i, metrics in enumerate(history):
             last = i == len(history) - 1
-            mark = {"replayed": 1, **({"replayed_stopped_early": 1} if last and self.run.ended == "stopped_early"
-                                      else {})}
+            mark = {REPLAYED: 1, **({REPLAYED_STOPPED_EARLY: 1} if last and self.run.ended == Status.STOPPED_EARLY
+                                    else {})}
             self._report({**metrics, **mark})
-        if self.run.ended == "diverged":
-            self._report(self._failure(len(history) + 1, self.run.failure_reason) | {"replayed": 1})
+        if self.run.ended == DIVERGED:
+            self._report(self._failure(len(history) + 1, self.run.failure_reason) | {REPLAYED: 1})
 
     def end_epoch(self, epoch: int, metrics: dict[str, Any], last: bool,
                   save: Callable[[Path], None] | None = None) -> None:
@@ -212,7 +222,7 @@ class Trial:
         self.epoch = epoch
         self.run.log_metrics(metrics, step=epoch)
         if last:
-            self.run.finish("finished")
+            self.run.finish(Status.FINISHED)
             self.finished = True
         if save and self.store and self.session.world_rank == 0 and (epoch % self.every == 0 or last):
             with tempfile.TemporaryDirectory(prefix="medpeft-ckpt-") as directory:
@@ -232,7 +242,7 @@ class Trial:
     @staticmethod
     def _failure(epoch: int, reason: str) -> dict[str, Any]:
         # The score as NaN: Tune requires every result to carry the metric the sweep compares on.
-        return {"epoch": epoch, "failed": 1, "failure_reason": reason, SCORE: float("nan")}
+        return {EPOCH: epoch, FAILED: 1, FAILURE_REASON: reason, SCORE: float("nan")}
 
     @contextlib.contextmanager
     def failures(self) -> Iterator[None]:
@@ -241,7 +251,7 @@ class Trial:
         try:
             yield
         except Diverged as e:
-            self.run.finish("failed", str(e), kind="diverged")
+            self.run.finish(Status.FAILED, str(e), kind=DIVERGED)
             self._report(self._failure(self.epoch + 1, str(e)))
         except SystemExit:
             raise  # Tune stopped the trial (early stop or shutdown); the driver records why.
@@ -250,5 +260,5 @@ class Trial:
         except BaseException as e:
             # After the run is recorded finished, only the final report (or checkpoint) can fail: the result stands.
             if self.run is not None and not self.finished:
-                self.run.finish("failed", f"{type(e).__name__}: {e}", kind="error")
+                self.run.finish(Status.FAILED, f"{type(e).__name__}: {e}", kind="error")
             raise

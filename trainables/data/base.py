@@ -178,6 +178,23 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()[:20]
 
 
+def square_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop to a square, then resize to size x size (RGBA -> RGB); uint8 (H, W) or (H, W, 3)."""
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[..., :3]
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    image = image[top : top + side, left : left + side]
+    if side == size:
+        return np.ascontiguousarray(image)
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0))
+
+
 def decode_file(path: Path, channels: int, size: int) -> np.ndarray:
     """An image file as uint8 grey (H, W) or RGB (H, W, 3); JPEGs are decoded at reduced scale when `size` allows."""
     from PIL import Image

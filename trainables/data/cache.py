@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.data.base import Source
+from trainables.data.base import Source, square_resize
 from trainables.data.manifest import Manifest, default_cache_dir
 
 PREPROCESSING = "centre-square-crop+bilinear-resize/v1"
@@ -108,7 +108,6 @@ def _build(path: Path, manifest: Manifest, source: Source, size: int, workers: i
 
 def _decode_chunk(task: tuple[Source, list[str], int]) -> tuple[np.ndarray, dict[int, str]]:
     """Decode, centre-crop and resize a chunk of images; a failure is recorded, not raised."""
-    from trainables.data.prepare import square_resize
 
     source, items, size = task
     block = np.zeros((len(items), source.channels, size, size), dtype=np.uint8)

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
 from trainables.config import DataConfig
 from trainables.data.base import SPLITS, DatasetError, Source, get_source
@@ -157,16 +156,3 @@ def _split(images: np.ndarray, rows: pd.DataFrame) -> ImageSplit:
                       captions)
 
 
-def square_resize(image: np.ndarray, size: int) -> np.ndarray:
-    """Centre-crop to a square, then resize to size x size (RGBA -> RGB); uint8 (H, W) or (H, W, 3)."""
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = image[..., :3]
-    h, w = image.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    image = image[top : top + side, left : left + side]
-    if side == size:
-        return np.ascontiguousarray(image)
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0))

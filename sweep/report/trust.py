@@ -1,6 +1,6 @@
 """Checks that keep artefacts out of the answer: did a cell's chosen trial learn at all, had it converged, was its
 learning rate at the edge of the range searched, and is a difference against full fine-tuning larger than the
-seeds' noise. Pure functions of the trials table (`sweep.analysis.trials_table`), so every verdict can be
+seeds' noise. Pure functions of the trials table (`sweep.report.analysis.trials_table`), so every verdict can be
 recomputed from `results.parquet`.
 
 - The trivial classifier of a split is the best of the classifiers that look at no image: always the majority

@@ -11,20 +11,33 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sweep import tracking, trust
+from sweep.report import trust
+from sweep.store import mlflow_experiment
+from trainables.contract import (
+    CELL_KEY_TAG,
+    ENDED,
+    EPOCH,
+    FAILURE_REASON,
+    SCORE,
+    STATUS_TAG,
+    TRIAL_KEY_TAG,
+    VAL_BEST_LOSS,
+    Status,
+    selection_order,
+)
 
 CELL_FIELDS = ["task", "dataset", "backbone", "method", "fraction", "seed"]
-TERMINAL = ("finished", "stopped_early", "failed")
+TERMINAL = ENDED
 
 
 def trials_table(uri: str, sweep: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per trial, one row per planned cell) of a sweep, from MLflow."""
-    mlflow = tracking.client(uri)
+    mlflow = mlflow_experiment.client(uri)
     experiment = mlflow.get_experiment_by_name(sweep)
     if experiment is None:
         raise LookupError(f"MLflow at {uri} has no sweep named {sweep!r}")
-    trial_runs = tracking.search_all(mlflow, experiment.experiment_id, "tags.role = 'trial'")
-    cell_runs = tracking.search_all(mlflow, experiment.experiment_id, "tags.role = 'cell'")
+    trial_runs = mlflow_experiment.search_all(mlflow, experiment.experiment_id, "tags.role = 'trial'")
+    cell_runs = mlflow_experiment.search_all(mlflow, experiment.experiment_id, "tags.role = 'cell'")
     rows = pd.DataFrame([_trial_row(sweep, run) for run in trial_runs])
     trials = rows.reindex(columns=[*_TRIAL_COLUMNS, *[c for c in rows.columns if c not in _TRIAL_COLUMNS]])
     cells = pd.DataFrame([{
@@ -74,8 +87,8 @@ def _trial_row(sweep: str, run) -> dict[str, Any]:
     end = run.info.end_time or None
     row: dict[str, Any] = {
         "sweep": sweep,
-        "trial_key": tags.get("trial_key"),
-        "cell_key": tags.get("cell_key"),
+        "trial_key": tags.get(TRIAL_KEY_TAG),
+        "cell_key": tags.get(CELL_KEY_TAG),
         "run_id": run.info.run_id,
         "task": tags.get("task", ""),
         "dataset": tags.get("dataset", ""),
@@ -83,13 +96,13 @@ def _trial_row(sweep: str, run) -> dict[str, Any]:
         "method": tags.get("method", ""),
         "fraction": float(tags.get("fraction", "nan")),
         "seed": int(tags.get("seed", -1)),
-        "status": tags.get("status", "running"),
-        "stopped_early": tags.get("status") == "stopped_early",
-        "failure_reason": tags.get("failure_reason", ""),
-        "score": metrics.get("score", math.nan),
+        "status": tags.get(STATUS_TAG, Status.RUNNING),
+        "stopped_early": tags.get(STATUS_TAG) == Status.STOPPED_EARLY,
+        "failure_reason": tags.get(FAILURE_REASON, ""),
+        "score": metrics.get(SCORE, math.nan),
         "val_metric": val_key,
         "val_best": metrics.get(val_key, math.nan),
-        "val_best_loss": metrics.get("val/best_loss", math.nan),
+        "val_best_loss": metrics.get(VAL_BEST_LOSS, math.nan),
         "test_metric": test_key,
         "test_higher_is_better": params.get("selection.test_higher_is_better", "True") == "True",
         "test_main": metrics.get(test_key, math.nan),
@@ -106,7 +119,7 @@ def _trial_row(sweep: str, run) -> dict[str, Any]:
         "trainable_params": int(params.get("trainable_params", 0)),
         "total_params": int(params.get("total_params", 0)),
         "trainable_share": float(params.get("trainable_share", "nan")),
-        "epochs_run": int(metrics.get("epoch", 0)),
+        "epochs_run": int(metrics.get(EPOCH, 0)),
         "max_epochs": int(params.get("train.epochs", 0)),
         "wall_seconds": (end - run.info.start_time) / 1000 if end else math.nan,
         "peak_mem_mb": metrics.get("sys/peak_mem_mb", math.nan),
@@ -131,11 +144,14 @@ def _number(value: str) -> Any:
 
 
 def chosen_trials(trials: pd.DataFrame) -> pd.DataFrame:
-    """Each cell's chosen trial: the best validation score among trials that ran to the end (`score`: higher is
-    better, whatever the task); ties go to the lower validation loss at that epoch. Test metrics play no part."""
-    finished = trials[(trials["status"] == "finished") & trials["score"].notna()]
-    ordered = finished.sort_values(["cell_key", "score", "val_best_loss", "trial_key"],
-                                   ascending=[True, False, True, True], kind="stable")
+    """Each cell's chosen trial among those that ran to the end, by the contract's rule
+    (trainables.contract.selection_order: the best validation score, whatever the task; ties to the lower
+    validation loss, then the lower trial key). Test metrics play no part."""
+    finished = trials[(trials["status"] == Status.FINISHED) & trials["score"].notna()]
+    order = pd.Series([selection_order(*row) for row in zip(finished["score"], finished["val_best_loss"],
+                                                            finished["trial_key"], strict=True)],
+                      index=finished.index, dtype=object)
+    ordered = finished.loc[sorted(finished.index, key=lambda i: (finished.at[i, "cell_key"], order[i]))]
     return ordered.groupby("cell_key", sort=True).head(1).reset_index(drop=True)
 
 
@@ -179,7 +195,7 @@ def method_scores(trials: pd.DataFrame) -> pd.DataFrame:
     """Per (task, backbone, dataset, fraction, method): the chosen trials' test metric over seeds — mean, std,
     95% bootstrap CI, seeds — in display units (percent for F1, accuracies and AUROC), with the trainable share,
     the trivial classifier's score, whether the cell learned (beat it on validation and test by more than the
-    noise, sweep.trust), whether any seed's training was still falling or chose an LR at the edge of its range,
+    noise, sweep.report.trust), whether any seed's training was still falling or chose an LR at the edge of its range,
     the gain over full fine-tuning (positive: better; only between cells that learned) and the winner of each
     dataset/fraction among the cells that learned. `oriented` is the mean signed so that higher is better."""
     chosen = trust.add_trivial(chosen_trials(trials))

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweep import analysis, plots, reproduction, tracking
-from sweep.document import Document
-from sweep.reference import available as available_references
-from sweep.reference import load_reference
-from sweep.results import count
-from sweep.spec import SpecError
-from sweep.storage import Storage, parse_storage
+from sweep.plan.spec import SpecError
+from sweep.references import available as available_references
+from sweep.references import load_reference
+from sweep.report import analysis, outcome, plots, reproduction
+from sweep.report.console_table import count
+from sweep.report.document import Document
+from sweep.store import mlflow_experiment
+from sweep.store.storage import Storage, parse_storage
 
 FORMATS = ("md", "html", "csv", "parquet")
 RAW_COLUMNS_DOC = (
@@ -298,10 +299,10 @@ def _reproduction(doc: Document, found: reproduction.Reproduction, reference, ou
 
 
 def _log(uri: str, sweep: str, trials: pd.DataFrame, status: pd.DataFrame, files: list[Path]) -> None:
-    mlflow = tracking.client(uri)
+    mlflow = mlflow_experiment.client(uri)
     experiment = mlflow.get_experiment_by_name(sweep)
-    parent = tracking.runs_by_tag(mlflow, experiment.experiment_id, role="sweep", key="sweep").get(sweep)
-    tracking.record_outcome(uri, trials, status)
+    parent = mlflow_experiment.runs_by_tag(mlflow, experiment.experiment_id, role="sweep", key="sweep").get(sweep)
+    outcome.record_outcome(uri, trials, status)
     if parent:
         for path in files:
             mlflow.log_artifact(parent, str(path), artifact_path="report")
@@ -341,11 +342,11 @@ def _slug(text: str) -> str:
 
 def _tracking_uri(storage: Storage, name: str, given: str | None) -> str:
     if given:
-        return tracking.without_credentials(given)
+        return mlflow_experiment.without_credentials(given)
     saved = storage.join(name, "medpeft-sweep.json")
     if storage.exists(saved):
         return json.loads(storage.read_text(saved))["mlflow_uri"]
-    return tracking.default_tracking_uri(storage)
+    return mlflow_experiment.default_tracking_uri(storage)
 
 
 def _out(storage: Storage, given: str | None, *parts: str) -> Path:
@@ -404,6 +405,3 @@ def main(argv: list[str] | None = None) -> int:
           f"{count(len(report.files))} files logged to the sweep's parent run (artifacts/report).")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,9 +13,18 @@ import sys
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from sweep.scheduler import trial_key_of
-from sweep.searcher import SweepState
-from trainables.tracking import RUN_ID
+from sweep.tune.scheduler import trial_key_of
+from sweep.tune.state import SweepState
+from trainables.contract import (
+    EPOCH,
+    FAILED,
+    FAILURE_REASON,
+    REPLAYED,
+    RUN_ID,
+    STATUS_TAG,
+    TRIAL_KEY_TAG,
+    Status,
+)
 
 
 def node_lost(error: BaseException | None) -> bool:
@@ -86,17 +95,17 @@ class SweepProgress(Callback):
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         key = trial_key_of(trial)
         result = trial.last_result or {}
-        epoch = int(result.get("epoch", 0) or 0)
+        epoch = int(result.get(EPOCH, 0) or 0)
         stopped = key in self.state.stopped_early
-        if result.get("failed"):
-            verdict = f"FAILED at epoch {epoch}: {result.get('failure_reason', '')}"
+        if result.get(FAILED):
+            verdict = f"FAILED at epoch {epoch}: {result.get(FAILURE_REASON, '')}"
         elif stopped:
             verdict = f"stopped early after {epoch}/{self.max_t} epochs"
-            if not result.get("replayed"):  # a replayed trial's run already says how it ended
+            if not result.get(REPLAYED):  # a replayed trial's run already says how it ended
                 self._mark_stopped(key, result.get(RUN_ID))
         else:
             verdict = f"finished {epoch}/{self.max_t} epochs"
-        if result.get("replayed"):
+        if result.get(REPLAYED):
             verdict += " before the interruption (replayed from MLflow)"
         self._print(trials, key, trial, verdict, result)
 
@@ -122,12 +131,12 @@ class SweepProgress(Callback):
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
-        from trainables.tracking import find_run
+        from trainables.mlflow_run import find_run
 
         self._client = self._client or MlflowClient(self.uri)
 
         def mark(run_id: str) -> None:
-            self._client.set_tag(run_id, "status", "stopped_early")
+            self._client.set_tag(run_id, STATUS_TAG, Status.STOPPED_EARLY)
             self._client.set_terminated(run_id, "FINISHED")
 
         if run_id:  # the run the trial reported from: no search (which slows with every run in the experiment)
@@ -136,6 +145,6 @@ class SweepProgress(Callback):
                 return
             except MlflowException:
                 pass  # replaced since (a later attempt started over): find the current one
-        run = find_run(self._client, self.experiment_id, "trial_key", trial_key)
-        if run is not None and run.data.tags.get("status") == "running":  # the worker's final word stands
+        run = find_run(self._client, self.experiment_id, TRIAL_KEY_TAG, trial_key)
+        if run is not None and run.data.tags.get(STATUS_TAG) == Status.RUNNING:  # the worker's final word stands
             mark(run.info.run_id)

@@ -11,7 +11,7 @@ from matplotlib.ticker import NullFormatter
 matplotlib.use("Agg")  # before pyplot: no display needed
 import matplotlib.pyplot as plt
 
-from sweep.analysis import pareto_front
+from sweep.report.analysis import pareto_front
 
 
 def data_volume(scores: pd.DataFrame, path: Path, title: str) -> Path:

@@ -7,8 +7,9 @@ from typing import Any
 
 import pandas as pd
 
-from sweep import trust
-from sweep.analysis import TERMINAL, chosen_trials
+from sweep.report import trust
+from sweep.report.analysis import TERMINAL, chosen_trials
+from trainables.contract import Status
 
 
 def cell_frame(trials: pd.DataFrame, cells: list, max_epochs: int) -> pd.DataFrame:
@@ -25,7 +26,7 @@ def cell_frame(trials: pd.DataFrame, cells: list, max_epochs: int) -> pd.DataFra
             "budget": cell.budget,
             "complete": int(mine["status"].isin(TERMINAL).sum()) >= cell.budget if len(mine) else False,
             "stopped_early": int(mine["stopped_early"].sum()) if len(mine) else 0,
-            "failed": int((mine["status"] == "failed").sum()) if len(mine) else 0,
+            "failed": int((mine["status"] == Status.FAILED).sum()) if len(mine) else 0,
             "epochs_run": int(mine["epochs_run"].sum()) if len(mine) else 0,
             "epochs_max": cell.budget * max_epochs,
             "has_result": cell.key in chosen.index,

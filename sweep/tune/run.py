@@ -5,22 +5,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from sweep import tracking
-from sweep.analysis import cell_status, trials_table
-from sweep.grid import base_config
-from sweep.plan import Plan
-from sweep.results import cell_frame
-from sweep.spec import SpecError
-from sweep.storage import Storage
-from sweep.watch import StorageWatch
-from trainables.tasks import SCORE
+from sweep.plan.grid import base_config
+from sweep.plan.spec import SpecError
+from sweep.plan.validate import Plan
+from sweep.report import outcome
+from sweep.report.analysis import cell_status, trials_table
+from sweep.report.console_table import cell_frame
+from sweep.store import mlflow_experiment
+from sweep.store.storage import Storage
+from sweep.tune.storage_watch import StorageWatch
+from trainables.checkpoints import safe_dirname
 
 SWEEP_FILE = "medpeft-sweep.json"  # what the sweep was started with; --resume reads it back
 
@@ -58,15 +58,15 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
     import ray
     from ray import tune
 
-    from sweep.callbacks import NodeLossIsNotAFailure, SweepProgress
-    from sweep.scheduler import PerCellASHA, PerCellHalving
-    from sweep.searcher import CellPlan, CellSearcher, SweepState
-    from trainables.launch import run_trial, trial_resources
+    from sweep.tune.callbacks import NodeLossIsNotAFailure, SweepProgress
+    from sweep.tune.scheduler import PerCellASHA, PerCellHalving
+    from sweep.tune.searcher import CellPlan, CellSearcher, SweepState
+    from trainables.trainable import run_trial, trial_resources
 
     started = time.monotonic()
     experiment_dir = storage.join(name)
     artifacts = storage.join("mlartifacts") if storage.remote else Path(storage.join("mlartifacts")).as_uri()
-    ids = tracking.prepare(mlflow_uri, name, artifacts, plan.cells,
+    ids = mlflow_experiment.prepare(mlflow_uri, name, artifacts, plan.cells,
                            json.dumps(plan.spec.model_dump(mode="json"), indent=2), plan.notes)
     trainable = tune.with_resources(run_trial, trial_resources)
     _start_ray(plan, address)
@@ -90,14 +90,15 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
                 for c in plan.cells
             ]
             spec = plan.spec
-            searcher = CellSearcher(cells, state, SCORE, "max", spec.search.sampler, plan.grid_points,
-                                    spec.search.seed, cell_by_cell=spec.scheduler.type == "halving")
-            rungs = ("epoch", spec.scheduler.grace_period, spec.scheduler.reduction_factor)
+            searcher = CellSearcher(cells=cells, state=state, sampler=spec.search.sampler,
+                                    grid_points=plan.grid_points, seed=spec.search.seed,
+                                    cell_by_cell=spec.scheduler.type == "halving")
+            rungs = {"max_t": plan.max_epochs, "grace_period": spec.scheduler.grace_period,
+                     "reduction_factor": spec.scheduler.reduction_factor}
             if spec.scheduler.type == "asha":
-                scheduler = PerCellASHA(state, SCORE, "max", plan.max_epochs, *rungs)
+                scheduler = PerCellASHA(state=state, **rungs)
             elif spec.scheduler.type == "halving":
-                budgets = {c.key: c.budget for c in plan.cells}
-                scheduler = PerCellHalving(state, budgets, SCORE, "max", plan.max_epochs, *rungs)
+                scheduler = PerCellHalving(state=state, budgets={c.key: c.budget for c in plan.cells}, **rungs)
             else:
                 from ray.tune.schedulers import FIFOScheduler
 
@@ -113,7 +114,7 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
                     reuse_actors=True,
                     max_concurrent_trials=None if pausing else slots,
                     trial_name_creator=trial_name,
-                    trial_dirname_creator=trial_dirname,
+                    trial_dirname_creator=tune_trial_dirname,
                 ),
                 run_config=tune.RunConfig(
                     name=name,
@@ -141,7 +142,7 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
     trials, planned = trials_table(mlflow_uri, name)
     cells = cell_frame(trials, plan.cells, plan.max_epochs)
     complete = bool(len(cells)) and bool(cells["complete"].all())
-    tracking.record_outcome(mlflow_uri, trials, cell_status(trials, planned), ids.parent_run_id if complete else None)
+    outcome.record_outcome(mlflow_uri, trials, cell_status(trials, planned), ids.parent_run_id if complete else None)
     return Outcome(complete, cells, time.monotonic() - started)
 
 
@@ -174,9 +175,9 @@ def trial_name(trial) -> str:
     return trial.config["tracking"]["trial_key"]
 
 
-def trial_dirname(trial) -> str:
-    key = re.sub(r"[^A-Za-z0-9_.=-]+", "_", trial.config["tracking"]["trial_key"])
-    return f"{key[-100:]}_{trial.trial_id}"
+def tune_trial_dirname(trial) -> str:
+    """Tune's folder for a trial: its key (as its checkpoint folder names it), then Tune's trial id."""
+    return f"{safe_dirname(trial.config['tracking']['trial_key'])[-100:]}_{trial.trial_id}"
 
 
 CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
@@ -212,7 +213,7 @@ def _start_ray(plan: Plan, address: str | None) -> None:
     import ray
 
     hide_credentials_from_ray()
-    from trainables.launch import DRIVER_RESOURCE
+    from trainables.trainable import DRIVER_RESOURCE
 
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = {}

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from sweep.spec import SpecError
+from sweep.plan.spec import SpecError
 
 
 @dataclass(frozen=True)

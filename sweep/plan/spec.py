@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 DEFAULT_SPEC = SPACES_DIR / "quickstart.yaml"
 DEFAULT_METHOD_SPACES = SPACES_DIR / "methods.yaml"
 
@@ -142,7 +142,7 @@ class SearchSpec(_Model):
 
 class SchedulerSpec(_Model):
     # asha: asynchronous successive halving per cell; halving: synchronous (a rung waits for all of the cell's
-    # trials, paused); fifo: every trial runs to the end. See sweep/scheduler.py.
+    # trials, paused); fifo: every trial runs to the end. See sweep/tune/scheduler.py.
     type: Literal["halving", "asha", "fifo"] = "halving"
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(3.0, gt=1.0)
@@ -425,3 +425,14 @@ def format_validation_error(error: ValidationError) -> str:
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         lines.append(f"  - {where}: {err['msg']}")
     return "\n".join(lines)
+
+
+def chosen_arms(specs: list[SweepSpec], arms: list[str]) -> list[SweepSpec]:
+    """The specs of the arms named with --arm (all of them when none is)."""
+    if not arms:
+        return specs
+    known = [s.arm for s in specs if s.arm]
+    unknown = sorted(set(arms) - set(known))
+    if unknown:
+        raise SpecError(f"--arm {', '.join(unknown)}: this spec's arms are {', '.join(known) or '(none)'}")
+    return [s for s in specs if s.arm in arms]

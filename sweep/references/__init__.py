@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-REFERENCES_DIR = Path(__file__).resolve().parent / "references"
+REFERENCES_DIR = Path(__file__).resolve().parent  # its YAML files and tables sit beside this module
 _UNITS = {"K": 1e3, "M": 1e6}
 
 
@@ -104,7 +104,7 @@ def compact(count: float) -> str:
 
 def study_settings(spec_path: str | Path) -> dict[tuple[str, str], tuple[str, Any, Any]]:
     """(backbone key, method key) -> (task, backbone entry, method entry) over every arm of a study's spec."""
-    from sweep.spec import load_specs
+    from sweep.plan.spec import load_specs
 
     settings = {}
     for spec in load_specs(spec_path):

@@ -5,9 +5,8 @@ space. Here the grid lives in the searcher: `suggest` walks the cells round-robi
 cluster stays full; cell by cell under synchronous halving), asks that cell's study for hyperparameters
 (ask/tell), and returns the trial's whole config.
 
-State shared with the per-cell scheduler (`SweepState`) is saved by this searcher with every experiment snapshot
-and restored in place, so the scheduler's rung records survive a killed driver too (Tune restores schedulers
-only from the pickle written at the start; an object both reference in that pickle stays shared after restore).
+The state it shares with the per-cell scheduler (`SweepState`) is saved with every experiment snapshot by this
+searcher's `save` and restored in place by its `restore`: the rule is written in sweep/tune/state.py.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import itertools
 import math
 import pickle
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -24,8 +23,10 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from sweep.grid import trial_key, with_searched
-from sweep.spec import Dist
+from sweep.plan.grid import trial_key, with_searched
+from sweep.plan.spec import Dist
+from sweep.tune.state import SweepState, TrialRecord
+from trainables.contract import FAILED, SCORE, Status
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -40,45 +41,44 @@ class CellPlan:
     base_config: dict[str, Any]
 
 
-@dataclass
-class TrialRecord:
-    cell: str
-    index: int  # position of the trial within its cell: part of its trial key
-    number: int  # the Optuna trial number in the cell's study
-    params: dict[str, Any]
-    status: str = "running"  # running / finished / stopped_early / failed
-    value: float | None = None
-
-
-@dataclass
-class SweepState:
-    """Everything the searcher and scheduler must remember across a driver restart."""
-
-    studies: dict[str, optuna.Study] = field(default_factory=dict)
-    suggested: dict[str, int] = field(default_factory=dict)  # cell -> trials suggested so far
-    trials: dict[str, TrialRecord] = field(default_factory=dict)  # Tune trial id -> record
-    asha: dict[str, Any] = field(default_factory=dict)  # cell -> AsyncHyperBandScheduler
-    halving: dict[str, Any] = field(default_factory=dict)  # cell -> CellRungs (synchronous halving)
-    stopped_early: set[str] = field(default_factory=set)  # trial keys stopped by the scheduler
-    cursor: int = 0  # round-robin position over cells
-
-    def replace_with(self, other: SweepState) -> None:
-        """Take another state's contents without changing identity (the scheduler holds this object)."""
-        self.__dict__.update(other.__dict__)
+SAMPLERS = ("grid", "random", "tpe", "qmc")
 
 
 class CellSearcher(Searcher):
+    """Every argument is a keyword, checked here.
+
+    Args:
+        cells: the planned cells, in the order their trials are handed out.
+        state: the SweepState shared with the scheduler; saved and restored by this searcher.
+        metric: the result key told to each cell's study; the contract's SCORE unless told otherwise.
+        mode: "max" or "min": which way `metric` is better.
+        sampler: how each cell's study picks hyperparameters: "grid" (the grid, centre first), "random", "tpe"
+            or "qmc".
+        grid_points: points per searched axis of the grid sampler.
+        seed: the samplers' seed (each cell's study is seeded from it and the cell's key).
+        cell_by_cell: hand out one cell's trials before the next cell's (for synchronous halving).
+    """
+
     def __init__(
         self,
+        *,
         cells: list[CellPlan],
         state: SweepState,
-        metric: str,
-        mode: str,
+        metric: str = SCORE,
+        mode: str = "max",
         sampler: str = "grid",
         grid_points: int = 3,
         seed: int = 0,
         cell_by_cell: bool = False,
     ) -> None:
+        if not cells:
+            raise ValueError("a searcher needs at least one cell")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        if int(grid_points) != grid_points or grid_points < 1:
+            raise ValueError(f"grid_points must be a whole number >= 1, got {grid_points!r}")
         super().__init__(metric=metric, mode=mode)
         self.cells = cells
         self.state = state
@@ -112,7 +112,7 @@ class CellSearcher(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         record = self.state.trials.get(trial_id)
         value = result.get(self.metric)
-        if record is not None and value is not None and not result.get("failed"):
+        if record is not None and value is not None and not result.get(FAILED):
             record.value = float(value)  # a trial stopped while paused completes without a result: this stands
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -120,14 +120,14 @@ class CellSearcher(Searcher):
         if record is None:
             return
         value = (result or {}).get(self.metric, None if result else record.value)
-        failed = error or (result or {}).get("failed") or value is None or not math.isfinite(value)
+        failed = error or (result or {}).get(FAILED) or value is None or not math.isfinite(value)
         key = trial_key(record.cell, record.index)
         if failed:
-            record.status = "failed"
+            record.status = Status.FAILED
         elif key in self.state.stopped_early:
-            record.status = "stopped_early"
+            record.status = Status.STOPPED_EARLY
         else:
-            record.status = "finished"
+            record.status = Status.FINISHED
         record.value = None if failed else float(value)
         study = self.state.studies[record.cell]
         # A trial that errored and is resumed completes twice; Optuna accepts one verdict per trial.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import threading
 
-from sweep.storage import Storage
+from sweep.store.storage import Storage
 
 
 class StorageWatch:

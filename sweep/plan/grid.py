@@ -8,7 +8,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from sweep.spec import BackboneEntry, DatasetEntry, Dist, MethodEntry, SweepSpec
+from sweep.plan.spec import BackboneEntry, DatasetEntry, Dist, MethodEntry, SweepSpec
 
 AUTO_GPU = -1.0  # a cell whose GPU share comes from calibration, until the plan sets it
 
@@ -108,7 +108,7 @@ def method_resources(spec: SweepSpec, method: str) -> Resources:
     base = spec.resources
     own = base.per_method.get(method)
     gpus = own.gpus if own and own.gpus is not None else base.gpus_per_trial
-    if gpus == "auto":  # replaced by the calibrated share when the plan is made (sweep.calibrate.gpu_shares)
+    if gpus == "auto":  # replaced by the calibrated share when the plan is made (sweep.plan.cost.gpu_shares)
         gpus = AUTO_GPU
     memory = own.gpu_memory_gb if own and own.gpu_memory_gb is not None else base.gpu_memory_per_trial_gb
     if gpus != AUTO_GPU and gpus and memory and base.gpu_memory_gb:

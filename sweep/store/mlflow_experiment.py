@@ -2,7 +2,7 @@
 
 Created here, before any trial starts: several trial processes creating a fresh sqlite store at once race on its
 schema migration. Runs are found again by tags (role + key) before they are created, so a resumed sweep reuses
-them. Trials nest their own runs under their cell's run (see trainables.tracking).
+them. Trials nest their own runs under their cell's run (see trainables.mlflow_run).
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from sweep.grid import Cell
+from sweep.plan.grid import Cell
+from trainables.contract import ROLE_TAG
 
-ROLE = "role"
+ROLE = ROLE_TAG  # the tag saying what a run of the experiment stands for (contract)
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def check_tracking_uri(uri: str) -> None:
     answers, a sqlite file whose folder can be created. Called before anything is written."""
     import importlib.util
 
-    from sweep.spec import SpecError
+    from sweep.plan.spec import SpecError
 
     parsed = urlparse(uri)
     scheme, _, driver = parsed.scheme.partition("+")
@@ -212,48 +213,3 @@ def _params(values: dict[str, Any]):
     from mlflow.entities import Param
 
     return [Param(k, str(v)[:6000]) for k, v in values.items()]
-
-
-def record_outcome(uri: str, trials, status, finished_parent: str | None = None) -> None:
-    """What MLflow's compare view needs to answer "which method won here": every ended trial run gets an
-    `is_best_in_cell` tag; every cell run its chosen trial, chosen hyperparameters and scores (`chosen_lr`,
-    `val`, `test`). Complete cells (and, when given, the sweep's parent run) are closed."""
-    import time
-
-    from mlflow.entities import Metric, RunTag
-
-    from sweep import trust
-    from sweep.analysis import chosen_trials
-
-    mlflow = client(uri)
-    for run_id, best, state in zip(trials["run_id"], trials["is_best_in_cell"], trials["status"], strict=True):
-        if state in ("finished", "stopped_early", "failed"):
-            mlflow.set_tag(run_id, "is_best_in_cell", str(bool(best)).lower())
-    chosen = trust.add_trivial(chosen_trials(trials))
-    verdicts = trust.cell_verdicts(chosen, ["cell_key"]).set_index("cell_key") if len(chosen) else None
-    chosen = chosen.set_index("cell_key")
-    now = int(time.time() * 1000)
-    for cell in status.itertuples():
-        tags, metrics = [RunTag("complete", str(bool(cell.complete)).lower())], []
-        if cell.cell_key in chosen.index:
-            best = chosen.loc[cell.cell_key]
-            searched = {k.removeprefix("searched."): v for k, v in best.items()
-                        if k.startswith("searched.") and v == v}  # v == v: not NaN
-            tags += [RunTag("chosen_trial", best["trial_key"]),
-                     RunTag("chosen", ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                                for k, v in sorted(searched.items())))]
-            verdict = verdicts.loc[cell.cell_key]
-            # "did not learn" where the chosen trial is no better than the trivial classifier (sweep.trust).
-            tags += [RunTag("learned", {None: "n/a", True: "yes", False: "did not learn"}[trust.verdict(verdict["learned"])]),
-                     RunTag("not_converged", str(bool(best.get("not_converged", False))).lower()),
-                     RunTag("lr_at_edge", str(best.get("lr_at_edge", "")) or "no")]
-            values = {"val": best["val_best"], "test": best["test_main"],
-                      "chosen_lr": searched.get("lr"), "trivial_val": verdict["trivial_val"],
-                      "trivial_test": verdict["trivial_test"]}
-            metrics = [Metric(k, float(v), now, 0) for k, v in values.items()
-                       if isinstance(v, int | float) and v == v]
-        mlflow.log_batch(cell.cell_run_id, metrics=metrics, tags=tags)
-        if cell.complete:
-            mlflow.set_terminated(cell.cell_run_id, "FINISHED")
-    if finished_parent:
-        mlflow.set_terminated(finished_parent, "FINISHED")

@@ -21,12 +21,12 @@ from collections import defaultdict
 from typing import Any
 
 from trainables.config import TrackingConfig
+from trainables.contract import CELL_KEY_TAG, FAILURE_REASON, ROLE_TAG, STATUS_TAG, TRIAL_KEY_TAG, Status
 
-STATUS_TAG = "status"
-RUN_ID = "mlflow_run_id"  # in every report of a tracked trial: its run, for the driver
-# Outcomes that are results: an attempt that reached one is replayed, never trained again. (A crash is not one:
-# the trial is retried.)
-ENDED = ("finished", "stopped_early", "diverged")
+# How an earlier attempt ended, when that is a result: an attempt that reached one is replayed, never trained
+# again. (A crash is not one: the trial is retried.) A diverged run's status is `failed`, its kind "diverged".
+DIVERGED = "diverged"
+ENDED = (Status.FINISHED, Status.STOPPED_EARLY, DIVERGED)
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 
@@ -60,33 +60,33 @@ class TrialRun:
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking.uri)
-        existing = find_run(client, tracking.experiment_id, "trial_key", tracking.trial_key)
+        existing = find_run(client, tracking.experiment_id, TRIAL_KEY_TAG, tracking.trial_key)
         if existing is not None:
             tags_now = existing.data.tags
             same_config = tags_now.get("config_hash") == digest
             outcome = tags_now.get(STATUS_TAG)
-            if outcome == "failed" and tags_now.get("failure_kind") == "diverged":
-                outcome = "diverged"
+            if outcome == Status.FAILED and tags_now.get("failure_kind") == DIVERGED:
+                outcome = DIVERGED
             ended = outcome if outcome in ENDED else None
             run_id = existing.info.run_id
             if same_config:
                 steps = {int(m.step) for m in client.get_metric_history(run_id, "epoch")}
-                if ended in ("finished", "stopped_early") and not steps:
+                if ended in (Status.FINISHED, Status.STOPPED_EARLY) and not steps:
                     ended = None  # stopped before it logged an epoch (the driver's mark): nothing to replay
                 if resuming or ended:
                     if not ended:
-                        client.set_tag(run_id, STATUS_TAG, "running")
-                    return cls(client, run_id, ended, steps, tags_now.get("failure_reason", ""))
+                        client.set_tag(run_id, STATUS_TAG, Status.RUNNING)
+                    return cls(client, run_id, ended, steps, tags_now.get(FAILURE_REASON, ""))
             client.delete_run(run_id)
         run_tags = {
             **tracking.tags,
             **tags,
-            "trial_key": tracking.trial_key,
-            "cell_key": tracking.cell_key,
+            TRIAL_KEY_TAG: tracking.trial_key,
+            CELL_KEY_TAG: tracking.cell_key,
             "sweep": tracking.sweep,
-            "role": "trial",
+            ROLE_TAG: "trial",
             "config_hash": digest,
-            STATUS_TAG: "running",
+            STATUS_TAG: Status.RUNNING,
         }
         if tracking.parent_run_id:
             run_tags["mlflow.parentRunId"] = tracking.parent_run_id
@@ -114,14 +114,14 @@ class TrialRun:
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, path, artifact_path)
 
-    def finish(self, status: str, reason: str | None = None, kind: str | None = None) -> None:
+    def finish(self, status: Status, reason: str | None = None, kind: str | None = None) -> None:
         tags = {STATUS_TAG: status}
         if reason:
-            tags["failure_reason"] = reason[:5000]
+            tags[FAILURE_REASON] = reason[:5000]
         if kind:
             tags["failure_kind"] = kind
         self.set_tags(tags)
-        self.client.set_terminated(self.run_id, "FAILED" if status == "failed" else "FINISHED")
+        self.client.set_terminated(self.run_id, "FAILED" if status == Status.FAILED else "FINISHED")
 
     def history(self) -> dict[int, dict[str, float]]:
         """Every logged metric by step (epoch): what a replay reports again."""
@@ -146,7 +146,7 @@ class NullRun(TrialRun):
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
         pass
 
-    def finish(self, status: str, reason: str | None = None, kind: str | None = None) -> None:
+    def finish(self, status: Status, reason: str | None = None, kind: str | None = None) -> None:
         pass
 
     def history(self) -> dict[int, dict[str, float]]:

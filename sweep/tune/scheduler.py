@@ -11,21 +11,28 @@ a separate record per cell key:
   cell is known in advance and a rung can wait for all of them. A trial reaching a rung is paused (its slot goes
   to other cells' trials) until its cell's rung is complete; then exactly the best 1/η go on.
 
-Their records live in the `SweepState` the searcher saves, so they survive a driver restart.
+Their records live in the `SweepState` (sweep/tune/state.py, where the rule that saves and restores it is written).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
 
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
-from sweep.grid import trial_key
-from sweep.searcher import SweepState
-from sweep.spec import halving_rungs
+from sweep.plan.spec import halving_rungs
+from sweep.tune.state import CellASHA, CellRungs, SweepState
+from trainables.contract import (
+    EPOCH,
+    FAILED,
+    REPLAYED,
+    REPLAYED_STOPPED_EARLY,
+    SCORE,
+    VAL_BEST_LOSS,
+    selection_order,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,35 +46,57 @@ def trial_key_of(trial: Trial) -> str:
 
 
 class _PerCell(FIFOScheduler):
-    """What both per-cell schedulers take: the shared state, the metric, and the rungs' epoch counter."""
+    """What both per-cell schedulers take. Every argument is a keyword, checked here.
+
+    Args:
+        state: the SweepState shared with the searcher (which saves it) and the progress callback.
+        max_t: epochs of a trial that is never stopped (the spec's `train.epochs`, or the task's max).
+        grace_period: epochs before the first comparison (the first rung); capped at max_t.
+        reduction_factor: η: at each rung, the best 1/η of the trials compared go on. More than 1.
+        metric: the result key compared; the contract's SCORE (higher is better) unless told otherwise.
+        mode: "max" or "min": which way `metric` is better.
+        time_attr: the result key that counts a trial's progress (epochs completed).
+    """
 
     def __init__(
         self,
+        *,
         state: SweepState,
-        metric: str,
-        mode: str,
         max_t: int,
-        time_attr: str = "epoch",
         grace_period: int = 1,
         reduction_factor: float = 3,
+        metric: str = SCORE,
+        mode: str = "max",
+        time_attr: str = EPOCH,
     ) -> None:
+        if not isinstance(state, SweepState):
+            raise TypeError(f"state must be a SweepState, got {type(state).__name__}")
+        if int(max_t) != max_t or max_t < 1:
+            raise ValueError(f"max_t must be a whole number of epochs >= 1, got {max_t!r}")
+        if int(grace_period) != grace_period or grace_period < 1:
+            raise ValueError(f"grace_period must be a whole number of epochs >= 1, got {grace_period!r}")
+        if not reduction_factor > 1:
+            raise ValueError(f"reduction_factor must be more than 1, got {reduction_factor!r}")
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         super().__init__()
         self.state = state
         self._metric, self._mode = metric, mode
-        self.time_attr, self.max_t = time_attr, max_t
-        self.grace_period, self.reduction_factor = min(grace_period, max_t), reduction_factor
+        self.time_attr, self.max_t = time_attr, int(max_t)
+        self.grace_period, self.reduction_factor = min(int(grace_period), int(max_t)), reduction_factor
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
         return True  # fixed at construction; the searcher uses the same metric and mode
 
 
 class PerCellASHA(_PerCell):
-    """Asynchronous successive halving, independently in every cell, on an explicit epoch counter."""
+    """Asynchronous successive halving, independently in every cell, on an explicit epoch counter
+    (arguments: see _PerCell)."""
 
-    def _asha(self, trial: Trial) -> AsyncHyperBandScheduler:
+    def _cell(self, trial: Trial) -> CellASHA:
         cell = cell_of(trial)
         if cell not in self.state.asha:
-            self.state.asha[cell] = AsyncHyperBandScheduler(
+            self.state.asha[cell] = CellASHA(AsyncHyperBandScheduler(
                 time_attr=self.time_attr,
                 metric=self._metric,
                 mode=self._mode,
@@ -75,14 +104,21 @@ class PerCellASHA(_PerCell):
                 grace_period=self.grace_period,
                 reduction_factor=self.reduction_factor,
                 brackets=1,
-            )
+            ))
         return self.state.asha[cell]
 
     def _member(self, tune_controller, trial: Trial) -> AsyncHyperBandScheduler:
-        asha = self._asha(trial)
-        if trial.trial_id not in asha._trial_info:  # e.g. a trial re-added after a restore
-            asha.on_trial_add(tune_controller, trial)
-        return asha
+        cell = self._cell(trial)
+        if trial.trial_id not in cell.members:  # e.g. a trial re-added after a restore, or after its node was lost
+            cell.scheduler.on_trial_add(tune_controller, trial)
+            cell.members.add(trial.trial_id)
+        return cell.scheduler
+
+    def _leave(self, tune_controller, trial: Trial) -> None:
+        cell = self._cell(trial)
+        if trial.trial_id in cell.members:
+            cell.scheduler.on_trial_remove(tune_controller, trial)
+            cell.members.discard(trial.trial_id)
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
         if trial.status not in (Trial.TERMINATED, Trial.ERROR):
@@ -90,10 +126,10 @@ class PerCellASHA(_PerCell):
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
         decision = self._member(tune_controller, trial).on_trial_result(tune_controller, trial, result)
-        if result.get("replayed"):
+        if result.get(REPLAYED):
             # An attempt that had already ended, reported again after a restore: its values join the rungs and it
             # ends exactly as it did (stopped early only if it was).
-            if result.get("replayed_stopped_early"):
+            if result.get(REPLAYED_STOPPED_EARLY):
                 self.state.stopped_early.add(trial_key_of(trial))
                 return TrialScheduler.STOP
             return TrialScheduler.CONTINUE if result.get(self.time_attr, 0) < self.max_t else decision
@@ -102,47 +138,20 @@ class PerCellASHA(_PerCell):
         return decision
 
     def on_trial_complete(self, tune_controller, trial: Trial, result: dict) -> None:
-        asha = self._asha(trial)
-        if trial.trial_id in asha._trial_info:
-            asha.on_trial_complete(tune_controller, trial, result)
+        cell = self._cell(trial)
+        if trial.trial_id in cell.members:
+            cell.scheduler.on_trial_complete(tune_controller, trial, result)
+            cell.members.discard(trial.trial_id)
 
     def on_trial_error(self, tune_controller, trial: Trial) -> None:
-        self._asha(trial)._trial_info.pop(trial.trial_id, None)
+        self._leave(tune_controller, trial)  # a trial Tune restarts is added again (on_trial_add)
 
     def on_trial_remove(self, tune_controller, trial: Trial) -> None:
-        self._asha(trial)._trial_info.pop(trial.trial_id, None)
+        self._leave(tune_controller, trial)
 
     def debug_string(self) -> str:
         stopped = len(self.state.stopped_early)
         return f"PerCellASHA: {len(self.state.asha)} cells, {stopped} trials stopped early"
-
-
-@dataclass
-class CellRungs:
-    """One cell's successive-halving record."""
-
-    size: int  # trials in the cell (its search budget)
-    # rung -> trial key -> (score, -validation loss) there: ties in accuracy, common after one epoch on a small
-    # validation set, go to the lower loss, as in the final choice of a cell's trial
-    values: dict[int, dict[str, tuple[float, float]]] = field(default_factory=dict)
-    promoted: dict[int, set[str]] = field(default_factory=dict)  # rung -> trial keys that went on from it
-    decided: set[int] = field(default_factory=set)  # rungs whose comparison has been made
-    lost: set[str] = field(default_factory=set)  # trial keys stopped at a rung
-    dropped: set[str] = field(default_factory=set)  # trial keys that failed: no rung waits for them
-
-    def awaited(self, cell: str, rungs: list[int], i: int) -> set[str] | None:
-        """Who must report at rung i before it is decided; None while rung i-1 is undecided."""
-        if i == 0:
-            keys = {trial_key(cell, index) for index in range(self.size)}
-        elif rungs[i - 1] in self.decided:
-            keys = set(self.promoted.get(rungs[i - 1], ()))
-        else:
-            return None
-        return keys - self.dropped
-
-    def latest_rung(self, key: str) -> int | None:
-        reached = [rung for rung, values in self.values.items() if key in values]
-        return max(reached) if reached else None
 
 
 class PerCellHalving(_PerCell):
@@ -152,11 +161,29 @@ class PerCellHalving(_PerCell):
     for the rest; then the best ceil(n/η) go on and the others stop. With a cell's 8 learning rates, 27 epochs,
     grace 3 and η = 3 that is 8·3 + 3·6 + 1·18 = 60 trial-epochs instead of 216. A paused trial resumes from its own
     checkpoint (trainables keep one per epoch), so waiting costs a trial restart, not training.
+
+    Args: `budgets`, each cell's number of trials (cell key -> its search budget, from the plan: a rung waits for
+    that many); the rest as _PerCell.
     """
 
-    def __init__(self, state: SweepState, budgets: dict[str, int], *args, **kwargs) -> None:
-        super().__init__(state, *args, **kwargs)
-        self.budgets = budgets  # cell key -> its number of trials
+    def __init__(
+        self,
+        *,
+        state: SweepState,
+        budgets: dict[str, int],
+        max_t: int,
+        grace_period: int = 1,
+        reduction_factor: float = 3,
+        metric: str = SCORE,
+        mode: str = "max",
+        time_attr: str = EPOCH,
+    ) -> None:
+        super().__init__(state=state, max_t=max_t, grace_period=grace_period, reduction_factor=reduction_factor,
+                         metric=metric, mode=mode, time_attr=time_attr)
+        bad = {cell: n for cell, n in budgets.items() if int(n) != n or n < 1}
+        if bad:
+            raise ValueError(f"every cell's budget must be a whole number of trials >= 1, got {bad}")
+        self.budgets = dict(budgets)
         self._sign = 1.0 if self._mode == "max" else -1.0
         self.rungs = halving_rungs(self.max_t, self.grace_period, self.reduction_factor)
         self._seen: list[Trial] | None = None  # the controller's trial list, of which ...
@@ -176,7 +203,7 @@ class PerCellHalving(_PerCell):
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
         cell, key = cell_of(trial), trial_key_of(trial)
         rungs = self._cell(cell)
-        if result.get("failed"):
+        if result.get(FAILED):
             self._drop(tune_controller, trial)
             return TrialScheduler.CONTINUE  # the trial ends itself
         epoch = int(result.get(self.time_attr, 0))
@@ -188,9 +215,9 @@ class PerCellHalving(_PerCell):
             rungs.promoted.setdefault(rung, set()).add(key)
         if passed:
             self._settle(tune_controller, cell, reporting=key)
-        if result.get("replayed"):
+        if result.get(REPLAYED):
             # An attempt that had already ended, reported again after a restore: it ends exactly as it did.
-            if result.get("replayed_stopped_early"):
+            if result.get(REPLAYED_STOPPED_EARLY):
                 rungs.lost.add(key)
                 self.state.stopped_early.add(key)
                 self._settle(tune_controller, cell)
@@ -203,8 +230,9 @@ class PerCellHalving(_PerCell):
             return TrialScheduler.CONTINUE  # between rungs, or a resumed trial reporting a rung it already passed
         if key in rungs.lost:
             return TrialScheduler.STOP
-        rungs.values.setdefault(epoch, {})[key] = (_ranked(self._sign, result.get(self._metric)),
-                                                   _ranked(-1.0, result.get("val/best_loss")))
+        score = result.get(self._metric)
+        rungs.values.setdefault(epoch, {})[key] = (None if score is None else self._sign * float(score),
+                                                   result.get(VAL_BEST_LOSS))
         self._settle(tune_controller, cell, reporting=key)
         if epoch not in rungs.decided:
             return TrialScheduler.PAUSE
@@ -240,7 +268,7 @@ class PerCellHalving(_PerCell):
         return chosen
 
     def on_trial_complete(self, tune_controller, trial: Trial, result: dict) -> None:
-        if result.get("failed"):
+        if result.get(FAILED):
             self._drop(tune_controller, trial)
 
     def on_trial_error(self, tune_controller, trial: Trial) -> None:
@@ -328,7 +356,7 @@ class PerCellHalving(_PerCell):
             if not awaited <= set(values) | already | out:
                 return
             keep = max(1, math.ceil(len(awaited) / self.reduction_factor)) if awaited else 0
-            ranked = sorted(awaited - already - out, key=lambda k: (values[k], k), reverse=True)
+            ranked = sorted(awaited - already - out, key=lambda k: selection_order(*values[k], k))
             winners = already | set(ranked[: max(0, keep - len(already))])
             losers = awaited - winners
             rungs.promoted[rung], rungs.lost = winners, rungs.lost | losers
@@ -340,7 +368,3 @@ class PerCellHalving(_PerCell):
                     if trial_key_of(trial) in waiting_losers and trial.status in (Trial.PAUSED, Trial.PENDING):
                         tune_controller.stop_trial(trial)
 
-
-def _ranked(sign: float, value) -> float:
-    """A value oriented so that higher is better; a missing or non-finite one ranks last."""
-    return sign * float(value) if value is not None and math.isfinite(float(value)) else -math.inf

@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sweep.grid import AUTO_GPU, Cell, expand, grid_points
-from sweep.spec import DatasetEntry, SpecError, SweepSpec, format_validation_error, load_method_spaces
-from trainables.tasks import Selection
+from sweep.plan.grid import AUTO_GPU, Cell, expand, grid_points
+from sweep.plan.spec import DatasetEntry, SpecError, SweepSpec, format_validation_error, load_method_spaces
+from trainables.contract import Selection
 
 
 @dataclass
@@ -96,7 +96,7 @@ def make_plan(spec: SweepSpec, spec_path: Path, data_root: str | None, allow_mis
 def _calibrated_gpu_shares(plan: Plan) -> None:
     """`gpus_per_trial: auto`: each cell's GPU share from its group's calibrated peak memory on the sweep's GPU type
     (calibrated now when this machine has that GPU and the group is not cached)."""
-    from sweep.calibrate import MEMORY_MARGIN, gpu_shares, group_of, measure_groups, read_cache
+    from sweep.plan.cost import MEMORY_MARGIN, gpu_shares, group_of, measure_groups, read_cache
 
     res = plan.spec.resources
     device = res.gpu_type
@@ -217,7 +217,7 @@ def prepare_data(plan: Plan, storage=None, log=print) -> dict[str, dict]:
     them instead of reading the raw dataset. Returns, per dataset key, what trials are told (`data.prepared`)."""
     import time
 
-    from sweep.grid import data_config
+    from sweep.plan.grid import data_config
     from trainables.config import DataConfig
     from trainables.data import (
         DatasetError,

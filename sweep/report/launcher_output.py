@@ -5,9 +5,9 @@ from __future__ import annotations
 import shlex
 import textwrap
 
-from sweep.plan import Plan
-from sweep.results import did_not_learn, format_table
-from sweep.spec import halving_epochs
+from sweep.plan.spec import halving_epochs
+from sweep.plan.validate import Plan
+from sweep.report.console_table import did_not_learn, format_table
 
 
 def banner(note: str) -> str:

@@ -1,0 +1,114 @@
+"""The shape the README promises, checked: no import cycle anywhere in the project (imports inside functions
+count: a cycle hidden in a function is still one), `trainables/` never imports `sweep/`, the trial/driver
+contract imports nothing of ours, and the README's map names every module there is."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("sweep", "trainables", "bench")
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in (REPO / package).rglob("*.py"):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the project's modules it imports (a package's __init__ counts as the package)."""
+    known = modules()
+    graph: dict[str, set[str]] = {name: set() for name in known}
+    for name, path in known.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*up, *([node.module] if node.module else [])])
+                targets = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            for target in targets:
+                while target and target not in known:
+                    target = target.rpartition(".")[0]
+                if target and target != name and not name.startswith(target + "."):  # not its own package
+                    graph[name].add(target)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while (w := stack.pop()) != v:
+                component.append(w)
+            if component:
+                found.append(sorted([v, *component]))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    assert cycles(import_graph()) == []
+
+
+def test_trainables_never_import_sweep():
+    graph = import_graph()
+    assert not {(m, t) for m, ts in graph.items() for t in ts if m.startswith("trainables") and t.startswith("sweep")}
+
+
+def test_the_contract_imports_nothing_of_ours():
+    assert import_graph()["trainables.contract"] == set()
+
+
+def readme_map() -> str:
+    text = (REPO / "README.md").read_text()
+    return text[text.index("## How it is built"):text.index("## Tests")]
+
+
+@pytest.mark.parametrize("package", ["sweep", "trainables"])
+def test_the_readme_map_names_every_module(package):
+    named = set(re.findall(r"[\w]+\.py", readme_map())) | set(re.findall(r"^\s+(\w+)/", readme_map(), re.M))
+    root = REPO / package
+    missing = []
+    for path in root.rglob("*.py"):
+        relative = path.relative_to(root)
+        if path.name == "__init__.py" or (package == "trainables" and len(relative.parts) > 1):
+            continue  # packages are named by folder; trainables' registries (methods/, data/) by their folder
+        if (len(relative.parts) > 1 and relative.parts[0] not in named) or (path.name not in named and path.name != "__main__.py" and relative.parts[0] != "references"):
+            missing.append(str(relative))
+    assert not missing, f"the README's map does not name {missing}"

@@ -1,0 +1,74 @@
+"""The contract between a trial and the sweep's driver, in one place: what a trial reports to Tune every epoch,
+the tags and statuses its MLflow run carries, and the rule its cell's trials are ranked by.
+
+Both sides use these names (trainables/ writes them, sweep/ reads them), so a misspelt key is an AttributeError
+at import instead of a rung that waits for ever. This module imports nothing of ours: anything may import it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+# -- what a trial reports to Tune each epoch -------------------------------------------------------------------
+
+EPOCH = "epoch"  # epochs completed: the time attribute of the per-cell schedulers
+# The task's selection metric oriented so that higher is better (best-so-far validation accuracy for
+# classification, minus the best validation denoising loss for text-to-image): the searcher and the schedulers
+# compare trials on it, whatever the task.
+SCORE = "score"
+VAL_BEST_LOSS = "val/best_loss"  # best validation loss so far: breaks ties in SCORE
+FAILED = "failed"  # 1 on the report of a trial that ended as failed (diverged); SCORE is NaN there
+FAILURE_REASON = "failure_reason"  # why, on that report (and as a tag of its run)
+REPLAYED = "replayed"  # 1: an earlier attempt's report, replayed from MLflow after a restore (nothing trained)
+REPLAYED_STOPPED_EARLY = "replayed_stopped_early"  # 1 on the last replayed report of an attempt stopped early
+RUN_ID = "mlflow_run_id"  # the trial's MLflow run: the driver marks a trial it stops without searching for it
+
+
+# -- the trial's MLflow run -----------------------------------------------------------------------------------
+
+ROLE_TAG = "role"  # "sweep", "cell" or "trial": what a run of the sweep's experiment stands for
+STATUS_TAG = "status"  # a trial run's Status
+TRIAL_KEY_TAG = "trial_key"  # a trial run's key: <cell key>/trial=<index>, found again by it after a restart
+CELL_KEY_TAG = "cell_key"
+
+
+class Status(StrEnum):
+    """How a trial's run stands. A status is a plain string in MLflow and in tables (StrEnum compares equal)."""
+
+    RUNNING = "running"  # training, or interrupted (a restart resumes it)
+    FINISHED = "finished"  # ran every epoch
+    STOPPED_EARLY = "stopped_early"  # stopped by its cell's scheduler at a rung
+    FAILED = "failed"  # diverged, or raised past its retries
+
+
+ENDED = (Status.FINISHED, Status.STOPPED_EARLY, Status.FAILED)  # a trial in one of these is done for the sweep
+
+
+# -- which trial of a cell is best -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a task's trials are chosen on (validation) and reported with (test), and which way is better."""
+
+    val: str  # e.g. "val/best_acc"
+    test: str  # e.g. "test/acc"
+    test_higher_is_better: bool = True
+
+
+def selection_order(score: float | None, best_loss: float | None, trial_key: str) -> tuple[float, float, str]:
+    """The rule a cell's trials are ranked by, at every rung of successive halving and in the final choice of the
+    cell's trial: sort ascending on this key and the best comes first. Higher SCORE first; ties (common after one
+    epoch on a small validation set) go to the lower VAL_BEST_LOSS, then to the lower trial key, so the choice
+    never depends on the order trials ended in. A missing or non-finite value ranks last."""
+    return -_finite(score, -math.inf), _finite(best_loss, math.inf), trial_key
+
+
+def _finite(value: float | None, otherwise: float) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return otherwise
+    return value if math.isfinite(value) else otherwise
