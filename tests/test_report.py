@@ -3,6 +3,7 @@ partial sweeps, comparisons."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -15,9 +16,19 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
+from sweep.plan.grid import base_config, expand, with_searched
+from sweep.plan.spec import SweepSpec, load_method_spaces
 from sweep.report import analysis
 from sweep.report import build as report
+from sweep.store import mlflow_experiment
+from sweep.store.mlflow_experiment import Tracking
 from tests.conftest import needs_shared_data
+from trainables.config import TrialConfig
+from trainables.contract import EPOCH, SCORE, VAL_BEST_LOSS, Status
+from trainables.methods.registry import PreparedModel, get_method, resolve_knobs
+from trainables.session import LocalSession
+from trainables.tasks import get_task
+from trainables.trial import Trial, run_params, run_tags
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 COLUMNS = ["sweep", "trial_key", "cell_key", "run_id", "task", "dataset", "backbone", "method", "fraction", "seed",
@@ -27,47 +38,76 @@ COLUMNS = ["sweep", "trial_key", "cell_key", "run_id", "task", "dataset", "backb
            "wall_seconds", "peak_mem_mb", "is_best_in_cell", "searched.lr", "train.lr", "train.epochs"]
 
 
-def fake_sweep(uri: str, name: str, cells: dict[str, list[dict]], budget: int | None = None) -> None:
-    """An MLflow experiment shaped like a sweep's: a parent run, cell runs, trial runs with the tags, params and
-    metrics the trainable logs. `cells` maps (dataset, method, fraction, seed) keys to their trials."""
-    client = MlflowClient(uri)
+EPOCHS = 4  # every fake trial's train.epochs
+
+
+def fake_sweep(uri: str, name: str, cells: dict[tuple, list[dict]], budget: int | None = None) -> Tracking:
+    """A sweep's MLflow experiment, written by our own writers: the cells planned from a spec (sweep.plan.grid),
+    the experiment, parent run and cell runs by the driver (sweep.store.mlflow_experiment.prepare), and each trial
+    by the worker's loop (trainables.trial.Trial: its run opened with run_params and run_tags, one log per epoch,
+    the end) with the config the driver would hand it.
+
+    `cells` maps (dataset, method, fraction, seed) keys to their trials: `lr`, `val` (its validation score) and
+    optionally `test`, `loss` (validation loss, 0.5), `params` (trainable, 1000 of 100,000), `counts_val` /
+    `counts_test` (images per class), `curve` (training loss per epoch) and `status` ("running": interrupted
+    before its last epoch). Every cell has `budget` trials planned (default: as many as it has)."""
+    task = get_task("classification")
+    keys = list(cells)
+    sizes = {len(trials) for trials in cells.values()}
+    assert budget is not None or len(sizes) == 1, "cells with different trial counts need a budget"
+
+    def axis(i: int) -> list:
+        return list(dict.fromkeys(k[i] for k in keys))
+
+    spec = SweepSpec.model_validate({
+        "name": name, "task": task.name, "datasets": [{"name": d} for d in axis(0)],
+        "backbones": [{"name": "bb", "weights": "random"}], "methods": axis(1), "fractions": axis(2),
+        "seeds": axis(3), "train": {"epochs": EPOCHS, "select_metric": "acc"},
+        "search": {"sampler": "random", "trials_per_cell": budget or sizes.pop()},
+    })
+    planned = [c for c in expand(spec, task.short, load_method_spaces(spec))
+               if (c.dataset.key, c.method.key, c.fraction, c.seed) in cells]
+    assert len(planned) == len(cells)
     # Artifacts next to the database (MLflow's default is ./mlruns in the working directory).
-    db = Path(uri.removeprefix("sqlite:///"))
-    experiment = client.create_experiment(name, artifact_location=(db.parent / "artifacts" / name).as_uri())
-    parent = client.create_run(experiment, tags={"role": "sweep", "sweep": name}).info.run_id
-    for key, trials in cells.items():
-        dataset, method, fraction, seed = key
-        cell_key = f"cls/{dataset}/bb/{method}/frac={fraction:g}/seed={seed}"
-        fields = {"task": "classification", "dataset": dataset, "backbone": "bb", "method": method,
-                  "fraction": str(fraction), "seed": str(seed)}
-        cell = client.create_run(experiment, tags={"role": "cell", "cell_key": cell_key, "mlflow.parentRunId": parent,
-                                                   **fields}).info.run_id
-        client.log_param(cell, "budget", budget or len(trials))
+    artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts" / name).as_uri()
+    tracking = mlflow_experiment.prepare(uri, name, artifacts, planned, spec.model_dump_json())
+    for cell in planned:
+        base = base_config(spec, cell, tracking.for_cell(name, cell))
+        trials = cells[(cell.dataset.key, cell.method.key, cell.fraction, cell.seed)]
         for i, t in enumerate(trials):
-            run = client.create_run(experiment, tags={"role": "trial", "cell_key": cell_key, "mlflow.parentRunId": cell,
-                                                      "trial_key": f"{cell_key}/trial={i}",
-                                                      "status": t.get("status", "finished"), **fields}).info.run_id
-            for k, v in {"train.select_metric": "acc", "train.epochs": 4, "trainable_params": t.get("params", 1000),
-                         "total_params": 100_000, "trainable_share": t.get("params", 1000) / 100_000,
-                         "searched.lr": t["lr"], "train.lr": t["lr"], "resources.gpus": 0, "resources.cpus": 1,
-                         "selection.val": "val/best_acc", "selection.test": "test/acc",
-                         "selection.test_higher_is_better": True,
-                         **{f"data.counts_{split}": str(t[f"counts_{split}"]) for split in ("val", "test")
-                            if f"counts_{split}" in t}}.items():
-                client.log_param(run, k, v)
-            for step, loss in enumerate(t.get("curve", []), start=1):
-                client.log_metric(run, "train/loss", loss, step=step)
-            for k, v in {"val/best_acc": t["val"], "score": t["val"], "val/best_loss": t.get("loss", 0.5),
-                         "epoch": t.get("epochs", 4),
-                         **({"test/acc": t["test"]} if "test" in t else {})}.items():
-                client.log_metric(run, k, v)
-            if t.get("status", "finished") != "running":
-                client.set_terminated(run)
+            fake_trial(with_searched(base, {"lr": t["lr"]}, cell.trial_key(i)), t, task)
+    return tracking
+
+
+def fake_trial(config: dict, t: dict, task) -> None:
+    """One trial as its rank-0 worker runs it, without data or a model: what they would give is in `t`."""
+    cfg = TrialConfig.model_validate(config)
+    train = task.train_schema.model_validate(cfg.train)
+    selection = task.selection(train)
+    method = get_method(cfg.method.name)
+    prepared = PreparedModel(model=None, method=method, knobs=resolve_knobs(method, cfg.method.knobs),
+                             bn_mode=cfg.method.bn_mode or method.bn_mode,
+                             trainable_params=t.get("params", 1000), total_params=100_000)
+    data_params = {f"data.counts_{split}": json.dumps(t[f"counts_{split}"]) for split in ("val", "test")
+                   if f"counts_{split}" in t}
+    trial = Trial(config, cfg, LocalSession())
+    params = run_params(cfg, train, prepared, data_params, cfg.backbone.weights, selection)
+    assert not trial.start(params, run_tags(cfg, data_params), resumed_epoch=0)
+    status = t.get("status", Status.FINISHED)
+    assert status in (Status.FINISHED, Status.RUNNING), status
+    curve = t.get("curve", [])
+    assert len(curve) in (0, EPOCHS)
+    for epoch in range(1, EPOCHS + (status == Status.FINISHED)):
+        last = epoch == EPOCHS
+        metrics = {EPOCH: epoch, selection.val: t["val"], SCORE: t["val"], VAL_BEST_LOSS: t.get("loss", 0.5),
+                   **({"train/loss": curve[epoch - 1]} if curve else {}),
+                   **({selection.test: t["test"]} if last and "test" in t else {})}
+        trial.end_epoch(epoch, metrics, last)
 
 
 def test_best_in_cell_is_chosen_on_validation_only(tmp_path):
     uri = f"sqlite:///{tmp_path / 'm.db'}"
-    fake_sweep(uri, "s", {
+    tracking = fake_sweep(uri, "s", {
         ("d", "full", 1.0, 0): [{"lr": 1e-3, "val": 0.90, "test": 0.50}, {"lr": 1e-4, "val": 0.80, "test": 0.95}],
         ("d", "lora", 1.0, 0): [{"lr": 1e-3, "val": 0.85, "test": 0.70, "loss": 0.4},
                                 {"lr": 1e-2, "val": 0.85, "test": 0.99, "loss": 0.3}],  # tie on val: lower loss
@@ -79,7 +119,7 @@ def test_best_in_cell_is_chosen_on_validation_only(tmp_path):
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| full | 50.0 |" in text and "**99.0**" in text
     tags = {r.data.tags["trial_key"]: r.data.tags["is_best_in_cell"]
-            for r in MlflowClient(uri).search_runs(["1"], "tags.role = 'trial'")}
+            for r in MlflowClient(uri).search_runs([tracking.experiment_id], "tags.role = 'trial'")}
     assert sorted(tags.values()) == ["false", "false", "true", "true"]
 
 
@@ -187,7 +227,7 @@ def test_a_baseline_that_did_not_learn_is_marked_and_left_out(tmp_path):
                                                  **counts, "curve": [0.7, 0.5, 0.3, 0.2]}]
         cells[("breast", "linear", 1.0, seed)] = [{"lr": 1e-2, "val": 0.86, "test": 0.84 + 0.01 * seed, **counts,
                                                    "curve": [0.7, 0.6, 0.55, 0.54]}]
-    fake_sweep(uri, "s", cells)
+    tracking = fake_sweep(uri, "s", cells)
     result = report.build(uri, "s", tmp_path / "out")
     text = (tmp_path / "out" / "report.md").read_text()
     scores = result.scores.set_index("method")
@@ -204,7 +244,7 @@ def test_a_baseline_that_did_not_learn_is_marked_and_left_out(tmp_path):
     assert "not compared with full fine-tuning (full did not learn)" in recommendations
     assert "lora_conv" not in text and "†" in text  # lora's loss still fell by a third over its last epochs
     cell_tags = {r.data.tags["cell_key"]: r.data.tags["learned"]
-                 for r in MlflowClient(uri).search_runs(["1"], "tags.role = 'cell'")}
+                 for r in MlflowClient(uri).search_runs([tracking.experiment_id], "tags.role = 'cell'")}
     assert cell_tags["cls/breast/bb/full/frac=1/seed=0"] == "did not learn"
     assert cell_tags["cls/breast/bb/lora/frac=1/seed=1"] == "yes"
 

@@ -454,3 +454,43 @@ def test_a_lost_node_does_not_use_up_the_failure_budget(tmp_path):
     own = FakeTrial(RayTaskError("train", "Traceback: ValueError: bad", ValueError("bad")))
     callback.on_trial_recover(0, [], own)
     assert own.run_metadata.num_failures == 1
+
+
+@pytest.mark.parametrize(("make", "bad", "says"), [
+    (lambda **kw: PerCellASHA(state=SweepState(), **kw), {"max_t": 0}, "max_t"),
+    (lambda **kw: PerCellASHA(state=SweepState(), **kw), {"max_t": 9, "grace_period": 0}, "grace_period"),
+    (lambda **kw: PerCellASHA(state=SweepState(), **kw), {"max_t": 9, "reduction_factor": 1}, "reduction_factor"),
+    (lambda **kw: PerCellASHA(state=SweepState(), **kw), {"max_t": 9, "mode": "best"}, "mode"),
+    (lambda **kw: PerCellASHA(state={}, **kw), {"max_t": 9}, "SweepState"),
+    (lambda **kw: PerCellHalving(state=SweepState(), **kw), {"max_t": 9, "budgets": {"c": 0}}, "budget"),
+    (lambda **kw: CellSearcher(state=SweepState(), **kw), {"cells": []}, "at least one cell"),
+    (lambda **kw: CellSearcher(state=SweepState(), cells=plans(), **kw), {"sampler": "bayes"}, "sampler"),
+    (lambda **kw: CellSearcher(state=SweepState(), cells=plans(), **kw), {"grid_points": 0}, "grid_points"),
+])
+def test_constructors_check_their_arguments(make, bad, says):
+    with pytest.raises((ValueError, TypeError), match=says):
+        make(**bad)
+
+
+def test_constructors_take_keywords_only():
+    with pytest.raises(TypeError):
+        PerCellHalving(SweepState(), {"c": 3}, 9)  # the old positional form
+
+
+def test_a_rung_and_the_final_choice_break_ties_the_same_way():
+    """One rule (trainables.contract.selection_order) ranks a cell's trials at a rung and in the final choice:
+    equal scores go to the lower validation loss, then to the lower trial key."""
+    import pandas as pd
+
+    from sweep.report.analysis import chosen_trials
+
+    sched = halving({"c": 3})
+    trials = [StubTrial(str(i), "c") for i in range(3)]
+    ctl = StubController(sched, trials)
+    scores, losses = [0.8, 0.8, 0.8], [0.30, 0.20, 0.20]  # trials 1 and 2 tie on both
+    for t, s, loss in zip(trials, scores, losses, strict=True):
+        sched.on_trial_result(ctl, t, {"epoch": 1, "val/best_acc": s, "val/best_loss": loss})
+    assert sched.state.halving["c"].promoted[1] == {"c/trial=1"}
+    table = pd.DataFrame({"cell_key": "c", "trial_key": [f"c/trial={i}" for i in range(3)], "status": "finished",
+                          "score": scores, "val_best_loss": losses})
+    assert chosen_trials(table)["trial_key"].tolist() == ["c/trial=1"]

@@ -15,7 +15,7 @@ from sweep.launch import main
 from tests.conftest import SHARED_DATA, launch, run_worker
 from trainables.fid import FeatureExtractor, feature_extractor, fid, frechet_distance, kid
 from trainables.session import LocalSession
-from trainables.text_to_image import train_loop_per_worker
+from trainables.text_to_image import Precision, train_loop_per_worker
 
 NIH = SHARED_DATA / "nih_cxr14_64"
 
@@ -147,6 +147,17 @@ def test_reports_validation_loss_each_epoch_and_fid_kid_at_the_end(uninterrupted
     assert all(not any(k.startswith("test/") for k in r) for r in reports[:-1])
     last = reports[-1]
     assert last["test/fid"] > 0 and np.isfinite(last["test/kid"]) and last["test/generated"] == 4
+
+
+@pytest.mark.parametrize(("setting", "device", "enabled", "dtype", "scaler"), [
+    ("bf16", "cuda", True, torch.bfloat16, False),
+    ("fp16", "cuda", True, torch.float16, True),  # only fp16 needs a GradScaler
+    ("no", "cuda", False, torch.float16, False),
+    ("bf16", "cpu", False, torch.bfloat16, False),  # CPU runs are fp32 whatever the setting
+])
+def test_precision_follows_the_setting_and_the_device(setting, device, enabled, dtype, scaler):
+    precision = Precision.of(setting, torch.device(device))
+    assert (precision.enabled, precision.dtype, precision.scales_loss) == (enabled, dtype, scaler)
 
 
 def test_resume_reloads_the_trained_weights_and_continues_the_same_curve(uninterrupted, tmp_path):

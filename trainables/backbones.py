@@ -36,7 +36,7 @@ class WeightsError(ValueError):
 @dataclass(frozen=True)
 class BackboneInfo:
     name: str
-    family: str  # "vit" or "cnn"
+    family: str  # "vit" or "cnn" (timm classifiers); "unet" for the diffusion U-Net (trainables.diffusion_models)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     weight_source: str

@@ -47,6 +47,12 @@ from trainables.trial import (
     warmup_cosine,
 )
 
+# Torch's global generator (dropout, stochastic depth, ...) is reseeded each epoch with
+# `seed * EPOCH_SEED_STRIDE + epoch`, so a resumed trial draws what an uninterrupted one would. The stride is a
+# prime far above any epoch count, so no two (seed, epoch) pairs share a seed. (The batches' shuffling and
+# augmentation have their own generators, seeded in trainables/data/loader.py.)
+EPOCH_SEED_STRIDE = 10_007
+
 
 class ClassificationTrain(BaseModel):
     """The `train:` section of a classification sweep."""
@@ -106,7 +112,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model, bn_mode = prepared.model.to(device), prepared.bn_mode
     train_batches = Batches(data.train, train.batch_size, info.mean, info.std, device, shuffle=True,
                             augment=train.augment, seed=cfg.seed, rank=rank, world_size=world, min_last=2)
-    evaluate = Evaluator(info.mean, info.std, train.eval_batch_size, device, rank, world)
+    evaluate = Evaluator(info.mean, info.std, train.eval_batch_size, device, rank, world, amp=train.amp)
     trained = [p for p in model.parameters() if p.requires_grad]
     weights = class_weights(data.train.labels.numpy(), data.num_classes, train.class_weights)
     loss_weights = torch.tensor(weights, dtype=torch.float32, device=device) if weights else None
@@ -139,7 +145,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             started = time.perf_counter()
             train_mode(net, bn_mode)
             train_batches.epoch = epoch
-            torch.manual_seed(cfg.seed * 10_007 + epoch)  # dropout etc.: the same on resume
+            torch.manual_seed(cfg.seed * EPOCH_SEED_STRIDE + epoch)  # dropout etc.: the same on resume
             loss_sum, seen = 0.0, 0
             for x, y in train_batches:
                 optimizer.zero_grad(set_to_none=True)
@@ -231,9 +237,11 @@ def _normaliser(y: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor |
 class Evaluator:
     """Metrics of a model on a split; with several DDP workers each evaluates a shard and all see the total."""
 
-    def __init__(self, mean, std, batch_size: int, device: torch.device, rank: int, world: int) -> None:
+    def __init__(self, mean, std, batch_size: int, device: torch.device, rank: int, world: int,
+                 amp: bool = True) -> None:
         self.mean, self.std, self.batch_size, self.device = mean, std, batch_size, device
         self.rank, self.world = rank, world
+        self.amp = amp and device.type == "cuda"  # bf16 autocast as in training (train.amp), on GPUs only
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, split: ImageSplit) -> dict[str, float]:
@@ -243,7 +251,7 @@ class Evaluator:
                           world_size=self.world, pad=False)
         logits, labels = [], []
         for x, y in batches:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 logits.append(model(x).float().cpu())
             labels.append(y.cpu())
         model.train(was_training)

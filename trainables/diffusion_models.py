@@ -30,6 +30,11 @@ SD15_NAMES = ("stable-diffusion-v1-5", SD15_HUB, "runwayml/stable-diffusion-v1-5
 # the weights.
 SD15_UNET = {"sample_size": 64, "cross_attention_dim": 768, "attention_head_dim": 8}
 SD_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+# tiny-sd's "pretrained" U-Net and VAE are random weights from these seeds: the same model in every trial and
+# every process, as real pretrained weights would be. The seed is set again before the VAE, so the VAE does not
+# depend on how many numbers building the U-Net drew (its cross-attention width follows the text encoder).
+TINY_UNET_SEED = 0
+TINY_VAE_SEED = 1
 
 
 def tiny_unet_config(cross_attention_dim: int) -> dict[str, Any]:
@@ -177,7 +182,7 @@ def build_unet(name: str, weights: str, kwargs: dict[str, Any], device: str | to
     config_only = config_only or (device is not None and torch.device(device).type == "meta")
     placed = torch.device(device) if device is not None else contextlib.nullcontext()
     if name == "tiny-sd":
-        torch.manual_seed(0)  # the same random "pretrained" U-Net in every trial
+        torch.manual_seed(TINY_UNET_SEED)  # the same random "pretrained" U-Net in every trial
         with placed:
             unet = UNet2DConditionModel(**tiny_unet_config(text_width(text_encoder, None)))
         source = "tiny-sd (random weights from configs)"
@@ -205,7 +210,7 @@ def build_diffusion(name: str, weights: str, kwargs: dict[str, Any], device: tor
     text_encoder = text_encoder_of(name, kwargs)
     unet, info = build_unet(name, weights, kwargs)
     if name == "tiny-sd":
-        torch.manual_seed(1)
+        torch.manual_seed(TINY_VAE_SEED)
         vae = AutoencoderKL(**tiny_vae_config())
         scheduler = DDPMScheduler(num_train_timesteps=1000)
         text = load_text_encoder(text_encoder, None, device)

@@ -9,7 +9,8 @@ Feature extractors (`fid_features` in a text-to-image sweep's train settings):
 - `module:<package.module>:<factory>`: any torch module a factory returns, or the path of a TorchScript file;
   it maps float images in [0, 1], (N, 3, H, W), to (N, D) features;
 - `auto`: inception-v3 if available, else efficientnet-lite0.
-The extractor used goes into every run's params: FIDs from different extractors are not comparable.
+The extractor used is recorded in the `fid.features` tag of every run that computes FID (the requested spec is in
+its params as `train.fid_features`): FIDs from different extractors are not comparable.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from trainables.contract import CELL_KEY_TAG, FAILURE_REASON, ROLE_TAG, STATUS_T
 # How an earlier attempt ended, when that is a result: an attempt that reached one is replayed, never trained
 # again. (A crash is not one: the trial is retried.) A diverged run's status is `failed`, its kind "diverged".
 DIVERGED = "diverged"
-ENDED = (Status.FINISHED, Status.STOPPED_EARLY, DIVERGED)
+REPLAYABLE = (Status.FINISHED, Status.STOPPED_EARLY, DIVERGED)
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 
@@ -43,7 +43,7 @@ class TrialRun:
     def __init__(self, client, run_id: str, ended: str | None = None, logged_steps: set[int] | None = None,
                  failure_reason: str = ""):
         self.client, self.run_id = client, run_id
-        self.ended, self.failure_reason = ended, failure_reason  # how an earlier attempt ended (see ENDED)
+        self.ended, self.failure_reason = ended, failure_reason  # how an earlier attempt ended (see REPLAYABLE)
         # Epochs an earlier attempt already logged: a resumed trial redoes at most the epoch after its last
         # checkpoint, identically (seeded per epoch), and its metrics are not logged twice.
         self.logged_steps = logged_steps or set()
@@ -67,7 +67,7 @@ class TrialRun:
             outcome = tags_now.get(STATUS_TAG)
             if outcome == Status.FAILED and tags_now.get("failure_kind") == DIVERGED:
                 outcome = DIVERGED
-            ended = outcome if outcome in ENDED else None
+            ended = outcome if outcome in REPLAYABLE else None
             run_id = existing.info.run_id
             if same_config:
                 steps = {int(m.step) for m in client.get_metric_history(run_id, "epoch")}

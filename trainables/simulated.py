@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from trainables.config import TrialConfig
 from trainables.contract import SCORE
 from trainables.session import current_session
-from trainables.trial import Trial
+from trainables.trial import Trial, run_tags
 
 
 class SimulatedTrain(BaseModel):
@@ -49,8 +49,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     params = {"task": cfg.task, "method": cfg.method.name, "train.lr": train.lr, "train.epochs": train.epochs,
               "selection.val": "val/best_acc", "selection.test": "test/acc",
               **{f"searched.{k}": v for k, v in cfg.searched.items()}, "trainable_params": 1, "total_params": 1}
-    tags = {"task": cfg.task, "dataset": cfg.data.name, "backbone": cfg.backbone.key, "method": cfg.method.key,
-            "fraction": str(cfg.data.fraction), "seed": str(cfg.seed)}
+    tags = run_tags(cfg, {})  # as a training trial's: its dataset tag is the spec's id, as its cell's
     if trial.start(params, tags, start):
         return
     with trial.failures():

@@ -27,7 +27,7 @@ from torch import nn
 
 from trainables.config import TrialConfig
 from trainables.contract import SCORE, Selection
-from trainables.data import ImageSplit, check_captions, load_splits
+from trainables.data import ImageSplit, SplitData, check_captions, load_splits
 from trainables.data.manifest import default_cache_dir
 from trainables.devices import ddp, device_for, peak_memory_mb
 from trainables.diffusion_models import DiffusionParts, build_diffusion
@@ -46,6 +46,20 @@ from trainables.trial import (
 
 # Trials are chosen on the validation denoising loss; FID of generated images is what gets reported.
 SELECTION = Selection("val/best_loss", "test/fid", test_higher_is_better=False)
+
+# The loop's random numbers come from generators seeded with fixed numbers only, so a rerun or a resumed trial
+# draws exactly the same values:
+# - epoch e's training draws (order, caption dropout, noise, timesteps): seed `seed * EPOCH_SEED_STRIDE + e`, a
+#   prime stride far above any epoch count, so no two (seed, epoch) pairs share a generator seed;
+EPOCH_SEED_STRIDE = 100_003
+# - the noise of the validation (and test/loss) denoising loss: the same seed for every trial, whatever its own
+#   seed, so all trials are scored on the same noise and their losses compare;
+VALIDATION_NOISE_SEED = 1234
+# - the initial latents of the images generated for FID: seed `seed * SAMPLE_SEED_STRIDE + i` for the chunk of
+#   SAMPLE_CHUNK prompts starting at prompt i, so each trial seed gets its own, reproducible images (changing the
+#   chunk size changes them).
+SAMPLE_SEED_STRIDE = 7_919
+SAMPLE_CHUNK = 16
 
 
 class TextToImageTrain(BaseModel):
@@ -74,6 +88,29 @@ class TextToImageTrain(BaseModel):
     checkpoint_every: int = Field(1, ge=1)
 
 
+@dataclass(frozen=True)
+class Precision:
+    """How the forward passes and the frozen weights run, decided once from `mixed_precision` and the device:
+    with `enabled` (a CUDA device and mixed_precision bf16 or fp16) under autocast to `dtype`, with the frozen
+    weights stored in `dtype`; otherwise in fp32 throughout. Trained parameters always stay fp32."""
+
+    enabled: bool
+    dtype: torch.dtype  # bfloat16 for "bf16", else float16 (not used unless enabled)
+
+    @classmethod
+    def of(cls, mixed_precision: str, device: torch.device) -> Precision:
+        return cls(enabled=mixed_precision != "no" and device.type == "cuda",
+                   dtype=torch.bfloat16 if mixed_precision == "bf16" else torch.float16)
+
+    @property
+    def scales_loss(self) -> bool:
+        """Whether training needs a GradScaler: fp16 gradients underflow without one; bf16's do not."""
+        return self.enabled and self.dtype == torch.float16
+
+    def autocast(self, device: torch.device) -> torch.autocast:
+        return torch.autocast(device.type, dtype=self.dtype, enabled=self.enabled)
+
+
 @dataclass
 class Progress:
     epoch: int = 0
@@ -83,7 +120,8 @@ class Progress:
 
 @dataclass
 class Encoded:
-    """A split as the U-Net sees it: VAE latents and caption embeddings, computed once (both encoders frozen)."""
+    """A split as the U-Net sees it: its VAE latents (scaled by the VAE's scaling factor), computed once (the VAE
+    is frozen), and its captions as text; their embeddings come from `Embeddings`, which caches each one."""
 
     latents: torch.Tensor
     captions: list[str]
@@ -96,32 +134,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = session.world_rank, session.world_size
     device = device_for(cfg.resources.gpus)
     torch.set_num_threads(max(1, int(cfg.resources.cpus)))
-    amp = train.mixed_precision != "no" and device.type == "cuda"
-    half = torch.bfloat16 if train.mixed_precision == "bf16" else torch.float16
+    precision = Precision.of(train.mixed_precision, device)
 
     # Data and the frozen parts: latents and caption embeddings once, not every step.
     data = load_splits(cfg.data, cfg.seed)
     if data.manifest is not None:  # the sweep checked already; a worker run by hand may not have
         check_captions(data.manifest, cfg.data.id or cfg.data.name)
     parts = build_diffusion(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.kwargs, device)
-    if amp:
-        parts.vae.to(half)
-        parts.text.model.to(half)
+    if precision.enabled:
+        parts.vae.to(precision.dtype)
+        parts.text.model.to(precision.dtype)
     encoded = {"train": encode(parts, data.train, device), "val": encode(parts, data.val, device, limit=train.val_pairs)}
     embeddings = Embeddings(parts, device)
 
     # The U-Net and its PEFT method; frozen weights may drop to half precision, trained ones stay fp32.
     prepared = prepare_model(parts.unet, parts.info, cfg.method.name, cfg.method.knobs, cfg.method.bn_mode)
     unet = prepared.model.to(device)
-    if amp:
+    if precision.enabled:
         for param in unet.parameters():
             if not param.requires_grad:
-                param.data = param.data.to(half)
+                param.data = param.data.to(precision.dtype)
     if train.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     net = ddp(unet, device) if world > 1 else unet
     optimizer = torch.optim.AdamW(param_groups(unet, train.lr, train.weight_decay))
-    scaler = torch.amp.GradScaler(enabled=amp and half == torch.float16)
+    scaler = torch.amp.GradScaler(enabled=precision.scales_loss)
     per_rank = -(-len(encoded["train"].captions) // world)
     steps_per_epoch = -(-per_rank // train.batch_size)
     schedule = warmup_cosine(optimizer, int(train.warmup_epochs * steps_per_epoch), train.epochs * steps_per_epoch)
@@ -143,7 +180,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             unet.train()
             # Noise, timesteps, caption dropout and order depend on (seed, epoch) only: a resumed trial trains
             # exactly as an uninterrupted one.
-            generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            generator = torch.Generator().manual_seed(cfg.seed * EPOCH_SEED_STRIDE + epoch)
             order = torch.randperm(len(encoded["train"].captions), generator=generator)
             order = torch.cat([order, order[: per_rank * world - len(order)]])[rank::world]
             loss_sum, seen = 0.0, 0
@@ -154,7 +191,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                             else encoded["train"].captions[i] for i in idx.tolist()]
                 noise = torch.randn(latents.shape, generator=generator).to(device)
                 t = torch.randint(0, schedule_t.config.num_train_timesteps, (len(idx),), generator=generator).to(device)
-                with torch.autocast(device.type, dtype=half, enabled=amp):
+                with precision.autocast(device):
                     prediction = net(schedule_t.add_noise(latents, noise, t), t,
                                      encoder_hidden_states=embeddings(captions)).sample
                     loss = F.mse_loss(prediction.float(), target(schedule_t, latents, noise, t).float())
@@ -171,7 +208,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 loss_sum += loss.item() * len(idx)
                 seen += len(idx)
 
-            val_loss = validation_loss(unet, parts, encoded["val"], embeddings, train, device, amp, half)
+            val_loss = validation_loss(unet, parts, encoded["val"], embeddings, train=train, device=device,
+                                       precision=precision)
             if val_loss < progress.best:
                 progress.best, progress.best_epoch = val_loss, epoch
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in trainable_state_dict(unet, "eval").items()}
@@ -190,7 +228,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             last = epoch == train.epochs
             if last and rank == 0:  # with the best-validation weights: samples, FID, KID
                 load_trainable_state(unet, best_state)
-                metrics.update(evaluate(unet, parts, data, embeddings, train, cfg, device, amp, half, trial))
+                metrics.update(evaluate(unet, parts, data, embeddings, train=train, cfg=cfg, trial=trial,
+                                        device=device, precision=precision))
             trial.end_epoch(epoch, metrics, last, save=partial(
                 save_training_state, model=unet, bn_mode="eval", optimizer=optimizer, schedule=schedule,
                 progress=progress, best_state=best_state))
@@ -212,7 +251,7 @@ class Embeddings:
 
 
 @torch.no_grad()
-def encode(parts: DiffusionParts, split: ImageSplit, device: torch.device, limit: int | None = None,
+def encode(parts: DiffusionParts, split: ImageSplit, device: torch.device, *, limit: int | None = None,
            batch: int = 32) -> Encoded:
     """The first `limit` images of the split (all by default) through the VAE, with their captions."""
     n = len(split) if limit is None else min(limit, len(split))
@@ -234,19 +273,19 @@ def target(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tenso
 
 
 @torch.no_grad()
-def validation_loss(unet: nn.Module, parts: DiffusionParts, val: Encoded, embeddings: Embeddings, train,
-                    device: torch.device, amp: bool, half) -> float:
+def validation_loss(unet: nn.Module, parts: DiffusionParts, val: Encoded, embeddings: Embeddings, *,
+                    train: TextToImageTrain, device: torch.device, precision: Precision) -> float:
     """Denoising loss on the first `val_pairs` held-out pairs at fixed timesteps with fixed noise: the same
     numbers for every trial of a cell, so their losses compare."""
     unet.eval()
     n = min(train.val_pairs, len(val.captions))
     latents = val.latents[:n].to(device)
-    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1234)).to(device)
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(VALIDATION_NOISE_SEED)).to(device)
     context = embeddings(val.captions[:n])
     total = 0.0
     for step in train.val_timesteps:
         t = torch.full((n,), min(step, parts.noise_scheduler.config.num_train_timesteps - 1), device=device)
-        with torch.autocast(device.type, dtype=half, enabled=amp):
+        with precision.autocast(device):
             prediction = unet(parts.noise_scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=context).sample
         total += F.mse_loss(prediction.float(), target(parts.noise_scheduler, latents, noise, t).float()).item()
     unet.train()
@@ -254,8 +293,9 @@ def validation_loss(unet: nn.Module, parts: DiffusionParts, val: Encoded, embedd
 
 
 @torch.no_grad()
-def generate(unet: nn.Module, parts: DiffusionParts, prompts: list[str], embeddings: Embeddings, train, seed: int,
-             device: torch.device, amp: bool, half, latent_shape: tuple[int, ...]) -> torch.Tensor:
+def generate(unet: nn.Module, parts: DiffusionParts, prompts: list[str], embeddings: Embeddings, *,
+             train: TextToImageTrain, seed: int, latent_shape: tuple[int, ...], device: torch.device,
+             precision: Precision) -> torch.Tensor:
     """Images for the prompts with classifier-free guidance and a DDIM sampler, seeded: uint8 (N, 3, H, W)."""
     from diffusers import DDIMScheduler
 
@@ -263,13 +303,13 @@ def generate(unet: nn.Module, parts: DiffusionParts, prompts: list[str], embeddi
     sampler = DDIMScheduler.from_config(parts.noise_scheduler.config)
     sampler.set_timesteps(train.sample_steps)
     images = []
-    for start in range(0, len(prompts), 16):
-        chunk = prompts[start : start + 16]
-        generator = torch.Generator().manual_seed(seed * 7_919 + start)
+    for start in range(0, len(prompts), SAMPLE_CHUNK):
+        chunk = prompts[start : start + SAMPLE_CHUNK]
+        generator = torch.Generator().manual_seed(seed * SAMPLE_SEED_STRIDE + start)
         latents = (torch.randn((len(chunk), *latent_shape), generator=generator) * sampler.init_noise_sigma).to(device)
         context = torch.cat([embeddings([""] * len(chunk)), embeddings(chunk)])
         for t in sampler.timesteps:
-            with torch.autocast(device.type, dtype=half, enabled=amp):
+            with precision.autocast(device):
                 noise = unet(torch.cat([latents, latents]), t, encoder_hidden_states=context).sample.float()
             unconditional, conditional = noise.chunk(2)
             latents = sampler.step(unconditional + train.guidance_scale * (conditional - unconditional), t,
@@ -281,16 +321,17 @@ def generate(unet: nn.Module, parts: DiffusionParts, prompts: list[str], embeddi
     return torch.cat(images)
 
 
-def evaluate(unet: nn.Module, parts: DiffusionParts, data, embeddings: Embeddings, train, cfg: TrialConfig,
-             device: torch.device, amp: bool, half, trial: Trial) -> dict[str, float]:
+def evaluate(unet: nn.Module, parts: DiffusionParts, data: SplitData, embeddings: Embeddings, *,
+             train: TextToImageTrain, cfg: TrialConfig, trial: Trial, device: torch.device,
+             precision: Precision) -> dict[str, float]:
     """Generated images for a fixed prompt set (the first test captions) against the held-out real test images:
     FID, KID, and a sample grid (with its prompts) logged to the run."""
     import torchvision
 
     encoded = encode(parts, data.test, device, limit=train.val_pairs)  # the pairs test/loss is measured on
     prompts = data.test.captions[: train.eval_prompts]
-    fake = generate(unet, parts, prompts, embeddings, train, cfg.seed, device, amp, half,
-                    tuple(encoded.latents.shape[1:]))
+    fake = generate(unet, parts, prompts, embeddings, train=train, seed=cfg.seed,
+                    latent_shape=tuple(encoded.latents.shape[1:]), device=device, precision=precision)
     n_real = min(train.fid_real_images or len(data.test), len(data.test))
     extractor = feature_extractor(train.fid_features, device)
     # The test split does not depend on the trial's fraction or seed: its features are shared by the whole sweep.
@@ -308,6 +349,7 @@ def evaluate(unet: nn.Module, parts: DiffusionParts, data, embeddings: Embedding
     return {
         "test/fid": fid(real_features, fake_features),
         "test/kid": kid(real_features, fake_features, subset_size=train.kid_subset_size),
-        "test/loss": validation_loss(unet, parts, encoded, embeddings, train, device, amp, half),
+        "test/loss": validation_loss(unet, parts, encoded, embeddings, train=train, device=device,
+                                     precision=precision),
         "test/generated": float(len(fake)),
     }

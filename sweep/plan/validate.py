@@ -1,9 +1,14 @@
 """Validate before you spend: a spec becomes a `Plan` (every cell checked) or a SpecError listing every problem.
 
-Nothing here creates files or starts Ray. Checks: the task and its training settings, every method exists and
-fits every backbone it is crossed with (built on PyTorch's meta device, so no memory and no weights), the
-backbones' pretrained weights can be loaded, every dataset's files are where its layout says (or the spec allows
-the synthetic fallback), search spaces are valid, and the storage is writable.
+`make_plan` starts no Ray and creates no sweep files. Checks: the task and its training settings, search spaces
+are valid (every searched name a train setting or knobs.*), every method exists and fits every backbone it is
+crossed with (built on PyTorch's meta device, so no memory and no weights), the backbones' pretrained weights can
+be loaded, and every dataset's files are where its layout says (a dataset that can download itself, like
+MedMNIST, may do so; or the spec allows the synthetic fallback). With `gpus_per_trial: auto` it also sets each
+cell's GPU share from the calibration cache, calibrating (and adding to that cache) when this machine has the
+sweep's GPU. Whether the storage is writable is checked by sweep.store.storage (`preflight`), not here.
+`prepare_data`, run after the plan, does write: each dataset's manifest and image cache (uploaded to remote
+storage when there is one).
 """
 
 from __future__ import annotations

@@ -94,14 +94,6 @@ class PrintedCount:
         return None
 
 
-def compact(count: float) -> str:
-    """A count written as the study writes them (3 significant digits, K or M)."""
-    for unit, factor in (("M", 1e6), ("K", 1e3)):
-        if count >= factor:
-            return f"{count / factor:.3g}{unit}"
-    return str(int(count))
-
-
 def study_settings(spec_path: str | Path) -> dict[tuple[str, str], tuple[str, Any, Any]]:
     """(backbone key, method key) -> (task, backbone entry, method entry) over every arm of a study's spec."""
     from sweep.plan.spec import load_specs

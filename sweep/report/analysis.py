@@ -1,6 +1,7 @@
 """From MLflow runs to the study's numbers: the per-trial table, each cell's chosen trial (on validation only),
-and the tables of the report. Pure functions of DataFrames, so every number can be recomputed from
-`results.parquet`.
+and the tables of the report. `trials_table` reads MLflow (the runs, and the training-loss history of each cell's
+chosen trial); everything after it is a pure function of that table's DataFrame, so every number can be
+recomputed from `results.parquet`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from trainables.contract import (
     ENDED,
     EPOCH,
     FAILURE_REASON,
+    ROLE_TAG,
     SCORE,
     STATUS_TAG,
     TRIAL_KEY_TAG,
@@ -36,12 +38,12 @@ def trials_table(uri: str, sweep: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     experiment = mlflow.get_experiment_by_name(sweep)
     if experiment is None:
         raise LookupError(f"MLflow at {uri} has no sweep named {sweep!r}")
-    trial_runs = mlflow_experiment.search_all(mlflow, experiment.experiment_id, "tags.role = 'trial'")
-    cell_runs = mlflow_experiment.search_all(mlflow, experiment.experiment_id, "tags.role = 'cell'")
+    trial_runs = mlflow_experiment.search_all(mlflow, experiment.experiment_id, f"tags.{ROLE_TAG} = 'trial'")
+    cell_runs = mlflow_experiment.search_all(mlflow, experiment.experiment_id, f"tags.{ROLE_TAG} = 'cell'")
     rows = pd.DataFrame([_trial_row(sweep, run) for run in trial_runs])
     trials = rows.reindex(columns=[*_TRIAL_COLUMNS, *[c for c in rows.columns if c not in _TRIAL_COLUMNS]])
     cells = pd.DataFrame([{
-        "cell_key": run.data.tags["cell_key"],
+        "cell_key": run.data.tags[CELL_KEY_TAG],
         "cell_run_id": run.info.run_id,
         "budget": int(run.data.params.get("budget", 0)),
         **{f: run.data.tags.get(f, "") for f in CELL_FIELDS},
@@ -238,10 +240,6 @@ def method_scores(trials: pd.DataFrame) -> pd.DataFrame:
     best = scores["oriented"].where(usable).groupby([scores[w] for w in where]).transform("max")
     scores["winner"] = usable & (scores["oriented"] == best)
     return scores
-
-
-def learned_label(value) -> str:
-    return "n/a" if value is None else "yes" if value else "no"
 
 
 def paired_vs_full(trials: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:

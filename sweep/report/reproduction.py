@@ -122,11 +122,6 @@ def _first(ranks: pd.DataFrame, backbones: list[str], column: str) -> tuple[str 
     return (part.idxmin(), float(part.min())) if len(part) else (None, math.nan)
 
 
-def _last(ranks: pd.DataFrame, backbones: list[str], column: str) -> str | None:
-    part = ranks[ranks["study_backbone"].isin(backbones)].groupby("study_method")[column].mean().dropna()
-    return part.idxmax() if len(part) else None
-
-
 def _peft_advantage(cells: pd.DataFrame, backbone: str, column: str) -> float:
     """Mean over datasets of (best PEFT method - full fine-tuning), in the table's units."""
     part = cells[(cells["study_backbone"] == backbone) & (cells["table"] != "Figure 1")]

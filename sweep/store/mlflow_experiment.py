@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from sweep.plan.grid import Cell
-from trainables.contract import ROLE_TAG
+from trainables.contract import CELL_KEY_TAG, ROLE_TAG
 
 ROLE = ROLE_TAG  # the tag saying what a run of the experiment stands for (contract)
 
@@ -34,7 +34,7 @@ class Tracking:
             "experiment_id": self.experiment_id,
             "parent_run_id": self.cell_runs[cell.key],
             "sweep": sweep,
-            "cell_key": cell.key,
+            CELL_KEY_TAG: cell.key,
             "tags": {},
         }
 
@@ -158,7 +158,7 @@ def prepare(uri: str, sweep: str, artifact_root: str, cells: list[Cell], spec_te
         experiment_id = mlflow.create_experiment(sweep, artifact_location=artifact_root)
     else:
         experiment_id = experiment.experiment_id
-    existing = runs_by_tag(mlflow, experiment_id, role="cell", key="cell_key")
+    existing = runs_by_tag(mlflow, experiment_id, role="cell", key=CELL_KEY_TAG)
     parent = runs_by_tag(mlflow, experiment_id, role="sweep", key="sweep").get(sweep)
     if parent is None:
         parent = mlflow.create_run(experiment_id, run_name=sweep, tags={ROLE: "sweep", "sweep": sweep}).info.run_id
@@ -175,7 +175,7 @@ def prepare(uri: str, sweep: str, artifact_root: str, cells: list[Cell], spec_te
                 ROLE: "cell",
                 "mlflow.parentRunId": parent,
                 "sweep": sweep,
-                "cell_key": cell.key,
+                CELL_KEY_TAG: cell.key,
                 "task": cell.task,
                 "dataset": cell.dataset.key,
                 "backbone": cell.backbone.key,

@@ -193,5 +193,9 @@ def to_optuna(dist: Dist):
     return FloatDistribution(dist.low, dist.high, log=dist.log)
 
 
+CELL_SEED_RANGE = 100_000  # a cell's sampler seed is the search seed plus its key's hash below this
+
+
 def _stable_hash(text: str) -> int:
-    return zlib.crc32(text.encode()) % 100_000
+    """The same for a cell key in every process and run (Python's hash() is salted per process)."""
+    return zlib.crc32(text.encode()) % CELL_SEED_RANGE

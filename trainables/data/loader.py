@@ -15,6 +15,11 @@ import torch.nn.functional as F
 
 from trainables.data.prepare import ImageSplit
 
+# Seeds of the loader's two random streams, per (seed, epoch): distinct primes, so that the shuffle of one epoch
+# and the augmentation of another never draw the same numbers. Changing them changes every trial's batches.
+SHUFFLE_SEED_STRIDE = 100_003
+AUGMENT_SEED_STRIDE = 7_919
+
 
 class Batches:
     """One pass over a split: normalised float batches (B, 3, H, W) and labels.
@@ -53,7 +58,7 @@ class Batches:
     def indices(self) -> torch.Tensor:
         n = len(self.split)
         if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * SHUFFLE_SEED_STRIDE + self.epoch))
         else:
             order = torch.arange(n)
         if self.world_size > 1:
@@ -78,7 +83,7 @@ class Batches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.indices()
-        generator = torch.Generator(device=self.device).manual_seed(self.seed * 7919 + self.epoch)
+        generator = torch.Generator(device=self.device).manual_seed(self.seed * AUGMENT_SEED_STRIDE + self.epoch)
         bounds = self._starts(len(order))
         for start, stop in itertools.pairwise(bounds):
             idx = order[start:stop]
