@@ -109,6 +109,9 @@ def check_weights(name: str, weights: str, kwargs: dict[str, Any]) -> str:
         raise WeightsError(f"text_encoder {text_encoder!r}: no transformers model folder there (config.json "
                            "missing); give 'minilm' or the folder of a CLIP or BERT-like text encoder")
     if name == "tiny-sd":
+        if weights not in ("default", "random"):
+            raise WeightsError(f"backbone 'tiny-sd' is built from configs with random weights; weights "
+                               f"{weights!r} cannot apply to it: give weights: random (or leave it out)")
         return "tiny-sd (random U-Net and VAE from configs)"
     folder = resolve_folder(name, weights)
     if Path(folder).is_dir():

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from torch import nn
 
+# timm's residual-block classes. ConvBnAct is what timm's EfficientNet builds for the `cn` blocks of an arch_def
+# (EfficientNetV2's first stages); EfficientNet-Lite0 and ResNets have none.
 BLOCK_TYPES = ("BasicBlock", "Bottleneck", "DepthwiseSeparableConv", "InvertedResidual", "EdgeResidual",
-               "ConvNeXtBlock")
+               "ConvBnAct", "ConvNeXtBlock")
 
 
 def residual_blocks(model: nn.Module) -> list[nn.Module]:
