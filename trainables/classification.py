@@ -25,7 +25,7 @@ from torch import nn
 
 from trainables.backbones import build_backbone
 from trainables.config import TrialConfig
-from trainables.contract import SCORE, Selection
+from trainables.contract import EPOCH, SCORE, VAL_BEST_LOSS, Selection
 from trainables.data import Batches, ImageSplit, load_splits
 from trainables.devices import ddp, device_for, peak_memory_mb
 from trainables.methods import (
@@ -169,11 +169,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             progress.epoch = epoch
 
             metrics = {
-                "epoch": epoch,
+                EPOCH: epoch,
                 "train/loss": loss_sum / max(seen, 1),
                 **{f"val/{k}": v for k, v in val.items()},
                 f"val/best_{train.select_metric}": progress.best,
-                "val/best_loss": progress.best_val_loss,
+                VAL_BEST_LOSS: progress.best_val_loss,
                 SCORE: progress.best,
                 "best_epoch": progress.best_epoch,
                 "lr": schedule.get_last_lr()[0],

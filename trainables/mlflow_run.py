@@ -21,7 +21,15 @@ from collections import defaultdict
 from typing import Any
 
 from trainables.config import TrackingConfig
-from trainables.contract import CELL_KEY_TAG, FAILURE_REASON, ROLE_TAG, STATUS_TAG, TRIAL_KEY_TAG, Status
+from trainables.contract import (
+    CELL_KEY_TAG,
+    EPOCH,
+    FAILURE_REASON,
+    ROLE_TAG,
+    STATUS_TAG,
+    TRIAL_KEY_TAG,
+    Status,
+)
 
 # How an earlier attempt ended, when that is a result: an attempt that reached one is replayed, never trained
 # again. (A crash is not one: the trial is retried.) A diverged run's status is `failed`, its kind "diverged".
@@ -70,7 +78,7 @@ class TrialRun:
             ended = outcome if outcome in REPLAYABLE else None
             run_id = existing.info.run_id
             if same_config:
-                steps = {int(m.step) for m in client.get_metric_history(run_id, "epoch")}
+                steps = {int(m.step) for m in client.get_metric_history(run_id, EPOCH)}
                 if ended in (Status.FINISHED, Status.STOPPED_EARLY) and not steps:
                     ended = None  # stopped before it logged an epoch (the driver's mark): nothing to replay
                 if resuming or ended:

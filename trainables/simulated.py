@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from trainables.config import TrialConfig
-from trainables.contract import SCORE
+from trainables.contract import EPOCH, SCORE, VAL_BEST_LOSS
 from trainables.session import current_session
 from trainables.trial import Trial, run_tags
 
@@ -57,8 +57,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             time.sleep(train.epoch_seconds)
             acc = curve(cfg.tracking.cell_key, train.lr, epoch)
             best = max(best, acc)
-            metrics = {"epoch": epoch, "train/loss": 1 - acc, "val/acc": acc, "val/best_acc": best,
-                       "val/best_loss": 1 - best, SCORE: best}
+            metrics = {EPOCH: epoch, "train/loss": 1 - acc, "val/acc": acc, "val/best_acc": best,
+                       VAL_BEST_LOSS: 1 - best, SCORE: best}
             last = epoch == train.epochs
             if last:
                 metrics["test/acc"] = best - 0.01

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from trainables.config import TrialConfig
-from trainables.contract import SCORE, Selection
+from trainables.contract import EPOCH, SCORE, VAL_BEST_LOSS, Selection
 from trainables.data import ImageSplit, SplitData, check_captions, load_splits
 from trainables.data.manifest import default_cache_dir
 from trainables.devices import ddp, device_for, peak_memory_mb
@@ -45,7 +45,7 @@ from trainables.trial import (
 )
 
 # Trials are chosen on the validation denoising loss; FID of generated images is what gets reported.
-SELECTION = Selection("val/best_loss", "test/fid", test_higher_is_better=False)
+SELECTION = Selection(VAL_BEST_LOSS, "test/fid", test_higher_is_better=False)
 
 # The loop's random numbers come from generators seeded with fixed numbers only, so a rerun or a resumed trial
 # draws exactly the same values:
@@ -215,10 +215,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in trainable_state_dict(unet, "eval").items()}
             progress.epoch = epoch
             metrics = {
-                "epoch": epoch,
+                EPOCH: epoch,
                 "train/loss": loss_sum / max(seen, 1),
                 "val/loss": val_loss,
-                "val/best_loss": progress.best,
+                VAL_BEST_LOSS: progress.best,
                 SCORE: -progress.best,  # the sweep compares higher-is-better scores
                 "best_epoch": progress.best_epoch,
                 "lr": schedule.get_last_lr()[0],
