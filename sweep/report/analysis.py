@@ -51,6 +51,7 @@ def trials_table(uri: str, sweep: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     if not cells.empty:
         cells["fraction"] = cells["fraction"].astype(float)
         cells["seed"] = cells["seed"].astype(int)
+        cells = cells.sort_values("cell_key").reset_index(drop=True)  # MLflow returns newest first
     trials = mark_best_in_cell(trials)
     trials = _with_curve_checks(mlflow, trials)
     return trials.sort_values(["cell_key", "trial_key"]).reset_index(drop=True), cells
