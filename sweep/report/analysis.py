@@ -29,7 +29,6 @@ from trainables.contract import (
 )
 
 CELL_FIELDS = ["task", "dataset", "backbone", "method", "fraction", "seed"]
-TERMINAL = ENDED
 
 
 def trials_table(uri: str, sweep: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -166,7 +165,7 @@ def mark_best_in_cell(trials: pd.DataFrame) -> pd.DataFrame:
 
 def cell_status(trials: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     """Per planned cell: trials ended vs budget, and whether it has a chosen trial."""
-    ended = trials[trials["status"].isin(TERMINAL)].groupby("cell_key").size()
+    ended = trials[trials["status"].isin(ENDED)].groupby("cell_key").size()
     chosen = set(chosen_trials(trials)["cell_key"])
     status = cells.copy()
     status["ended"] = status["cell_key"].map(ended).fillna(0).astype(int)
@@ -274,7 +273,7 @@ def paired_vs_full(trials: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
 
 def cost_table(trials: pd.DataFrame) -> pd.DataFrame:
     """Per method: device-hours spent, and trial-epochs run against what an exhaustive search would have run."""
-    t = trials[trials["status"].isin(TERMINAL)].copy()
+    t = trials[trials["status"].isin(ENDED)].copy()
     seconds = t["wall_seconds"].fillna(0) * t["workers"].clip(lower=1)
     t["gpu_hours"] = seconds * t["gpus"].fillna(0) / 3600
     t["cpu_hours"] = seconds * t["cpus"].fillna(1) / 3600

@@ -8,8 +8,8 @@ from typing import Any
 import pandas as pd
 
 from sweep.report import trust
-from sweep.report.analysis import TERMINAL, chosen_trials
-from trainables.contract import Status
+from sweep.report.analysis import chosen_trials
+from trainables.contract import ENDED, Status
 
 
 def cell_frame(trials: pd.DataFrame, cells: list, max_epochs: int) -> pd.DataFrame:
@@ -24,7 +24,7 @@ def cell_frame(trials: pd.DataFrame, cells: list, max_epochs: int) -> pd.DataFra
             "cell_key": cell.key,
             "trials": len(mine),
             "budget": cell.budget,
-            "complete": int(mine["status"].isin(TERMINAL).sum()) >= cell.budget if len(mine) else False,
+            "complete": int(mine["status"].isin(ENDED).sum()) >= cell.budget if len(mine) else False,
             "stopped_early": int(mine["stopped_early"].sum()) if len(mine) else 0,
             "failed": int((mine["status"] == Status.FAILED).sum()) if len(mine) else 0,
             "epochs_run": int(mine["epochs_run"].sum()) if len(mine) else 0,
