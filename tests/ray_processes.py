@@ -27,20 +27,28 @@ def ray_processes() -> set[int]:
 
 
 def kill_new_ray_processes(before: set[int]) -> None:
-    """SIGKILL every Ray process that was not running when `before` was taken, except the new workers of a Ray
-    that was (another sweep on this machine keeps its own)."""
+    """SIGKILL every Ray process that was not running when `before` was taken and is ours: started under this
+    process, or orphaned (a killed launcher's, re-parented to init). Spared: the new workers of a Ray that was
+    running before, and the Ray of a launcher that some other process on this machine runs and is still alive
+    (another test session's sweep keeps its own)."""
     table = _processes()
+    ray = ray_processes()
+    me = os.getpid()
 
-    def under_old_ray(pid: int) -> bool:
-        seen = set()
-        while pid in table and pid not in seen:
-            seen.add(pid)
+    def ours(pid: int) -> bool:
+        ancestors, seen = [], {pid}
+        while pid in table and table[pid][0] not in seen:
             pid = table[pid][0]
-            if pid in before:
-                return True
-        return False
+            seen.add(pid)
+            ancestors.append(pid)
+        if me in ancestors:
+            return True
+        if any(a in before for a in ancestors):
+            return False  # a worker of a Ray that was already running
+        # Under another live process (some launcher that is not ours), or orphaned (a killed launcher's).
+        return not any(a > 1 and a in table and a not in ray for a in ancestors)
 
-    for pid in ray_processes() - before:
-        if not under_old_ray(pid):
+    for pid in ray - before:
+        if ours(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
