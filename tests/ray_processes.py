@@ -26,11 +26,11 @@ def ray_processes() -> set[int]:
     return {pid for pid, (_, command) in _processes().items() if any(p in command for p in PATTERNS)}
 
 
-def kill_new_ray_processes(before: set[int]) -> None:
-    """SIGKILL every Ray process that was not running when `before` was taken and is ours: started under this
-    process, or orphaned (a killed launcher's, re-parented to init). Spared: the new workers of a Ray that was
-    running before, and the Ray of a launcher that some other process on this machine runs and is still alive
-    (another test session's sweep keeps its own)."""
+def new_ray_processes(before: set[int]) -> set[int]:
+    """The Ray processes that were not running when `before` was taken and are ours: started under this process,
+    or orphaned (a killed launcher's, re-parented to init). Not the new workers of a Ray that was running before,
+    nor the Ray of a launcher that some other process on this machine runs and is still alive (another test
+    session's sweep keeps its own)."""
     table = _processes()
     ray = ray_processes()
     me = os.getpid()
@@ -48,7 +48,11 @@ def kill_new_ray_processes(before: set[int]) -> None:
         # Under another live process (some launcher that is not ours), or orphaned (a killed launcher's).
         return not any(a > 1 and a in table and a not in ray for a in ancestors)
 
-    for pid in ray - before:
-        if ours(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    return {pid for pid in ray - before if ours(pid)}
+
+
+def kill_new_ray_processes(before: set[int]) -> None:
+    """SIGKILL the processes `new_ray_processes(before)` finds."""
+    for pid in new_ray_processes(before):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

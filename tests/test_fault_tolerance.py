@@ -17,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import SHARED_DATA, LaunchedSweep, launch
-from tests.ray_processes import kill_new_ray_processes, ray_processes
+from tests.ray_processes import kill_new_ray_processes, new_ray_processes, ray_processes
 from trainables.simulated import curve
 
 pytestmark = pytest.mark.slow
@@ -118,7 +118,7 @@ def test_interrupted_halving_sweep_makes_the_choices_of_an_uninterrupted_one(tmp
         assert "3/3 cells complete" in final.stdout, final.stdout[-3000:]
     finally:
         time.sleep(1)
-        left = ray_processes() - rays_before
+        left = new_ray_processes(rays_before)
         kill_new_ray_processes(rays_before)
     assert not left, "Ray processes of a killed launcher outlived the launcher that resumed it"
 
