@@ -32,6 +32,12 @@ ROLE_TAG = "role"  # "sweep", "cell" or "trial": what a run of the sweep's exper
 STATUS_TAG = "status"  # a trial run's Status
 TRIAL_KEY_TAG = "trial_key"  # a trial run's key: <cell key>/trial=<index>, found again by it after a restart
 CELL_KEY_TAG = "cell_key"
+# A trial's search round within its cell (0: the planned one; later ones widen the learning-rate range or run the
+# chosen configuration longer), and the round's kind ("initial", "high", "low" or "doubling"). The driver puts them
+# in the trial's config (tracking.tags), so the trial's run carries them and the schedulers read them there.
+ROUND_TAG = "round"
+ROUND_KIND_TAG = "round_kind"
+ROUND_DOUBLING = "doubling"  # a round whose one trial runs longer than max_t: no scheduler stops it
 
 
 class Status(StrEnum):

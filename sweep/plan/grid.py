@@ -172,3 +172,14 @@ def with_searched(base: dict[str, Any], searched: dict[str, Any], trial_key: str
     config["searched"] = dict(searched)
     config["tracking"]["trial_key"] = trial_key
     return config
+
+
+def grid_order(space: dict[str, Dist], points: int) -> list[dict[str, Any]]:
+    """Every grid point, each axis walked from its centre outwards."""
+    axes = []
+    for name in sorted(space):
+        values = space[name].grid(points)
+        middle = (len(values) - 1) / 2
+        order = sorted(range(len(values)), key=lambda i: (abs(i - middle), i))
+        axes.append([(name, values[i]) for i in order])
+    return [dict(combo) for combo in itertools.product(*axes)]

@@ -138,6 +138,22 @@ class SearchSpec(_Model):
     spaces_file: str | None = None  # per-method spaces (default: search_spaces/methods.yaml)
     # Per-method overrides of the spaces file: {method: {lr: {low, high}, knobs: {r: [4, 8]}}}
     spaces: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # A cell whose chosen learning rate is the highest or lowest it tried runs another round beyond that edge
+    # (sweep/tune/rounds.py), never outside lr_limits, at most max_extensions rounds; a chosen trial still
+    # improving at its last epoch runs again with twice the epochs, at most max_epoch_doublings times.
+    extend: bool = True
+    lr_limits: tuple[float, float] = (1e-6, 1.0)
+    max_extensions: int = Field(2, ge=0)
+    max_epoch_doublings: int = Field(1, ge=0)
+
+    @field_validator("lr_limits")
+    @classmethod
+    def _limits_ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low < high:
+            raise ValueError(f"search.lr_limits must be [low, high] with 0 < low < high (e.g. [1e-6, 1.0]), "
+                             f"got [{low:g}, {high:g}]")
+        return value
 
 
 class SchedulerSpec(_Model):

@@ -45,6 +45,9 @@ def trials_table(uri: str, sweep: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         "cell_key": run.data.tags[CELL_KEY_TAG],
         "cell_run_id": run.info.run_id,
         "budget": int(run.data.params.get("budget", 0)),
+        "search": run.data.tags.get("search", ""),  # the cell's search rounds (sweep/tune/rounds.py describe)
+        "search_edge": run.data.tags.get("search_edge", ""),
+        "search_note": run.data.tags.get("search_note", ""),
         **{f: run.data.tags.get(f, "") for f in CELL_FIELDS},
     } for run in cell_runs])
     if not cells.empty:

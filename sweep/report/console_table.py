@@ -69,6 +69,10 @@ def format_table(cells: pd.DataFrame, selection) -> str:
             f"{c['epochs_run']}/{c['epochs_max']}",
             f"{c['stopped_early']}/{c['trials']}" + (f" ({c['failed']} failed)" if c["failed"] else ""),
         ])
+    if "search" in cells and cells["search"].fillna("").astype(bool).any():  # cells that searched in rounds
+        header.append("search")
+        for line, search in zip(lines, cells["search"].fillna(""), strict=True):
+            line.append(search)
     widths = [max(len(str(row[i])) for row in [header, *lines]) for i in range(len(header))]
     render = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in [header, *lines]]
     render.insert(1, "  ".join("-" * w for w in widths))

@@ -1,4 +1,5 @@
-"""Driver-side Tune callback: one line per ended trial, and early stops recorded in MLflow.
+"""Driver-side Tune callback: one line per ended trial, and early stops recorded in MLflow; a line per search
+round a cell adds, and, once its search is done, what it tried written onto its cell run.
 
 A trial stopped by the scheduler is ended by Tune, not by its own code, so the driver marks its MLflow run
 (`status=stopped_early`) and closes it. The callback is pickled with the experiment (tuner.pkl) and shares the
@@ -13,7 +14,8 @@ import sys
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from sweep.tune.scheduler import trial_key_of
+from sweep.tune.rounds import describe
+from sweep.tune.scheduler import cell_of, trial_key_of
 from sweep.tune.state import SweepState
 from trainables.contract import (
     EPOCH,
@@ -108,6 +110,31 @@ class SweepProgress(Callback):
         if result.get(REPLAYED):
             verdict += " before the interruption (replayed from MLflow)"
         self._print(trials, key, trial, verdict, result)
+        self._rounds(trial)
+
+    def _rounds(self, trial: Trial) -> None:
+        """The searcher has decided on the cell when its last trial completes (it hears before callbacks)."""
+        cell = cell_of(trial)
+        search = self.state.search.get(cell)
+        if search is None:
+            return
+        while search.announced < len(search.rounds) - 1:
+            search.announced += 1
+            added = search.rounds[search.announced]
+            print(f"[round {search.announced}] {cell}: {added.kind}, {added.size} trial(s): {added.why}",
+                  file=sys.stdout, flush=True)
+        if search.done and search.edge and not search.recorded:
+            records = [self.state.trials[t] for t in search.trial_ids if t in self.state.trials]
+            described = describe(search, records)
+            print(f"[search] {cell}: {described['search'] or 'done'}", file=sys.stdout, flush=True)
+            run_id = trial.config["tracking"].get("parent_run_id")
+            if run_id:
+                from mlflow import MlflowClient
+
+                self._client = self._client or MlflowClient(self.uri)
+                for tag, value in described.items():
+                    self._client.set_tag(run_id, tag, value)
+            search.recorded = True
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         where = trial.error_file or "the trial's error.txt"

@@ -93,7 +93,9 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
             spec = plan.spec
             searcher = CellSearcher(cells=cells, state=state, sampler=spec.search.sampler,
                                     grid_points=plan.grid_points, seed=spec.search.seed,
-                                    cell_by_cell=spec.scheduler.type == "halving")
+                                    cell_by_cell=spec.scheduler.type == "halving", extend=spec.search.extend,
+                                    lr_limits=spec.search.lr_limits, max_extensions=spec.search.max_extensions,
+                                    max_epoch_doublings=spec.search.max_epoch_doublings)
             rungs = {"max_t": plan.max_epochs, "grace_period": spec.scheduler.grace_period,
                      "reduction_factor": spec.scheduler.reduction_factor}
             if spec.scheduler.type == "asha":
@@ -143,6 +145,8 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
                           f"--storage {storage.uri} --resume")
     trials, planned = trials_table(mlflow_uri, name)
     cells = cell_frame(trials, plan.cells, plan.max_epochs)
+    if len(cells) and "search" in planned:  # each cell's rounds, as its cell run records them (callbacks.py)
+        cells["search"] = cells["cell_key"].map(dict(zip(planned["cell_key"], planned["search"], strict=True)))
     complete = bool(len(cells)) and bool(cells["complete"].all())
     outcome.record_outcome(mlflow_uri, trials, cell_status(trials, planned), ids.parent_run_id if complete else None)
     return Outcome(complete, cells, time.monotonic() - started)

@@ -23,12 +23,15 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
 from sweep.plan.spec import halving_rungs
-from sweep.tune.state import CellASHA, CellRungs, SweepState
+from sweep.tune.state import CellASHA, CellRungs, SweepState, round_key
 from trainables.contract import (
     EPOCH,
     FAILED,
     REPLAYED,
     REPLAYED_STOPPED_EARLY,
+    ROUND_DOUBLING,
+    ROUND_KIND_TAG,
+    ROUND_TAG,
     SCORE,
     VAL_BEST_LOSS,
     selection_order,
@@ -43,6 +46,36 @@ def cell_of(trial: Trial) -> str:
 
 def trial_key_of(trial: Trial) -> str:
     return trial.config["tracking"]["trial_key"]
+
+
+def round_of(trial: Trial) -> int:
+    """The trial's search round within its cell (sweep/tune/searcher.py adds rounds; 0 is the planned one)."""
+    return int(trial.config["tracking"].get("tags", {}).get(ROUND_TAG, 0))
+
+
+def rounds_key_of(trial: Trial) -> str:
+    """The key of the trial's round's halving record (each round of a cell halves its own trials)."""
+    return round_key(cell_of(trial), round_of(trial))
+
+
+def runs_longer(trial: Trial) -> bool:
+    """A trial of an epoch-doubling round: it runs past max_t with its schedule stretched, so its rungs are not
+    the cell's and no scheduler stops it (it is compared with the cell's other trials once it has ended)."""
+    return trial.config["tracking"].get("tags", {}).get(ROUND_KIND_TAG) == ROUND_DOUBLING
+
+
+def base_cell(key: str) -> str:
+    return key.split("#round=")[0]
+
+
+def searcher_idle(tune_controller) -> bool:
+    """The searcher has no trial to hand out now: finished, or (sweep/tune/searcher.py) waiting for running
+    trials to end before it can decide on a cell's next round."""
+    search_alg = tune_controller.search_alg
+    if search_alg.is_finished():
+        return True
+    searcher = getattr(search_alg, "searcher", None)
+    return bool(getattr(searcher, "idle", False))
 
 
 class _PerCell(FIFOScheduler):
@@ -121,10 +154,12 @@ class PerCellASHA(_PerCell):
             cell.members.discard(trial.trial_id)
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
-        if trial.status not in (Trial.TERMINATED, Trial.ERROR):
+        if trial.status not in (Trial.TERMINATED, Trial.ERROR) and not runs_longer(trial):
             self._member(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        if runs_longer(trial):
+            return TrialScheduler.CONTINUE
         decision = self._member(tune_controller, trial).on_trial_result(tune_controller, trial, result)
         if result.get(REPLAYED):
             # An attempt that had already ended, reported again after a restore: its values join the rungs and it
@@ -193,15 +228,29 @@ class PerCellHalving(_PerCell):
     def __getstate__(self) -> dict:  # Tune pickles the scheduler; not its trials
         return {**self.__dict__, "_seen": None, "_ended_prefix": 0, "_erred": {}}
 
-    def _cell(self, cell: str) -> CellRungs:
-        if cell not in self.state.halving:
-            self.state.halving[cell] = CellRungs(self.budgets[cell])
-        return self.state.halving[cell]
+    def _cell(self, key: str) -> CellRungs:
+        """The halving record of a cell's round (`key`: sweep.tune.state.round_key): the planned round's size is
+        the cell's budget, a later round's is what the searcher added (SweepState.search)."""
+        if key not in self.state.halving:
+            if key in self.budgets:
+                self.state.halving[key] = CellRungs(self.budgets[key])
+            else:
+                added = self.state.search[base_cell(key)].rounds[int(key.rpartition("#round=")[2])]
+                self.state.halving[key] = CellRungs(added.size, first=added.first)
+        return self.state.halving[key]
+
+    def _earlier(self, key: str) -> list[CellRungs]:
+        """The halving records of the cell's rounds before this one (none for the planned round)."""
+        cell, _, r = key.partition("#round=")
+        return [self.state.halving[k] for k in (round_key(cell, i) for i in range(int(r or 0)))
+                if k in self.state.halving]
 
     # -- Tune's TrialScheduler interface ------------------------------------------------------------------
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
-        cell, key = cell_of(trial), trial_key_of(trial)
+        if runs_longer(trial):
+            return TrialScheduler.CONTINUE
+        cell, key = rounds_key_of(trial), trial_key_of(trial)
         rungs = self._cell(cell)
         if result.get(FAILED):
             self._drop(tune_controller, trial)
@@ -248,7 +297,7 @@ class PerCellHalving(_PerCell):
         self._erred.pop(trial.trial_id, None)
         # After a driver restart, and after a lost node, Tune hands trials back as pending and starts every
         # pending trial: one that waits at a rung (or lost there) is made paused again before Tune files it.
-        if trial.status == Trial.PENDING and not self._may_run(trial):
+        if trial.status == Trial.PENDING and not runs_longer(trial) and not self._may_run(trial):
             trial.set_status(Trial.PAUSED)
 
     def choose_trial_to_run(self, tune_controller) -> Trial | None:
@@ -259,7 +308,7 @@ class PerCellHalving(_PerCell):
                 self._drop(tune_controller, trial)
         trials = self._unended(tune_controller.get_trials())
         for trial in trials:
-            if trial.status == Trial.PAUSED and trial_key_of(trial) in self._cell(cell_of(trial)).lost:
+            if trial.status == Trial.PAUSED and trial_key_of(trial) in self._cell(rounds_key_of(trial)).lost:
                 tune_controller.stop_trial(trial)  # lost at a rung decided while it was away (a restart)
         chosen = self._first_runnable(trials)
         if chosen is None and self._stalled(tune_controller, trials):
@@ -268,7 +317,7 @@ class PerCellHalving(_PerCell):
         return chosen
 
     def on_trial_complete(self, tune_controller, trial: Trial, result: dict) -> None:
-        if result.get(FAILED):
+        if result.get(FAILED) and not runs_longer(trial):
             self._drop(tune_controller, trial)
 
     def on_trial_error(self, tune_controller, trial: Trial) -> None:
@@ -280,7 +329,9 @@ class PerCellHalving(_PerCell):
         self._erred[trial.trial_id] = trial
 
     def on_trial_remove(self, tune_controller, trial: Trial) -> None:
-        if trial_key_of(trial) not in self._cell(cell_of(trial)).lost:  # not one of ours: stop waiting for it
+        if runs_longer(trial):
+            return
+        if trial_key_of(trial) not in self._cell(rounds_key_of(trial)).lost:  # not one of ours: stop waiting for it
             self._drop(tune_controller, trial)
 
     def debug_string(self) -> str:
@@ -311,15 +362,15 @@ class PerCellHalving(_PerCell):
         """Trials wait at rungs, yet nothing runs, nothing is queued and the searcher has no more to give."""
         return (any(t.status == Trial.PAUSED for t in trials)
                 and not any(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials)
-                and tune_controller.search_alg.is_finished())
+                and searcher_idle(tune_controller))
 
     def _unstall(self, tune_controller, trials: list[Trial]) -> None:
         """A safety net, not a path the bookkeeping above should reach: decide each waiting cell's pending rungs
         on the trials that did report, rather than wait forever for ones that never will."""
-        for cell in {cell_of(t) for t in trials if t.status == Trial.PAUSED}:
+        for cell in {rounds_key_of(t) for t in trials if t.status == Trial.PAUSED}:
             rungs = self._cell(cell)
             for i, rung in enumerate(self.rungs):
-                awaited = rungs.awaited(cell, self.rungs, i)
+                awaited = rungs.awaited(base_cell(cell), self.rungs, i)
                 if awaited is None or rung in rungs.decided:
                     continue
                 missing = awaited - set(rungs.values.get(rung, {})) - rungs.promoted.get(rung, set()) - rungs.lost
@@ -330,24 +381,34 @@ class PerCellHalving(_PerCell):
                 self._settle(tune_controller, cell)
 
     def _may_run(self, trial: Trial) -> bool:
-        rungs, key = self._cell(cell_of(trial)), trial_key_of(trial)
+        if runs_longer(trial):
+            return True
+        rungs, key = self._cell(rounds_key_of(trial)), trial_key_of(trial)
         latest = rungs.latest_rung(key)
         if key in rungs.lost:
             return False
         return latest is None or (latest in rungs.decided and key in rungs.promoted[latest])
 
     def _drop(self, tune_controller, trial: Trial) -> None:
-        cell = cell_of(trial)
+        if runs_longer(trial):
+            return
+        cell = rounds_key_of(trial)
         self._cell(cell).dropped.add(trial_key_of(trial))
         self._settle(tune_controller, cell)
 
     def _settle(self, tune_controller, cell: str, reporting: str | None = None) -> None:
-        """Decide every rung of the cell that has become complete; stop the losers that wait paused."""
+        """Decide every rung of the cell's round (`cell`: its round key) that has become complete; stop the losers
+        that wait paused.
+
+        A later round's trials are ranked together with the earlier rounds' trials that reported at the same rung
+        (their recorded scores): of all of them, the best ceil(n/η) would go on, and of this round's trials those
+        among them do. Earlier trials are never rerun, so their fates stand."""
         rungs = self._cell(cell)
+        earlier = self._earlier(cell)
         for i, rung in enumerate(self.rungs):
             if rung in rungs.decided:
                 continue
-            awaited = rungs.awaited(cell, self.rungs, i)
+            awaited = rungs.awaited(base_cell(cell), self.rungs, i)
             if awaited is None:
                 return
             values = rungs.values.get(rung, {})
@@ -355,9 +416,16 @@ class PerCellHalving(_PerCell):
             already, out = rungs.promoted.get(rung, set()) & awaited, rungs.lost & awaited
             if not awaited <= set(values) | already | out:
                 return
-            keep = max(1, math.ceil(len(awaited) / self.reduction_factor)) if awaited else 0
-            ranked = sorted(awaited - already - out, key=lambda k: selection_order(*values[k], k))
-            winners = already | set(ranked[: max(0, keep - len(already))])
+            recorded = {k: v for record in earlier for k, v in record.values.get(rung, {}).items()}
+            if recorded:
+                pool = {**recorded, **{k: values[k] for k in awaited - already - out}}
+                keep = max(1, math.ceil((len(recorded) + len(awaited)) / self.reduction_factor))
+                best = sorted(pool, key=lambda k: selection_order(*pool[k], k))[:keep]
+                winners = already | (set(best) & awaited)
+            else:
+                keep = max(1, math.ceil(len(awaited) / self.reduction_factor)) if awaited else 0
+                ranked = sorted(awaited - already - out, key=lambda k: selection_order(*values[k], k))
+                winners = already | set(ranked[: max(0, keep - len(already))])
             losers = awaited - winners
             rungs.promoted[rung], rungs.lost = winners, rungs.lost | losers
             rungs.decided.add(rung)

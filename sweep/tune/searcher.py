@@ -7,11 +7,15 @@ cluster stays full; cell by cell under synchronous halving), asks that cell's st
 
 The state it shares with the per-cell scheduler (`SweepState`) is saved with every experiment snapshot by this
 searcher's `save` and restored in place by its `restore`: the rule is written in sweep/tune/state.py.
+
+A cell's search does not stop at its planned round (sweep/tune/rounds.py decides what comes next): when the
+cell's trials have all ended and its chosen trial sits at an edge of the learning rates tried, the cell gets
+another round beyond that edge; when its chosen trial was still improving, one more trial with twice the epochs.
+Rounds are part of the saved state, so a resumed sweep finishes a round without rerunning anything.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import pickle
 import zlib
@@ -23,10 +27,20 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from sweep.plan.grid import trial_key, with_searched
+from sweep.plan.grid import grid_order, trial_key, with_searched
 from sweep.plan.spec import Dist
-from sweep.tune.state import SweepState, TrialRecord
-from trainables.contract import FAILED, SCORE, Status
+from sweep.tune import rounds
+from sweep.tune.state import ROUND_DOUBLING, ROUND_INITIAL, CellSearch, Round, SweepState, TrialRecord
+from trainables.contract import (
+    ENDED,
+    EPOCH,
+    FAILED,
+    ROUND_KIND_TAG,
+    ROUND_TAG,
+    SCORE,
+    VAL_BEST_LOSS,
+    Status,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -57,6 +71,11 @@ class CellSearcher(Searcher):
         grid_points: points per searched axis of the grid sampler.
         seed: the samplers' seed (each cell's study is seeded from it and the cell's key).
         cell_by_cell: hand out one cell's trials before the next cell's (for synchronous halving).
+        extend: widen a cell's learning-rate range beyond the edge its chosen trial sits at (see rounds.py).
+        lr_limits: (low, high): no learning rate outside them is ever tried by an extension.
+        max_extensions: extension rounds per cell at most.
+        max_epoch_doublings: rounds per cell that run the chosen configuration again with twice the epochs.
+        flat_tolerance: scores closer than this (SCORE units) count as equal: a flat range, a rung decided by a tie.
     """
 
     def __init__(
@@ -70,6 +89,11 @@ class CellSearcher(Searcher):
         grid_points: int = 3,
         seed: int = 0,
         cell_by_cell: bool = False,
+        extend: bool = False,
+        lr_limits: tuple[float, float] = (1e-6, 1.0),
+        max_extensions: int = 2,
+        max_epoch_doublings: int = 0,
+        flat_tolerance: float = rounds.FLAT_TOLERANCE,
     ) -> None:
         if not cells:
             raise ValueError("a searcher needs at least one cell")
@@ -79,6 +103,11 @@ class CellSearcher(Searcher):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         if int(grid_points) != grid_points or grid_points < 1:
             raise ValueError(f"grid_points must be a whole number >= 1, got {grid_points!r}")
+        if not 0 < lr_limits[0] < lr_limits[1]:
+            raise ValueError(f"lr_limits must be (low, high) with 0 < low < high, got {lr_limits!r}")
+        for name, value in (("max_extensions", max_extensions), ("max_epoch_doublings", max_epoch_doublings)):
+            if int(value) != value or value < 0:
+                raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
         super().__init__(metric=metric, mode=mode)
         self.cells = cells
         self.state = state
@@ -89,31 +118,85 @@ class CellSearcher(Searcher):
         # trials before the next cell's lets cells finish one after another, instead of every cell waiting until
         # every trial of the sweep has run to the first rung.
         self.cell_by_cell = cell_by_cell
+        self.rules = rounds.Rules(extend=extend, lr_limits=(float(lr_limits[0]), float(lr_limits[1])),
+                                  max_extensions=int(max_extensions), max_doublings=int(max_epoch_doublings),
+                                  flat_tolerance=flat_tolerance, mode=mode)
+        self._by_key = {cell.key: cell for cell in cells}
+
+    @property
+    def idle(self) -> bool:
+        """Nothing to hand out now (cells may still get another round once their running trials end)."""
+        return not self._open_cells()
 
     # -- Tune's Searcher interface -------------------------------------------------------------------------
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         state = self.state
+        # A cell's added round goes first: its cell was otherwise done, and finishing cells one after another
+        # is what cell-by-cell hand-out is for.
+        for cell in self._open_cells():
+            if state.suggested.get(cell.key, 0) >= self._initial(cell).size:
+                return self._hand_out(cell, trial_id)
         for _ in range(len(self.cells)):
             cell = self.cells[state.cursor % len(self.cells)]
-            index = state.suggested.get(cell.key, 0)
-            if index >= cell.budget:
+            if state.suggested.get(cell.key, 0) >= self._search(cell).budget:
                 state.cursor = (state.cursor + 1) % len(self.cells)
                 continue
             if not self.cell_by_cell:
                 state.cursor = (state.cursor + 1) % len(self.cells)
+            return self._hand_out(cell, trial_id)
+        if all(self._search(cell).done for cell in self.cells):
+            return Searcher.FINISHED
+        return None  # cells wait for their trials to end before their next round is known: ask again later
+
+    def _hand_out(self, cell: CellPlan, trial_id: str) -> dict[str, Any]:
+        state = self.state
+        index = state.suggested.get(cell.key, 0)
+        search = self._search(cell)
+        number = next(i for i in range(len(search.rounds) - 1, -1, -1) if search.rounds[i].first <= index)
+        this = search.rounds[number]
+        if this.kind == ROUND_DOUBLING:
+            # The chosen configuration again, longer: not a new point of the cell's study (it never sees it).
+            params, study_number = dict(this.params or {}), -1
+        elif number and self.sampler == "grid":
+            # An extension's new grid points. Not through the study: Optuna's categorical distributions cannot
+            # grow, and the grid sampler's study is only its queue.
+            params, study_number = grid_order(this.space, self.grid_points)[index - this.first], -1
+        else:
             study = self._study(cell)
-            trial = study.ask(self._distributions(cell))
-            state.suggested[cell.key] = index + 1
-            state.trials[trial_id] = TrialRecord(cell.key, index, trial.number, dict(trial.params))
-            return with_searched(cell.base_config, trial.params, trial_key(cell.key, index))
-        return Searcher.FINISHED
+            trial = study.ask(self._distributions(this.space))
+            params, study_number = dict(trial.params), trial.number
+        state.suggested[cell.key] = index + 1
+        state.trials[trial_id] = TrialRecord(cell.key, index, study_number, params, round=number)
+        search.trial_ids.append(trial_id)
+        config = with_searched(cell.base_config, params, trial_key(cell.key, index))
+        config["tracking"]["tags"] = {**config["tracking"].get("tags", {}), ROUND_TAG: str(number),
+                                      ROUND_KIND_TAG: this.kind}
+        if this.epochs is not None:
+            config["train"]["epochs"] = this.epochs
+        return config
+
+    def _open_cells(self) -> list[CellPlan]:
+        return [cell for cell in self.cells if self.state.suggested.get(cell.key, 0) < self._search(cell).budget]
+
+    def _initial(self, cell: CellPlan) -> Round:
+        return self._search(cell).rounds[0]
+
+    def _search(self, cell: CellPlan) -> CellSearch:
+        if cell.key not in self.state.search:
+            self.state.search[cell.key] = CellSearch([Round(ROUND_INITIAL, 0, cell.budget, dict(cell.space))],
+                                                     done=not self.rules.may_add_rounds)
+        return self.state.search[cell.key]
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         record = self.state.trials.get(trial_id)
         value = result.get(self.metric)
         if record is not None and value is not None and not result.get(FAILED):
             record.value = float(value)  # a trial stopped while paused completes without a result: this stands
+            loss = result.get(VAL_BEST_LOSS)
+            record.best_loss = None if loss is None else float(loss)
+            if result.get(EPOCH) is not None:
+                record.scores[int(result[EPOCH])] = float(value)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         record = self.state.trials.get(trial_id)
@@ -129,13 +212,34 @@ class CellSearcher(Searcher):
         else:
             record.status = Status.FINISHED
         record.value = None if failed else float(value)
-        study = self.state.studies[record.cell]
+        if not failed and (result or {}).get(VAL_BEST_LOSS) is not None:
+            record.best_loss = float(result[VAL_BEST_LOSS])
         # A trial that errored and is resumed completes twice; Optuna accepts one verdict per trial.
-        if study.trials[record.number].state == TrialState.RUNNING:
+        if record.number >= 0 and self.state.studies[record.cell].trials[record.number].state == TrialState.RUNNING:
+            study = self.state.studies[record.cell]
             if failed:
                 study.tell(record.number, state=TrialState.FAIL)
             else:
                 study.tell(record.number, record.value)
+        self._after_trial(record.cell)
+
+    def _after_trial(self, key: str) -> None:
+        """Once every trial of a cell handed out so far has ended, decide its next round (or that it is done)."""
+        cell = self._by_key.get(key)
+        if cell is None:
+            return
+        search = self._search(cell)
+        records = [self.state.trials[t] for t in search.trial_ids]
+        if (search.done and search.edge) or self.state.suggested.get(key, 0) < search.budget:
+            return
+        if len(records) < search.budget or any(r.status not in ENDED for r in records):
+            return
+        added = rounds.next_round(search, records, self.state, key, self.rules, self.grid_points, self.sampler,
+                                  cell.base_config.get("train", {}).get("epochs"))
+        if added is not None:
+            search.rounds.append(added)
+        else:
+            search.done = True
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -154,7 +258,7 @@ class CellSearcher(Searcher):
             if self.sampler == "grid":
                 # The grid is queued up front (centre-out, so the first trial of a cell, which async ASHA never
                 # stops, sits mid-range). Optuna's GridSampler is avoided: it calls study.stop() once the grid is
-                # used up, which fails outside study.optimize().
+                # used up, which fails outside study.optimize(). An extension round queues its own points.
                 for point in grid_order(cell.space, self.grid_points):
                     study.enqueue_trial(point)
             self.state.studies[cell.key] = study
@@ -168,21 +272,10 @@ class CellSearcher(Searcher):
             return optuna.samplers.QMCSampler(seed=seed, scramble=True)
         return optuna.samplers.RandomSampler(seed=seed)
 
-    def _distributions(self, cell: CellPlan) -> dict[str, Any]:
+    def _distributions(self, space: dict[str, Dist]) -> dict[str, Any]:
         if self.sampler == "grid":
-            return {n: CategoricalDistribution(d.grid(self.grid_points)) for n, d in cell.space.items()}
-        return {name: to_optuna(dist) for name, dist in cell.space.items()}
-
-
-def grid_order(space: dict[str, Dist], points: int) -> list[dict[str, Any]]:
-    """Every grid point, each axis walked from its centre outwards."""
-    axes = []
-    for name in sorted(space):
-        values = space[name].grid(points)
-        middle = (len(values) - 1) / 2
-        order = sorted(range(len(values)), key=lambda i: (abs(i - middle), i))
-        axes.append([(name, values[i]) for i in order])
-    return [dict(combo) for combo in itertools.product(*axes)]
+            return {n: CategoricalDistribution(d.grid(self.grid_points)) for n, d in space.items()}
+        return {name: to_optuna(dist) for name, dist in space.items()}
 
 
 def to_optuna(dist: Dist):

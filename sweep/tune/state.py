@@ -31,6 +31,9 @@ class TrialRecord:
     params: dict[str, Any]
     status: Status = Status.RUNNING
     value: float | None = None  # its last score (SCORE); None for a failed trial
+    best_loss: float | None = None  # its last VAL_BEST_LOSS: SCORE's tie-break (trainables.contract.selection_order)
+    round: int = 0  # the cell's search round it belongs to (CellSearch.rounds)
+    scores: dict[int, float] = field(default_factory=dict)  # epoch -> SCORE reported there (convergence check)
 
 
 @dataclass
@@ -46,7 +49,8 @@ class CellASHA:
 class CellRungs:
     """One cell's synchronous successive-halving record."""
 
-    size: int  # trials in the cell (its search budget)
+    size: int  # trials in the cell's round (the round's budget)
+    first: int = 0  # index of the round's first trial within the cell (its trials are first .. first+size-1)
     # rung -> trial key -> (SCORE oriented higher-is-better, VAL_BEST_LOSS) reported there; ranked by
     # trainables.contract.selection_order, the rule of the final choice too
     values: dict[int, dict[str, tuple[float | None, float | None]]] = field(default_factory=dict)
@@ -58,7 +62,7 @@ class CellRungs:
     def awaited(self, cell: str, rungs: list[int], i: int) -> set[str] | None:
         """Who must report at rung i before it is decided; None while rung i-1 is undecided."""
         if i == 0:
-            awaited = {trial_key(cell, index) for index in range(self.size)}
+            awaited = {trial_key(cell, index) for index in range(self.first, self.first + self.size)}
         elif rungs[i - 1] in self.decided:
             awaited = set(self.promoted.get(rungs[i - 1], ()))
         else:
@@ -68,6 +72,46 @@ class CellRungs:
     def latest_rung(self, key: str) -> int | None:
         reached = [rung for rung, values in self.values.items() if key in values]
         return max(reached) if reached else None
+
+
+ROUND_INITIAL, ROUND_HIGH, ROUND_LOW, ROUND_DOUBLING = "initial", "high", "low", "doubling"
+
+
+@dataclass
+class Round:
+    """One round of a cell's search: the planned one, an extension of its learning-rate range beyond one edge, or
+    its chosen configuration run again with twice the epochs."""
+
+    kind: str  # ROUND_INITIAL, ROUND_HIGH, ROUND_LOW or ROUND_DOUBLING
+    first: int  # index of its first trial within the cell
+    size: int  # its trials
+    space: dict[str, Any]  # the cell's search space in this round (sweep.plan.spec.Dist by name)
+    why: str = ""  # why it was run (empty for the initial round)
+    lrs: list[float] = field(default_factory=list)  # the grid sampler's new learning rates (grid rounds only)
+    epochs: int | None = None  # ROUND_DOUBLING: the longer trial's epochs
+    params: dict[str, Any] | None = None  # ROUND_DOUBLING: the chosen trial's hyperparameters, run again
+
+
+@dataclass
+class CellSearch:
+    """A cell's search rounds, and how its search ended (sweep/tune/searcher.py decides both)."""
+
+    rounds: list[Round]
+    trial_ids: list[str] = field(default_factory=list)  # Tune ids of the trials handed out, in order
+    edge: str = ""  # once ended: "interior", "stability", "limit", "max_extensions" or "off" (see EDGE_TEXT)
+    note: str = ""  # once ended: what a person reads about its range, e.g. "stability edge: larger ... diverged"
+    done: bool = False  # no more rounds: the cell's trials are all handed out
+    announced: int = 0  # rounds after the initial one the progress callback has printed
+    recorded: bool = False  # the progress callback has written the cell's search onto its MLflow run
+
+    @property
+    def budget(self) -> int:
+        return sum(r.size for r in self.rounds)
+
+
+def round_key(cell: str, round_index: int) -> str:
+    """The key of a round's successive-halving record in SweepState.halving (the initial round's is the cell's)."""
+    return cell if round_index == 0 else f"{cell}#round={round_index}"
 
 
 @dataclass
@@ -81,6 +125,7 @@ class SweepState:
     halving: dict[str, CellRungs] = field(default_factory=dict)  # cell key -> its rungs (scheduler: halving)
     stopped_early: set[str] = field(default_factory=set)  # trial keys stopped by the scheduler
     cursor: int = 0  # round-robin position over cells
+    search: dict[str, CellSearch] = field(default_factory=dict)  # cell key -> its rounds (the searcher's)
 
     def replace_with(self, other: SweepState) -> None:
         """Take another state's contents without changing identity (the scheduler and callbacks hold this one)."""

@@ -1,0 +1,255 @@
+"""What a cell's search does once its trials have all ended: widen its learning-rate range, run its chosen
+configuration longer, or stop (the Deep Learning Tuning Playbook's advice, made automatic per cell).
+
+The rules, in the order they are applied to a cell whose round has ended (`next_round`):
+
+1. **The chosen trial** is the one the report chooses (trainables.contract.selection_order over the trials that
+   ran to the end, of every round; over all that did not fail if none did).
+2. **Stability edge**: every trial with a larger learning rate than the chosen one diverged (FAILED: loss not
+   finite or exploding) or did not learn (its best-so-far score never rose above its first epoch's by more than
+   the tolerance, while the chosen one's did). That edge is the method's stability limit, not a range problem:
+   no extension upwards ("stability edge: larger learning rates diverged"). If the chosen one is also the lowest
+   learning rate tried, the range extends downwards.
+3. **Flat range**: the scores of the round are equal within `flat_tolerance` at a rung that decided it (every
+   trial compared there within the tolerance of the winner), or, without rung records, their final scores are.
+   The order of the trials says nothing about direction then; training signal lies at larger learning rates, so
+   the range extends upwards, and the cell says so.
+4. **Range edge**: the chosen learning rate is the highest (lowest) tried: a round of new learning rates beyond
+   it, one decade further at the cell's own log spacing (grid: the step between its grid points; other samplers:
+   its planned trials per decade), inside `lr_limits`, at most `max_extensions` rounds.
+5. **Not converged**: with the range settled, if the chosen trial's best-so-far validation score was still rising
+   over its last epochs (`still_improving`), one more trial runs its configuration with twice the epochs, at most
+   `max_doublings` times. The report's choice (the best by validation) then picks between them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from sweep.plan.grid import grid_order, trial_key
+from sweep.plan.spec import Dist
+from sweep.tune.state import (
+    ROUND_DOUBLING,
+    ROUND_HIGH,
+    ROUND_LOW,
+    CellRungs,
+    CellSearch,
+    Round,
+    SweepState,
+    TrialRecord,
+    round_key,
+)
+from trainables.contract import Status, selection_order
+
+# Scores (SCORE units: accuracy, F1 ... in [0, 1]) closer than this are equal: half a point, about the sampling
+# noise of a validation set of a few thousand images.
+FLAT_TOLERANCE = 0.005
+LR = "lr"
+
+# A cell's search ends with one of these (CellSearch.edge); the last three leave it at an edge of its range.
+INTERIOR, STABILITY, AT_HIGH, AT_LOW = "interior", "stability", "high", "low"
+EDGE_KINDS = (INTERIOR, STABILITY, AT_HIGH, AT_LOW)
+STABILITY_NOTE = "stability edge: larger learning rates diverged"
+
+
+@dataclass(frozen=True)
+class Rules:
+    extend: bool
+    lr_limits: tuple[float, float]
+    max_extensions: int
+    max_doublings: int
+    flat_tolerance: float = FLAT_TOLERANCE
+    mode: str = "max"
+
+    @property
+    def may_add_rounds(self) -> bool:
+        return self.extend or self.max_doublings > 0
+
+
+def chosen(records: list[TrialRecord], mode: str = "max") -> TrialRecord | None:
+    """The cell's chosen trial by the contract's one rule (what the report chooses too)."""
+    sign = 1.0 if mode == "max" else -1.0
+    finished = [r for r in records if r.status == Status.FINISHED and r.value is not None]
+    pool = finished or [r for r in records if r.status != Status.FAILED and r.value is not None]
+    return min(pool, key=lambda r: selection_order(sign * r.value, r.best_loss, trial_key(r.cell, r.index)),
+               default=None)
+
+
+def still_improving(scores: dict[int, float], tolerance: float = FLAT_TOLERANCE, mode: str = "max") -> bool:
+    """Not converged: the best-so-far validation score (SCORE, one value per epoch) rose by more than `tolerance`
+    over the last fifth of the epochs (at least the last two), as sweep/report/trust.py's still_falling looks
+    at the training loss. Fewer than three epochs: not judged (False)."""
+    sign = 1.0 if mode == "max" else -1.0
+    values = [sign * scores[e] for e in sorted(scores)]
+    if len(values) < 3:
+        return False
+    best = [max(values[: i + 1]) for i in range(len(values))]
+    back = max(2, math.ceil(len(values) / 5))
+    return best[-1] - best[-1 - back] > tolerance
+
+
+def did_not_learn(record: TrialRecord, tolerance: float, mode: str = "max") -> bool:
+    """Diverged (FAILED), or its best-so-far score never rose above its first epoch's by more than `tolerance`
+    (needs two epochs or more to tell)."""
+    if record.status == Status.FAILED:
+        return True
+    sign = 1.0 if mode == "max" else -1.0
+    values = [sign * record.scores[e] for e in sorted(record.scores)]
+    return len(values) >= 2 and max(values) - values[0] <= tolerance
+
+
+def next_round(search: CellSearch, records: list[TrialRecord], state: SweepState, cell: str, rules: Rules,
+               grid_points: int, sampler: str, base_epochs: int | None = None) -> Round | None:
+    """The cell's next round, or None when its search is done; either way its `edge` and `note` say how its
+    range stands. `records`: every trial of the cell, all ended."""
+    if search.rounds[-1].kind != ROUND_DOUBLING:
+        direction = _judge_range(search, records, state, cell, rules)
+        if direction is not None:
+            added = _extension(search, records, direction, rules, grid_points, sampler)
+            if added is not None:
+                return added
+    if search.edge == "":
+        search.edge, search.note = INTERIOR, ""
+    doublings = sum(r.kind == ROUND_DOUBLING for r in search.rounds)
+    best = chosen(records, rules.mode)
+    if best is None or doublings >= rules.max_doublings or not still_improving(best.scores, rules.flat_tolerance,
+                                                                               rules.mode):
+        return None
+    if best.round < len(search.rounds) and search.rounds[best.round].kind == ROUND_DOUBLING and doublings:
+        epochs = search.rounds[best.round].epochs
+    else:
+        epochs = base_epochs or max(best.scores)
+    index = search.budget
+    return Round(ROUND_DOUBLING, index, 1, search.rounds[best.round].space,
+                 why=f"{trial_key(cell, best.index)} still improving at its last epoch: epochs {epochs} -> "
+                     f"{2 * epochs}",
+                 epochs=2 * epochs, params=dict(best.params))
+
+
+def _judge_range(search: CellSearch, records: list[TrialRecord], state: SweepState, cell: str,
+                 rules: Rules) -> str | None:
+    """Sets search.edge and search.note; returns the direction to extend ("high"/"low") or None."""
+    space = search.rounds[0].space
+    lr = space.get(LR)
+    if lr is None or lr.choices is not None:
+        search.edge, search.note = INTERIOR, "learning rate not searched"
+        return None
+    best = chosen(records, rules.mode)
+    if best is None:
+        search.edge, search.note = INTERIOR, "no trial learned: range not judged"
+        return None
+    tol = rules.flat_tolerance
+    above = [r for r in records if r.params[LR] > best.params[LR]]
+    below = [r for r in records if r.params[LR] < best.params[LR]]
+    if above and all(did_not_learn(r, tol, rules.mode) for r in above) and not did_not_learn(best, tol, rules.mode):
+        if below:
+            search.edge, search.note = STABILITY, STABILITY_NOTE
+            return None
+        direction, why = ROUND_LOW, "best at the lowest learning rate tried (larger ones diverged)"
+    elif _flat(search, records, state, cell, rules):
+        direction, why = ROUND_HIGH, "flat range (scores equal within noise): extended up"
+    elif not above:
+        direction, why = ROUND_HIGH, "best at the highest learning rate tried"
+    elif not below:
+        direction, why = ROUND_LOW, "best at the lowest learning rate tried"
+    else:
+        search.edge, search.note = INTERIOR, ""
+        return None
+    extensions = sum(r.kind in (ROUND_HIGH, ROUND_LOW) for r in search.rounds)
+    search.edge = direction
+    if not rules.extend:
+        search.note = f"{why}; extension off"
+        return None
+    if extensions >= rules.max_extensions:
+        search.note = f"{why}; after {extensions} extension round(s) (search.max_extensions)"
+        return None
+    search.note = why
+    return direction
+
+
+def _flat(search: CellSearch, records: list[TrialRecord], state: SweepState, cell: str, rules: Rules) -> bool:
+    """The latest round's scores are equal within the tolerance where it was decided (see the module's rule 3)."""
+    latest = len(search.rounds) - 1
+    halving: CellRungs | None = state.halving.get(round_key(cell, latest))
+    if halving is not None and halving.decided:
+        for rung in sorted(halving.decided):
+            values = [v[0] for v in halving.values.get(rung, {}).values() if v[0] is not None]
+            if len(values) >= 2 and max(values) - min(values) <= rules.flat_tolerance:
+                return True
+        return False
+    sign = 1.0 if rules.mode == "max" else -1.0
+    mine = [sign * r.value for r in records if r.round == latest and r.status != Status.FAILED
+            and r.value is not None]
+    return len(mine) >= 2 and max(mine) - min(mine) <= rules.flat_tolerance
+
+
+def lr_step(lr: Dist, grid_points: int, budget: int, sampler: str) -> float:
+    """The cell's own log spacing of learning rates (a factor): its grid's step, or for the other samplers its
+    planned trials spread evenly over its range's decades."""
+    ratio = lr.high / lr.low
+    if sampler == "grid":
+        n = lr.points or grid_points
+        return ratio ** (1 / (n - 1)) if n > 1 else 10.0
+    return ratio ** (1 / max(1, budget)) if budget > 1 else 10.0
+
+
+def _extension(search: CellSearch, records: list[TrialRecord], direction: str, rules: Rules, grid_points: int,
+               sampler: str) -> Round | None:
+    initial = search.rounds[0]
+    lr: Dist = initial.space[LR]
+    step = lr_step(lr, grid_points, initial.size, sampler)
+    per_decade = max(1, round(1 / math.log10(step))) if step > 1 else 1
+    tried = [r.params[LR] for r in records]
+    edge = max(tried) if direction == ROUND_HIGH else min(tried)
+    sign = 1 if direction == ROUND_HIGH else -1
+    low, high = rules.lr_limits
+    new = [float(f"{edge * step ** (sign * k):.4g}") for k in range(1, per_decade + 1)]
+    new = [v for v in new if low * (1 - 1e-9) <= v <= high * (1 + 1e-9) and v not in tried]
+    if not new:
+        limit = high if direction == ROUND_HIGH else low
+        search.note += f"; at the limit {limit:g} (search.lr_limits)"
+        return None
+    why = search.note
+    search.note = search.edge = ""  # the round is under way: the cell's verdict comes when it ends
+    if sampler == "grid":
+        space: dict[str, Any] = {**initial.space, LR: Dist(choices=sorted(new))}
+        size = len(grid_order(space, grid_points))
+    else:
+        current = next(r.space[LR] for r in reversed(search.rounds) if r.kind != ROUND_DOUBLING)
+        lo, hi = (current.low, max(new)) if direction == ROUND_HIGH else (min(new), current.high)
+        space = {**initial.space, LR: Dist(low=lo, high=hi, log=True)}
+        size = len(new)
+    return Round(direction, search.budget, size, space, why=f"{why} ({edge:.3g})", lrs=sorted(new))
+
+
+def describe(search: CellSearch, records: list[TrialRecord]) -> dict[str, str]:
+    """What a person reads about a cell's search: its learning rates tried, its rounds and how its range ended
+    (the launcher's table and the cell's MLflow run)."""
+    lrs = sorted({r.params[LR] for r in records if LR in r.params})
+    parts = [f"lr {lrs[0]:.3g}..{lrs[-1]:.3g}"] if lrs else []
+    extensions = [r for r in search.rounds if r.kind in (ROUND_HIGH, ROUND_LOW)]
+    for kind in (ROUND_HIGH, ROUND_LOW):
+        n = sum(r.kind == kind for r in extensions)
+        if n:
+            parts.append(f"+{n} round{'s' if n > 1 else ''} {kind}")
+    for r in search.rounds:
+        if r.kind == ROUND_DOUBLING:
+            parts.append(f"epochs {r.epochs // 2} -> {r.epochs}")
+    if search.edge in (STABILITY, AT_HIGH, AT_LOW):
+        parts.append(search.note if search.edge == STABILITY else f"at the {search.edge} edge ({search.note})")
+    ranges = []
+    for r in search.rounds:
+        if r.kind == ROUND_DOUBLING:
+            continue
+        mine = [rec.params[LR] for rec in records if rec.round == search.rounds.index(r) and LR in rec.params]
+        if mine:
+            ranges.append(f"{r.kind}: {min(mine):.3g}..{max(mine):.3g}")
+    return {
+        "search": ", ".join(parts),
+        "search_rounds": str(len(search.rounds)),
+        "search_ranges": "; ".join(ranges),
+        "search_edge": search.edge,
+        "search_note": search.note,
+    }

@@ -1,0 +1,266 @@
+"""A cell's search finishes its own job (sweep/tune/rounds.py): the learning-rate range widens until the chosen
+trial is inside it, a stability edge is told apart, and a chosen trial still improving runs again longer.
+
+The searcher and the synchronous-halving scheduler are driven through a stand-in of Tune's loop (the calls Tune
+makes, in its order), on objectives whose best learning rate is known by construction."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from types import SimpleNamespace
+
+import pytest
+from ray.tune.schedulers import TrialScheduler
+from ray.tune.search import Searcher
+
+from sweep.plan.spec import DEFAULT_SPEC, Dist, SpecError, load_spec
+from sweep.tune import rounds
+from sweep.tune.scheduler import PerCellASHA, PerCellHalving
+from sweep.tune.searcher import CellPlan, CellSearcher
+from sweep.tune.state import SweepState
+
+CELL = "cls/d/b/m/frac=1/seed=0"
+MAX_T = 9
+
+
+def bell(best_log10: float, tau: float = 3.0):
+    """Validation score after `epoch` epochs: highest at lr = 10**best_log10, saturating over epochs."""
+    def score(lr: float, epoch: int) -> float:
+        final = 0.5 + 0.4 * math.exp(-((math.log10(lr) - best_log10) ** 2) / 0.8)
+        return final * (1 - math.exp(-epoch / tau))
+    return score
+
+
+class Stub:
+    """A Tune trial as the scheduler and searcher see it."""
+
+    def __init__(self, trial_id: str, config: dict) -> None:
+        self.trial_id, self.config, self.status, self.epoch = trial_id, config, "PENDING", 0
+
+    def set_status(self, status: str) -> None:
+        self.status = status
+
+
+class Loop:
+    """Tune's calls, in Tune's order: new trials from the searcher, the scheduler picks one to run, results go to
+    the searcher then the scheduler, a stopped or finished trial completes (scheduler, then searcher)."""
+
+    def __init__(self, searcher: CellSearcher, sched: PerCellHalving, objective, diverges=lambda lr: False):
+        self.searcher, self.sched, self.objective, self.diverges = searcher, sched, objective, diverges
+        self.trials: list[Stub] = []
+        self.search_alg = SimpleNamespace(is_finished=lambda: self.finished, searcher=searcher)
+        self.finished, self.epochs, self.runs = False, 0, []
+
+    def get_trials(self):
+        return self.trials
+
+    def stop_trial(self, trial):  # a paused or pending trial, stopped by the scheduler
+        self.sched.on_trial_remove(self, trial)
+        self.searcher.on_trial_complete(trial.trial_id)
+        trial.status = "TERMINATED"
+
+    def _ask(self) -> None:
+        while not self.finished:
+            config = self.searcher.suggest(f"t{len(self.trials)}")
+            if config == Searcher.FINISHED:
+                self.finished = True
+            elif config is None:
+                return
+            else:
+                trial = Stub(f"t{len(self.trials)}", config)
+                self.trials.append(trial)
+                self.runs.append(config["tracking"]["trial_key"])  # each new trial opens one MLflow run
+                self.sched.on_trial_add(self, trial)
+
+    def run(self, until=None) -> None:
+        while True:
+            self._ask()
+            trial = self.sched.choose_trial_to_run(self)
+            if trial is None:
+                assert self.finished, "nothing runs, yet the searcher is not finished: a deadlock"
+                assert all(t.status == "TERMINATED" for t in self.trials)
+                return
+            trial.status = "RUNNING"
+            while trial.status == "RUNNING":
+                trial.epoch += 1
+                self.epochs += 1
+                lr, epochs = trial.config["train"]["lr"], trial.config["train"].get("epochs", MAX_T)
+                if self.diverges(lr):
+                    result = {"epoch": trial.epoch, "score": float("nan"), "failed": 1}
+                else:
+                    value = self.objective(lr, trial.epoch)
+                    result = {"epoch": trial.epoch, "score": value, "val/best_loss": 1 - value}
+                self.searcher.on_trial_result(trial.trial_id, result)
+                decision = self.sched.on_trial_result(self, trial, result)
+                if decision == TrialScheduler.PAUSE:
+                    trial.status = "PAUSED"
+                elif decision == TrialScheduler.STOP or result.get("failed") or trial.epoch >= epochs:
+                    self.sched.on_trial_complete(self, trial, result)
+                    self.searcher.on_trial_complete(trial.trial_id, result)
+                    trial.status = "TERMINATED"
+                if until is not None and until(self):
+                    return
+
+
+def make(space=None, budget=3, state=None, **rules) -> tuple[CellSearcher, PerCellHalving]:
+    state = state or SweepState()
+    plan = CellPlan(CELL, space or {"lr": Dist(low=1e-4, high=1e-2)}, budget,
+                    {"train": {"epochs": rules.pop("epochs", MAX_T)}, "method": {"knobs": {}},
+                     "tracking": {"cell_key": CELL}})
+    rules = {"extend": True, "max_extensions": 2, "max_epoch_doublings": 0, **rules}
+    searcher = CellSearcher(cells=[plan], state=state, cell_by_cell=True, **rules)
+    sched = PerCellHalving(state=state, budgets={CELL: budget}, max_t=MAX_T, grace_period=1, reduction_factor=3)
+    return searcher, sched
+
+
+def outcome(loop: Loop) -> tuple[float, list[float], rounds.CellSearch]:
+    state = loop.searcher.state
+    search = state.search[CELL]
+    records = [state.trials[t] for t in search.trial_ids]
+    best = rounds.chosen(records)
+    return best.params["lr"], sorted({r.params["lr"] for r in records}), search
+
+
+def test_a_cell_best_beyond_its_high_edge_extends_until_the_choice_is_inside():
+    loop = Loop(*make(), objective=bell(-1))  # best at 0.1, the range 1e-4..1e-2
+    loop.run()
+    lr, tried, search = outcome(loop)
+    assert lr == pytest.approx(0.1)  # the known best
+    assert tried == pytest.approx([1e-4, 1e-3, 1e-2, 0.1, 1.0])  # one decade at a time, at the grid's step
+    assert tried[0] < lr < tried[-1] and search.edge == rounds.INTERIOR
+    assert [r.kind for r in search.rounds] == ["initial", "high", "high"]
+    assert len(loop.runs) == len(set(loop.runs)) == 5  # earlier trials never rerun: one run per trial
+
+
+def test_a_cell_best_below_its_low_edge_extends_downwards():
+    loop = Loop(*make(), objective=bell(-5))
+    loop.run()
+    lr, tried, search = outcome(loop)
+    assert lr == pytest.approx(1e-5) and tried == pytest.approx([1e-6, 1e-5, 1e-4, 1e-3, 1e-2])
+    assert search.edge == rounds.INTERIOR and [r.kind for r in search.rounds] == ["initial", "low", "low"]
+
+
+def test_diverging_larger_learning_rates_are_a_stability_edge_not_extended():
+    loop = Loop(*make(), objective=bell(0), diverges=lambda lr: lr > 5e-3)  # would be best at 1.0, unstable
+    loop.run()
+    lr, tried, search = outcome(loop)
+    assert lr == pytest.approx(1e-3) and tried == pytest.approx([1e-4, 1e-3, 1e-2])
+    assert search.edge == rounds.STABILITY and search.note == "stability edge: larger learning rates diverged"
+    assert len(search.rounds) == 1 and loop.searcher.suggest("late") == Searcher.FINISHED
+
+
+@pytest.mark.parametrize("rules, tried, note", [
+    ({"max_extensions": 1}, [1e-4, 1e-3, 1e-2, 0.1], "after 1 extension round(s)"),
+    ({"lr_limits": (1e-6, 0.05)}, [1e-4, 1e-3, 1e-2], "at the limit 0.05"),
+    ({"extend": False}, [1e-4, 1e-3, 1e-2], "extension off"),
+])
+def test_lr_limits_and_max_extensions_hold(rules, tried, note):
+    loop = Loop(*make(**rules), objective=bell(1))  # best at 10: beyond every limit
+    loop.run()
+    lr, got, search = outcome(loop)
+    assert got == pytest.approx(tried) and lr == pytest.approx(tried[-1])
+    assert search.edge == rounds.AT_HIGH and note in search.note
+
+
+def test_a_flat_range_extends_up_and_says_so():
+    # Far below the best, every learning rate scores the same: the tie-break picks the lowest (trial key order
+    # after equal loss), yet the range must widen where training signal is, upwards.
+    flat = lambda lr, epoch: (0.6 if lr < 3e-4 else 0.9) * (1 - math.exp(-epoch / 3))  # noqa: E731
+    loop = Loop(*make(space={"lr": Dist(low=1e-6, high=1e-4)}, max_extensions=1), objective=flat)
+    loop.run()
+    lr, tried, search = outcome(loop)
+    assert search.rounds[1].kind == "high" and "flat range" in search.rounds[1].why
+    assert tried == pytest.approx([1e-6, 1e-5, 1e-4, 1e-3]) and lr == pytest.approx(1e-3)
+
+
+def test_the_new_round_is_halved_against_the_earlier_rounds_recorded_scores():
+    # 8 grid points per range; the extension adds 4 (one decade at the step 10**(2/7)). At the first rung the 4
+    # new trials are ranked among all 12 recorded there: the best ceil(12/3) = 4 of them go on.
+    loop = Loop(*make(space={"lr": Dist(low=1e-4, high=1e-2, points=8)}, budget=8, max_extensions=1),
+                objective=bell(-1.5))
+    loop.run()
+    state = loop.searcher.state
+    first, second = state.halving[CELL], state.halving[f"{CELL}#round=1"]
+    pool = {**first.values[1], **second.values[1]}
+    top4 = set(sorted(pool, key=lambda k: -pool[k][0])[:4])
+    assert second.promoted[1] == top4 & set(second.values[1])
+    assert first.promoted[1] == set(sorted(first.values[1], key=lambda k: -first.values[1][k][0])[:3])
+    lr, tried, _ = outcome(loop)
+    best_tried = min(tried, key=lambda x: abs(math.log10(x) + 1.5))
+    assert lr == pytest.approx(best_tried)  # the best of every round, under the one rule
+
+
+def test_a_driver_restart_mid_round_reruns_nothing_and_completes_the_round(tmp_path):
+    searcher, sched = make()
+    loop = Loop(searcher, sched, objective=bell(-1))
+    # Stop in the middle of the second extension round's hand-out: its trial started, not ended.
+    loop.run(until=lambda lp: len(lp.searcher.state.search[CELL].rounds) == 3
+             and any(t.status == "RUNNING" for t in lp.trials[4:]))
+    assert len(searcher.state.search[CELL].rounds) == 3 and loop.trials[-1].status == "RUNNING"
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    # As Tuner.restore: searcher and scheduler unpickled from the experiment's start, the snapshot restored in
+    # place, every unended trial handed back pending (it resumes from its checkpoint: its epochs so far stand).
+    start = SweepState()
+    fresh_searcher, fresh_sched = pickle.loads(pickle.dumps(make(state=start)))
+    fresh_searcher.restore(str(tmp_path / "searcher.pkl"))
+    resumed = Loop(fresh_searcher, fresh_sched, objective=bell(-1))
+    resumed.trials, resumed.runs = loop.trials, loop.runs
+    for t in resumed.trials:
+        if t.status != "TERMINATED":
+            t.status = "PENDING"
+        fresh_sched.on_trial_add(resumed, t)
+    resumed.run()
+    lr, tried, search = outcome(resumed)
+    assert len(resumed.runs) == len(set(resumed.runs)) == 5
+    assert tried == pytest.approx([1e-4, 1e-3, 1e-2, 0.1, 1.0]) and lr == pytest.approx(0.1) and search.edge == rounds.INTERIOR and len(search.rounds) == 3
+
+
+def test_a_chosen_trial_still_improving_runs_once_with_twice_the_epochs():
+    searcher, sched = make(space={"lr": Dist(low=1e-2, high=1.0)}, max_epoch_doublings=1)
+    loop = Loop(searcher, sched, objective=bell(-1, tau=6))  # best inside; at 9 epochs still rising
+    loop.run()
+    lr, _, search = outcome(loop)
+    assert [r.kind for r in search.rounds] == ["initial", "doubling"]
+    doubled = [t for t in loop.trials if t.config["tracking"]["tags"]["round_kind"] == "doubling"]
+    assert len(doubled) == 1 and doubled[0].config["train"]["epochs"] == 2 * MAX_T
+    assert doubled[0].epoch == 2 * MAX_T  # no scheduler stopped it at the cell's rungs or at max_t
+    assert doubled[0].config["train"]["lr"] == pytest.approx(0.1) == lr
+    assert rounds.describe(search, [searcher.state.trials[t] for t in search.trial_ids])["search"].endswith(
+        "epochs 9 -> 18")
+
+
+def test_a_converged_chosen_trial_is_not_run_again():
+    searcher, sched = make(space={"lr": Dist(low=1e-2, high=1.0)}, max_epoch_doublings=1)
+    loop = Loop(searcher, sched, objective=bell(-1, tau=0.5))  # flat long before epoch 9
+    loop.run()
+    assert [r.kind for r in outcome(loop)[2].rounds] == ["initial"] and len(loop.trials) == 3
+
+
+def test_still_improving_is_judged_on_the_best_so_far_over_the_last_epochs():
+    rising = {e: 1 - math.exp(-e / 5) for e in range(1, 11)}  # +0.03 over its last two epochs
+    assert rounds.still_improving(rising)
+    assert not rounds.still_improving({e: 0.8 for e in range(1, 11)})
+    # A dip at the end is not improvement: the best-so-far did not move.
+    assert not rounds.still_improving({**{e: 0.8 for e in range(1, 9)}, 9: 0.7, 10: 0.75})
+    assert not rounds.still_improving({1: 0.1, 2: 0.5})  # too short to tell
+
+
+def test_asha_lets_a_doubled_trial_run_past_max_t():
+    sched = PerCellASHA(state=SweepState(), max_t=3, grace_period=1, reduction_factor=3)
+    trial = Stub("d", {"tracking": {"cell_key": CELL, "trial_key": f"{CELL}/trial=3",
+                                    "tags": {"round": "1", "round_kind": "doubling"}}})
+    sched.on_trial_add(None, trial)
+    assert [sched.on_trial_result(None, trial, {"epoch": e, "score": 0.1}) for e in (1, 3, 5)] == ["CONTINUE"] * 3
+
+
+@pytest.mark.parametrize("search, says", [
+    ({"lr_limits": [1.0, 1e-6]}, "0 < low < high"),
+    ({"max_extensions": -1}, "max_extensions"),
+    ({"max_epoch_doublings": 1.5}, "max_epoch_doublings"),
+])
+def test_spec_checks_the_search_rounds_settings(search, says):
+    overrides = [f"search.{k}={v}" for k, v in search.items()]
+    with pytest.raises(SpecError, match=says):
+        load_spec(DEFAULT_SPEC, overrides)
+    assert load_spec(DEFAULT_SPEC).search.lr_limits == (1e-6, 1.0)  # the defaults are valid
