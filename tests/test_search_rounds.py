@@ -83,6 +83,8 @@ class Loop:
                 return
             trial.status = "RUNNING"
             while trial.status == "RUNNING":
+                if until is not None and until(self):
+                    return  # the driver is killed: this trial was running
                 trial.epoch += 1
                 self.epochs += 1
                 lr, epochs = trial.config["train"]["lr"], trial.config["train"].get("epochs", MAX_T)
@@ -99,8 +101,6 @@ class Loop:
                     self.sched.on_trial_complete(self, trial, result)
                     self.searcher.on_trial_complete(trial.trial_id, result)
                     trial.status = "TERMINATED"
-                if until is not None and until(self):
-                    return
 
 
 def make(space=None, budget=3, state=None, **rules) -> tuple[CellSearcher, PerCellHalving]:
@@ -192,17 +192,21 @@ def test_the_new_round_is_halved_against_the_earlier_rounds_recorded_scores():
 
 
 def test_a_driver_restart_mid_round_reruns_nothing_and_completes_the_round(tmp_path):
-    searcher, sched = make()
+    space = {"lr": Dist(low=1e-4, high=1e-2, points=5)}  # step 10**0.5: an extension adds two points a decade
+    searcher, sched = make(space=space, budget=5)
     loop = Loop(searcher, sched, objective=bell(-1))
-    # Stop in the middle of the second extension round's hand-out: its trial started, not ended.
-    loop.run(until=lambda lp: len(lp.searcher.state.search[CELL].rounds) == 3
-             and any(t.status == "RUNNING" for t in lp.trials[4:]))
-    assert len(searcher.state.search[CELL].rounds) == 3 and loop.trials[-1].status == "RUNNING"
+
+    def mid_round(lp: Loop) -> bool:  # a trial of the first extension round ended, another is running
+        ours = lp.trials[5:]
+        return any(t.status == "TERMINATED" for t in ours) and any(t.status == "RUNNING" for t in ours)
+
+    loop.run(until=mid_round)
+    assert len(searcher.state.search[CELL].rounds) == 2 and mid_round(loop)
     searcher.save(str(tmp_path / "searcher.pkl"))
     # As Tuner.restore: searcher and scheduler unpickled from the experiment's start, the snapshot restored in
     # place, every unended trial handed back pending (it resumes from its checkpoint: its epochs so far stand).
     start = SweepState()
-    fresh_searcher, fresh_sched = pickle.loads(pickle.dumps(make(state=start)))
+    fresh_searcher, fresh_sched = pickle.loads(pickle.dumps(make(space=space, budget=5, state=start)))
     fresh_searcher.restore(str(tmp_path / "searcher.pkl"))
     resumed = Loop(fresh_searcher, fresh_sched, objective=bell(-1))
     resumed.trials, resumed.runs = loop.trials, loop.runs
@@ -212,8 +216,11 @@ def test_a_driver_restart_mid_round_reruns_nothing_and_completes_the_round(tmp_p
         fresh_sched.on_trial_add(resumed, t)
     resumed.run()
     lr, tried, search = outcome(resumed)
-    assert len(resumed.runs) == len(set(resumed.runs)) == 5
-    assert tried == pytest.approx([1e-4, 1e-3, 1e-2, 0.1, 1.0]) and lr == pytest.approx(0.1) and search.edge == rounds.INTERIOR and len(search.rounds) == 3
+    assert len(resumed.runs) == len(set(resumed.runs))  # nothing handed out twice: one run per trial
+    # The round completed (0.1 at its top: one more round), and 0.1 ended inside.
+    expected = [1e-4, 3.162e-4, 1e-3, 3.162e-3, 1e-2, 3.162e-2, 0.1, 0.3162, 1.0]
+    assert tried == pytest.approx(expected, rel=1e-3) and len(resumed.runs) == 9
+    assert lr == pytest.approx(0.1) and search.edge == rounds.INTERIOR
 
 
 def test_a_chosen_trial_still_improving_runs_once_with_twice_the_epochs():
