@@ -133,6 +133,18 @@ def test_a_cell_best_beyond_its_high_edge_extends_until_the_choice_is_inside():
     assert len(loop.runs) == len(set(loop.runs)) == 5  # earlier trials never rerun: one run per trial
 
 
+@pytest.mark.parametrize("sampler", ["tpe", "qmc"])
+def test_other_samplers_widen_the_distribution_that_way(sampler):
+    loop = Loop(*make(budget=4, sampler=sampler, max_extensions=1), objective=bell(-1))
+    loop.run()
+    state = loop.searcher.state
+    by_round = [[r.params["lr"] for r in state.trials.values() if r.round == i] for i in range(2)]
+    edge = max(by_round[0])
+    assert edge < min(by_round[1]) and max(by_round[1]) <= 10 * edge * (1 + 1e-9)  # the decade beyond the edge
+    assert len(by_round[1]) == 2  # 4 planned over 2 decades: 2 a decade
+    assert [r.kind for r in state.search[CELL].rounds] == ["initial", "high"]
+
+
 def test_a_cell_best_below_its_low_edge_extends_downwards():
     loop = Loop(*make(), objective=bell(-5))
     loop.run()

@@ -169,20 +169,21 @@ def _judge_range(search: CellSearch, records: list[TrialRecord], state: SweepSta
     return direction
 
 
+FLAT_MIN_TRIALS = 3  # two equal neighbours are an optimum between them; a flat range needs more than two
+
+
 def _flat(search: CellSearch, records: list[TrialRecord], state: SweepState, cell: str, rules: Rules) -> bool:
-    """The latest round's scores are equal within the tolerance where it was decided (see the module's rule 3)."""
-    latest = len(search.rounds) - 1
-    halving: CellRungs | None = state.halving.get(round_key(cell, latest))
-    if halving is not None and halving.decided:
-        for rung in sorted(halving.decided):
-            values = [v[0] for v in halving.values.get(rung, {}).values() if v[0] is not None]
-            if len(values) >= 2 and max(values) - min(values) <= rules.flat_tolerance:
-                return True
-        return False
-    sign = 1.0 if rules.mode == "max" else -1.0
-    mine = [sign * r.value for r in records if r.round == latest and r.status != Status.FAILED
-            and r.value is not None]
-    return len(mine) >= 2 and max(mine) - min(mine) <= rules.flat_tolerance
+    """The cell's scores, every round's, are equal within the tolerance where the whole range was compared: at
+    the first rung of successive halving (so a rung decided by a tie counts), or else at the end."""
+    halvings: list[CellRungs] = [state.halving[k] for k in (round_key(cell, i) for i in range(len(search.rounds)))
+                                 if k in state.halving]
+    if halvings and halvings[0].decided:
+        first = min(halvings[0].values)
+        values = [v[0] for h in halvings for v in h.values.get(first, {}).values() if v[0] is not None]
+    else:
+        sign = 1.0 if rules.mode == "max" else -1.0
+        values = [sign * r.value for r in records if r.status != Status.FAILED and r.value is not None]
+    return len(values) >= FLAT_MIN_TRIALS and max(values) - min(values) <= rules.flat_tolerance
 
 
 def lr_step(lr: Dist, grid_points: int, budget: int, sampler: str) -> float:
@@ -217,8 +218,9 @@ def _extension(search: CellSearch, records: list[TrialRecord], direction: str, r
         space: dict[str, Any] = {**initial.space, LR: Dist(choices=sorted(new))}
         size = len(grid_order(space, grid_points))
     else:
-        current = next(r.space[LR] for r in reversed(search.rounds) if r.kind != ROUND_DOUBLING)
-        lo, hi = (current.low, max(new)) if direction == ROUND_HIGH else (min(new), current.high)
+        # The distribution widened that way: the round samples the new part (one decade, or up to the limit),
+        # as many trials as the cell's planned density gives it; the study learns from every round.
+        lo, hi = (edge, max(new)) if direction == ROUND_HIGH else (min(new), edge)
         space = {**initial.space, LR: Dist(low=lo, high=hi, log=True)}
         size = len(new)
     return Round(direction, search.budget, size, space, why=f"{why} ({edge:.3g})", lrs=sorted(new))

@@ -269,7 +269,9 @@ class CellSearcher(Searcher):
         if self.sampler == "tpe":
             return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(4, cell.budget))
         if self.sampler == "qmc":
-            return optuna.samplers.QMCSampler(seed=seed, scramble=True)
+            # An extension round samples a widened range, which QMC's fixed initial space cannot: those trials are
+            # drawn independently, on purpose (no warning).
+            return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
         return optuna.samplers.RandomSampler(seed=seed)
 
     def _distributions(self, space: dict[str, Dist]) -> dict[str, Any]:
