@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sweep.plan.grid import most_added_trials
 from sweep.plan.spec import SpecError, halving_epochs
 
 MEMORY_MARGIN = 0.2  # measured peak + 20%: allocator fragmentation, evaluation batches, CUDA context
@@ -238,3 +239,15 @@ def render(calibration: Calibration, name: str, costs: dict[str, float]) -> str:
     for key, value in costs.items():
         lines.append(f"  {key.replace('_', ' ')}: {value:,.2f}")
     return "\n".join(lines)
+
+
+def most_added_by_rounds(plan) -> tuple[int, int]:
+    """(trials, trial-epochs) that a sweep's search rounds (sweep/tune/rounds.py) can add at most to its plan:
+    every extension round as large as the limits allow, each of its trials run to the end, and every cell's
+    chosen trial run again with 2x, 4x, ... the epochs, `max_epoch_doublings` times."""
+    search = plan.spec.search
+    trials = (sum(most_added_trials(c.space, c.budget, plan.grid_points, search.sampler, search.lr_limits,
+                                    search.max_extensions) for c in plan.cells) if search.extend else 0)
+    doubled = sum(2**j * plan.max_epochs for j in range(1, search.max_epoch_doublings + 1))
+    cells = len(plan.cells)
+    return trials + cells * search.max_epoch_doublings, trials * plan.max_epochs + cells * doubled

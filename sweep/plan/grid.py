@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,3 +184,62 @@ def grid_order(space: dict[str, Dist], points: int) -> list[dict[str, Any]]:
         order = sorted(range(len(values)), key=lambda i: (abs(i - middle), i))
         axes.append([(name, values[i]) for i in order])
     return [dict(combo) for combo in itertools.product(*axes)]
+
+
+# -- learning rates beyond a range's edge (search rounds, sweep/tune/rounds.py, and their worst-case cost) --------
+
+LR = "lr"
+
+
+def lr_step(lr: Dist, grid_points: int, budget: int, sampler: str) -> float:
+    """A cell's own log spacing of learning rates, as a factor: its grid's step, or for the other samplers its
+    planned trials spread evenly over its range's decades."""
+    ratio = lr.high / lr.low
+    if sampler == "grid":
+        n = lr.points or grid_points
+        return ratio ** (1 / (n - 1)) if n > 1 else 10.0
+    return ratio ** (1 / budget) if budget > 1 else 10.0
+
+
+def lrs_beyond(edge: float, step: float, upwards: bool, limits: tuple[float, float],
+               tried: list[float] = ()) -> list[float]:
+    """The learning rates one decade beyond `edge` at `step` (at least one), inside `limits`, not yet tried."""
+    per_decade = max(1, round(1 / math.log10(step))) if step > 1 else 1
+    sign = 1 if upwards else -1
+    new = [float(f"{edge * step ** (sign * k):.4g}") for k in range(1, per_decade + 1)]
+    low, high = limits
+    return sorted(v for v in new if low * (1 - 1e-9) <= v <= high * (1 + 1e-9) and v not in tried)
+
+
+def extension_round_size(space: dict[str, Dist], lrs: list[float], grid_points: int, sampler: str) -> int:
+    """Trials of an extension round with these new learning rates: the grid's points (with every other searched
+    axis), or one trial per learning rate for the other samplers."""
+    if sampler == "grid":
+        return len(grid_order({**space, LR: Dist(choices=lrs)}, grid_points)) if lrs else 0
+    return len(lrs)
+
+
+def most_added_trials(space: dict[str, Dist], budget: int, grid_points: int, sampler: str,
+                      limits: tuple[float, float], max_extensions: int) -> int:
+    """The most trials a cell's extension rounds can add: every order of directions tried, each round one decade
+    further from the range tried so far (the search's own rule), inside the limits."""
+    lr = space.get(LR)
+    if lr is None or lr.choices is not None or max_extensions < 1:
+        return 0
+    step = lr_step(lr, grid_points, budget, sampler)
+    start = lr.grid(grid_points) if sampler == "grid" else [lr.low, lr.high]
+    if sampler != "grid":  # the trials' edges lie anywhere inside the range: no round is counted as clipped
+        limits = (0.0, math.inf)
+
+    def most(low: float, high: float, rounds_left: int) -> int:
+        if rounds_left == 0:
+            return 0
+        best = 0
+        for upwards in (True, False):
+            new = lrs_beyond(high if upwards else low, step, upwards, limits)
+            if new:
+                size = extension_round_size(space, new, grid_points, sampler)
+                best = max(best, size + most(min(low, *new), max(high, *new), rounds_left - 1))
+        return best
+
+    return most(min(start), max(start), max_extensions)

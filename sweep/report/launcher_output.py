@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import textwrap
 
+from sweep.plan.cost import most_added_by_rounds
 from sweep.plan.spec import halving_epochs
 from sweep.plan.validate import Plan
 from sweep.report.console_table import did_not_learn, format_table
@@ -49,6 +50,11 @@ def dry_run(plan: Plan, name: str) -> str:
                       else f" (rungs at epochs {', '.join(map(str, rungs))})."))
     else:
         out.append(f"Cost: {exhaustive:,} trial-epochs.")
+    trials, epochs = most_added_by_rounds(plan)
+    if trials:
+        out.append(f"  Search rounds (extending a cell's learning-rate range past an edge its choice sits at, "
+                   f"doubling the epochs of a choice still improving) add between 0 and {trials:,} trials and "
+                   f"{epochs:,} trial-epochs (at most {plan.total_trials + trials:,} trials).")
     if plan.notes:
         out += ["", *plan.notes]
     if plan.missing:

@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from sweep.plan.grid import grid_order, trial_key
+from sweep.plan.grid import LR, extension_round_size, lr_step, lrs_beyond, trial_key
 from sweep.plan.spec import Dist
 from sweep.tune.state import (
     ROUND_DOUBLING,
@@ -46,7 +46,6 @@ from trainables.contract import Status, selection_order
 # Scores (SCORE units: accuracy, F1 ... in [0, 1]) closer than this are equal: half a point, about the sampling
 # noise of a validation set of a few thousand images.
 FLAT_TOLERANCE = 0.005
-LR = "lr"
 
 # A cell's search ends with one of these (CellSearch.edge); the last three leave it at an edge of its range.
 INTERIOR, STABILITY, AT_HIGH, AT_LOW = "interior", "stability", "high", "low"
@@ -186,43 +185,28 @@ def _flat(search: CellSearch, records: list[TrialRecord], state: SweepState, cel
     return len(values) >= FLAT_MIN_TRIALS and max(values) - min(values) <= rules.flat_tolerance
 
 
-def lr_step(lr: Dist, grid_points: int, budget: int, sampler: str) -> float:
-    """The cell's own log spacing of learning rates (a factor): its grid's step, or for the other samplers its
-    planned trials spread evenly over its range's decades."""
-    ratio = lr.high / lr.low
-    if sampler == "grid":
-        n = lr.points or grid_points
-        return ratio ** (1 / (n - 1)) if n > 1 else 10.0
-    return ratio ** (1 / max(1, budget)) if budget > 1 else 10.0
-
-
 def _extension(search: CellSearch, records: list[TrialRecord], direction: str, rules: Rules, grid_points: int,
                sampler: str) -> Round | None:
     initial = search.rounds[0]
     lr: Dist = initial.space[LR]
     step = lr_step(lr, grid_points, initial.size, sampler)
-    per_decade = max(1, round(1 / math.log10(step))) if step > 1 else 1
     tried = [r.params[LR] for r in records]
     edge = max(tried) if direction == ROUND_HIGH else min(tried)
-    sign = 1 if direction == ROUND_HIGH else -1
-    low, high = rules.lr_limits
-    new = [float(f"{edge * step ** (sign * k):.4g}") for k in range(1, per_decade + 1)]
-    new = [v for v in new if low * (1 - 1e-9) <= v <= high * (1 + 1e-9) and v not in tried]
+    new = lrs_beyond(edge, step, direction == ROUND_HIGH, rules.lr_limits, tried)
     if not new:
-        limit = high if direction == ROUND_HIGH else low
+        limit = rules.lr_limits[1] if direction == ROUND_HIGH else rules.lr_limits[0]
         search.note += f"; at the limit {limit:g} (search.lr_limits)"
         return None
     why = search.note
     search.note = search.edge = ""  # the round is under way: the cell's verdict comes when it ends
+    size = extension_round_size(initial.space, new, grid_points, sampler)
     if sampler == "grid":
-        space: dict[str, Any] = {**initial.space, LR: Dist(choices=sorted(new))}
-        size = len(grid_order(space, grid_points))
+        space: dict[str, Any] = {**initial.space, LR: Dist(choices=new)}
     else:
         # The distribution widened that way: the round samples the new part (one decade, or up to the limit),
         # as many trials as the cell's planned density gives it; the study learns from every round.
         lo, hi = (edge, max(new)) if direction == ROUND_HIGH else (min(new), edge)
         space = {**initial.space, LR: Dist(low=lo, high=hi, log=True)}
-        size = len(new)
     return Round(direction, search.budget, size, space, why=f"{why} ({edge:.3g})", lrs=sorted(new))
 
 
