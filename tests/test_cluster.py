@@ -38,7 +38,7 @@ def spec(path: Path, scheduler: str = "{type: fifo}", datasets: int = 2, trials_
         "methods: [linear, bitfit]\n"
         "image_size: 16\n"
         f"train: {{epochs: {EPOCHS}, epoch_seconds: 1.0}}\n"
-        f"search: {{sampler: grid, trials_per_cell: {trials_per_cell}}}\n"
+        f"search: {{sampler: grid, trials_per_cell: {trials_per_cell}, extend: false, max_epoch_doublings: 0}}\n"
         f"scheduler: {scheduler}\n"
         "resources: {cpus_per_trial: 0.5}\n"
     )

@@ -32,7 +32,7 @@ def sim_spec(path: Path, epochs: int, epoch_seconds: float, trials: int = 4, cel
         f"methods: {cells or '[linear, bitfit, full]'}\n"
         "image_size: 16\n"
         f"train: {{epochs: {epochs}, epoch_seconds: {epoch_seconds}}}\n"
-        f"search: {{sampler: grid, trials_per_cell: {trials}}}\n"
+        f"search: {{sampler: grid, trials_per_cell: {trials}, extend: false, max_epoch_doublings: 0}}\n"
         f"scheduler: {{type: {scheduler}, grace_period: 1, reduction_factor: 2}}\n"
         "resources: {cpus_per_trial: 0.5}\n"
     )

@@ -56,7 +56,7 @@ methods: [full, linear, bias, ssf]
 image_size: 32
 train: {epochs: 2, batch_size: 64, warmup_epochs: 0.2, select_metric: f1}
 search: {sampler: grid, trials_per_cell: 1, spaces: {full: {lr: [0.001]}, linear: {lr: [0.01]}, bias: {lr: [0.01]},
-         ssf: {lr: [0.003]}}}
+         ssf: {lr: [0.003]}}, max_epoch_doublings: 0}
 scheduler: {type: fifo}
 resources: {cpus_per_trial: 1}
 """)

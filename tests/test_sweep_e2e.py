@@ -118,7 +118,7 @@ def test_multi_worker_trial_runs_ddp_in_a_nested_torch_trainer(tmp_path):
         "methods: [lora_conv]\n"
         "image_size: 32\n"
         "train: {epochs: 2, batch_size: 16}\n"
-        "search: {trials_per_cell: 1}\n"
+        "search: {trials_per_cell: 1, extend: false, max_epoch_doublings: 0}\n"
         "resources: {cpus_per_trial: 1, workers_per_trial: 2, num_cpus: 2}\n"
     )
     result = launch("--config", str(spec), "--storage", str(tmp_path / "store"))
@@ -152,7 +152,7 @@ def test_every_vit_and_cnn_method_in_one_sweep(tmp_path):
         "image_size: 32\n"
         "fractions: [0.25]\n"
         "train: {epochs: 2, batch_size: 32}\n"
-        "search: {trials_per_cell: 1}\n"
+        "search: {trials_per_cell: 1, extend: false, max_epoch_doublings: 0}\n"
         "scheduler: {type: fifo}\n"
     )
     data = ["--data-root", str(SHARED_DATA)] if (SHARED_DATA / "medmnist").is_dir() else []
