@@ -283,3 +283,50 @@ def test_spec_checks_the_search_rounds_settings(search, says):
     with pytest.raises(SpecError, match=says):
         load_spec(DEFAULT_SPEC, overrides)
     assert load_spec(DEFAULT_SPEC).search.lr_limits == (1e-6, 1.0)  # the defaults are valid
+
+
+@pytest.mark.slow
+def test_simulated_sweep_runs_the_rounds_the_dry_run_bounds(tmp_path):
+    """One cell of the simulated task, its best learning rate known by construction, started with its range one to
+    three decades too low and every trial run to the end (fifo: the worst case). It extends up twice (the second
+    round ends with the best inside), then its chosen trial, still rising at epoch 4, runs once more with 8. The
+    dry run's bound is that worst case, derived here by hand: 2 rounds x 1 trial x 4 epochs + 1 trial x 8."""
+    from mlflow import MlflowClient
+
+    from tests.conftest import launch
+    from trainables.simulated import curve
+
+    cell_key = "sim/synthetic/test_resnet/linear/frac=1/seed=0"
+    best = max((-6 + i / 1000 for i in range(5001)), key=lambda x: curve(cell_key, 10**x, 1000))
+    spec = tmp_path / "rounds.yaml"
+    spec.write_text(
+        "name: rounds\ntask: simulated\n"
+        "datasets: [{name: synthetic}]\nbackbones: [{name: test_resnet, weights: random}]\nmethods: [linear]\n"
+        "image_size: 16\ntrain: {epochs: 4, epoch_seconds: 0}\n"
+        "search: {sampler: grid, trials_per_cell: 3, lr_limits: [1.0e-10, 1.0], max_extensions: 2,\n"
+        f"         max_epoch_doublings: 1, spaces: {{linear: {{lr: {{low: {10 ** (best - 3):.4g}, "
+        f"high: {10 ** (best - 1):.4g}}}}}}}}}\n"
+        "scheduler: {type: fifo}\n"
+        "resources: {cpus_per_trial: 0.5, num_cpus: 1}\n")
+    dry = launch("--config", str(spec), "--dry-run").stdout
+    assert "add between 0 and 3 trials and 16 trial-epochs (at most 6 trials)" in dry, dry
+    storage = tmp_path / "store"
+    result = launch("--config", str(spec), "--storage", str(storage))
+    assert "1/1 cells complete" in result.stdout and "[round 1]" in result.stdout, result.stdout[-3000:]
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("rounds").experiment_id
+    trials = client.search_runs([experiment], "tags.role = 'trial'")
+    keys = [r.data.tags["trial_key"] for r in trials]
+    assert len(keys) == len(set(keys)) == 6  # one run per trial: no earlier trial rerun
+    ran = sorted((float(r.data.params["train.lr"]), r.data.tags["round_kind"], int(r.data.params["train.epochs"]),
+                  len(client.get_metric_history(r.info.run_id, "epoch"))) for r in trials)
+    decades = [round(math.log10(lr) - best) for lr, *_ in ran]
+    assert [(d, *rest) for d, (_, *rest) in zip(decades, ran, strict=True)] == [
+        (-3, "initial", 4, 4), (-2, "initial", 4, 4), (-1, "initial", 4, 4),
+        (0, "doubling", 8, 8), (0, "high", 4, 4), (1, "high", 4, 4)]
+    (cell,) = client.search_runs([experiment], "tags.role = 'cell'")
+    assert cell.data.tags["search_edge"] == "interior"
+    assert ", +2 rounds high, epochs 4 -> 8" in cell.data.tags["search"]
+    assert ", +2 rounds high, epochs 4 -> 8" in result.stdout  # the launcher's table too
+    (doubled,) = [r for r in trials if r.data.tags["round_kind"] == "doubling"]
+    assert cell.data.tags["chosen_trial"] == doubled.data.tags["trial_key"]  # 8 epochs beat 4 on validation

@@ -145,6 +145,8 @@ class SearchSpec(_Model):
     lr_limits: tuple[float, float] = (1e-6, 1.0)
     max_extensions: int = Field(2, ge=0)
     max_epoch_doublings: int = Field(1, ge=0)
+    # Scores (SCORE units) closer than this are equal: a flat range, a chosen trial no longer improving.
+    flat_tolerance: float = Field(0.01, ge=0)
 
     @field_validator("lr_limits")
     @classmethod

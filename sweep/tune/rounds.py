@@ -43,9 +43,9 @@ from sweep.tune.state import (
 )
 from trainables.contract import Status, selection_order
 
-# Scores (SCORE units: accuracy, F1 ... in [0, 1]) closer than this are equal: half a point, about the sampling
-# noise of a validation set of a few thousand images.
-FLAT_TOLERANCE = 0.005
+# Scores (SCORE units: accuracy, F1 ... in [0, 1]) closer than this are equal (the spec's search.flat_tolerance):
+# one point, about the sampling noise of a validation set of a few thousand images.
+FLAT_TOLERANCE = 0.01
 
 # A cell's search ends with one of these (CellSearch.edge); the last three leave it at an edge of its range.
 INTERIOR, STABILITY, AT_HIGH, AT_LOW = "interior", "stability", "high", "low"

@@ -95,7 +95,8 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
                                     grid_points=plan.grid_points, seed=spec.search.seed,
                                     cell_by_cell=spec.scheduler.type == "halving", extend=spec.search.extend,
                                     lr_limits=spec.search.lr_limits, max_extensions=spec.search.max_extensions,
-                                    max_epoch_doublings=spec.search.max_epoch_doublings)
+                                    max_epoch_doublings=spec.search.max_epoch_doublings,
+                                    flat_tolerance=spec.search.flat_tolerance)
             rungs = {"max_t": plan.max_epochs, "grace_period": spec.scheduler.grace_period,
                      "reduction_factor": spec.scheduler.reduction_factor}
             if spec.scheduler.type == "asha":
