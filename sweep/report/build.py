@@ -74,6 +74,7 @@ def build(uri: str, sweep: str, out: Path, formats: tuple[str, ...] = FORMATS, l
     _versus_full(doc, paired)
     _data_volume(doc, scores, out, files)
     _pareto(doc, scores, out, files)
+    _lr_search(doc, trials, cells, out, files)
     _cost(doc, trials)
     doc.heading("Recommendations")
     doc.bullets(analysis.recommendations(scores, paired) or ["No cell has a finished trial yet."])
@@ -225,6 +226,31 @@ def _pareto(doc: Document, scores: pd.DataFrame, out: Path, files: list[Path]) -
         files.append(out / name)
         doc.image(out / name, f"{part['metric'].iloc[0]} against trainable parameters, Pareto front in red: "
                               f"{dataset}")
+
+
+def _lr_search(doc: Document, trials: pd.DataFrame, cells: pd.DataFrame, out: Path, files: list[Path]) -> None:
+    """Per dataset and backbone, the learning-rate axis plot; then the cells whose search still ended at an edge
+    of its range, and which kind of edge (sweep/tune/rounds.py; written on the cell runs by the launcher)."""
+    if "searched.lr" not in trials or trials["searched.lr"].isna().all():
+        return
+    doc.heading("Learning-rate search")
+    for (_task, backbone, dataset), group in trials[trials["searched.lr"].notna()].groupby(
+            ["task", "backbone", "dataset"], sort=True):
+        name = _slug(f"lr-{backbone}-{dataset}") + ".png"
+        plots.lr_axis(group, out / name, f"{dataset}, {backbone}")
+        files.append(out / name)
+        doc.image(out / name, f"best validation score of every trial against its learning rate: {dataset}, "
+                              f"{backbone}")
+    if "search_edge" not in cells:
+        return
+    edge = cells[cells["search_edge"].isin(["stability", "high", "low"])]
+    if len(edge):
+        doc.text(f"{len(edge)} of {len(cells)} cells ended their search at an edge of the learning rates tried "
+                 "(stability: larger ones diverged; high/low: the limits or search.max_extensions stopped it):")
+        doc.table(edge[["cell_key", "search_edge", "search_note", "search"]].rename(columns={
+            "cell_key": "cell", "search_edge": "edge", "search_note": "why", "search": "rounds"}))
+    elif cells["search_edge"].astype(bool).any():
+        doc.text("Every cell's chosen learning rate is inside the range its search tried.")
 
 
 def _cost(doc: Document, trials: pd.DataFrame) -> None:

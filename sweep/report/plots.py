@@ -77,6 +77,32 @@ def study_volume(curves: pd.DataFrame, path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
+def lr_axis(trials: pd.DataFrame, path: Path, title: str) -> Path:
+    """The Deep Learning Tuning Playbook's "basic hyperparameter axis plot": every trial's best validation score
+    against its learning rate, one colour per method, each cell's chosen trial marked (a ringed star). A method
+    whose best points sit at an end of the axis was searched too narrowly; a cliff beyond them, where trials
+    failed, is its stability edge (failed trials: crosses at the bottom)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    scored = trials[trials["score"].notna()]
+    floor = scored["score"].min() if len(scored) else 0.0
+    for i, (method, group) in enumerate(trials.groupby("method", sort=True)):
+        color = f"C{i % 10}"
+        ok = group[group["score"].notna()]
+        ax.scatter(ok["searched.lr"], ok["score"], s=16, color=color, alpha=0.7, label=method)
+        best = ok[ok["is_best_in_cell"].astype(bool)]
+        ax.scatter(best["searched.lr"], best["score"], s=90, marker="*", color=color, edgecolors="black",
+                   linewidths=0.8, zorder=3)
+        failed = group[group["score"].isna()]
+        ax.scatter(failed["searched.lr"], [floor] * len(failed), s=24, marker="x", color=color)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("best validation score (SCORE, higher is better)")
+    ax.set_title(title + "  (stars: chosen; crosses: failed)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, frameon=False)
+    return _save(fig, path)
+
+
 def _label(scores: pd.DataFrame) -> str:
     unit = " (%)" if scores["unit"].iloc[0] == "%" else ""
     better = "higher" if scores["higher_is_better"].iloc[0] else "lower"
