@@ -80,7 +80,7 @@ def run(quick: bool = False) -> list[Result]:
                "the simulated task's best learning rate per cell, known by construction",
                {"cells": cells, "within": within}),
         Result("rounds_epochs_ratio", ratio, "<= 0.5",
-               f"{ours} trial-epochs (halving, extension rounds and epoch doublings)",
+               f"{ours} trial-epochs (the planned round under halving, and its extension rounds)",
                f"{exhaustive} trial-epochs: every grid point of each cell's final range, {EPOCHS} epochs each",
                {"ours": ours, "exhaustive": exhaustive}),
         Result("rounds_epochs_ratio_with_doubling", (ours + doubled) / exhaustive, "-",
