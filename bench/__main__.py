@@ -16,7 +16,7 @@ import time
 
 import torch
 
-BENCHMARKS = ["data", "trainable", "sweeps", "asha", "scale", "gpu", "cluster"]
+BENCHMARKS = ["data", "trainable", "sweeps", "asha", "scale", "gpu", "cluster", "autoscale"]
 
 
 def machine() -> dict:

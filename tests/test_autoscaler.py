@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_scale_up_spot_loss_replacement_and_scale_down(tmp_path):
-    seen = spot_loss_sweep(tmp_path, epochs=6)
+    seen = spot_loss_sweep(tmp_path, epochs=4)
     output = seen["launcher_output"]
     assert not seen["left_behind"], f"Ray processes left behind: {seen['left_behind']}"
     assert seen["exit"] == 0, output
