@@ -134,7 +134,10 @@ class FakeAutoscalingCluster:
     def start(self) -> None:
         import json
 
-        from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID, FAKE_HEAD_NODE_TYPE
+        from ray.autoscaler._private.fake_multi_node.node_provider import (
+            FAKE_HEAD_NODE_ID,
+            FAKE_HEAD_NODE_TYPE,
+        )
 
         env = {**self.env,
                "RAY_FAKE_CLUSTER": "1",
@@ -142,21 +145,31 @@ class FakeAutoscalingCluster:
                # the fake provider expects of its head.
                "RAY_enable_autoscaler_v2": "1", "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_NODE_ID,
                "RAY_NODE_TYPE_NAME": FAKE_HEAD_NODE_TYPE, "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID,
-               # The autoscaler looks every second (5 s by default) and a node that stops answering is dead after
-               # 5 missed health checks a second apart (3 s apart by default): a test's minutes, not a cloud's.
-               "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_health_check_period_ms": "1000"}
+               # The autoscaler looks every second (5 s by default). Ray's health checks keep their defaults (a
+               # node is dead after 5 missed checks 3 s apart): shorter ones declare live nodes of a loaded
+               # 2-core machine dead.
+               "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
         head = self.head_resources
         custom = {k: v for k, v in head.items() if k not in ("CPU", "GPU")}
-        started = subprocess.run(
-            [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={self.port}",
+        # --block: `ray start` stays, the parent of the head's processes and (through the autoscaler) of every
+        # node's. Other test sessions on this machine clean up orphaned Ray processes; a cluster under a live
+        # process of ours is not theirs to end.
+        self.log = open(self.temp / "ray-start.log", "w")  # noqa: SIM115 (closed in shutdown)
+        self.head = subprocess.Popen(
+            [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={self.port}",
              "--node-ip-address=127.0.0.1", f"--num-cpus={head.get('CPU', 0)}", f"--num-gpus={head.get('GPU', 0)}",
              f"--resources={json.dumps(custom)}", f"--autoscaling-config={self.config_path}",
              f"--temp-dir={self.temp}", "--include-dashboard=false", f"--dashboard-port={free_port()}",
              f"--dashboard-agent-listen-port={free_port()}",
              f"--object-store-memory={self.object_store_bytes}", "--disable-usage-stats"],
-            env=env, capture_output=True, text=True, timeout=180)
-        if started.returncode != 0:
-            raise RuntimeError(f"ray start --head failed:\n{started.stdout[-2000:]}\n{started.stderr[-3000:]}")
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        def up() -> bool:
+            if self.head.poll() is not None:
+                raise Ended
+            return self.status() is not None
+
+        if not wait_until(up, timeout=180):
+            raise RuntimeError(f"ray start --head failed:\n{(self.temp / 'ray-start.log').read_text()[-3000:]}")
 
     def status(self):
         """The autoscaler's view (ray.autoscaler.v2.sdk): nodes by state, pending launches, demands."""
@@ -198,7 +211,10 @@ class FakeAutoscalingCluster:
 
     def processes(self) -> set[int]:
         table = _processes()
-        return _with_descendants({pid for pid, (_, command) in table.items() if str(self.temp) in command}, table)
+        roots = {pid for pid, (_, command) in table.items() if str(self.temp) in command}
+        if getattr(self, "head", None) is not None:
+            roots.add(self.head.pid)
+        return _with_descendants(roots & set(table), table)
 
     def shutdown(self) -> None:
         """Every process of this cluster killed by id (a few rounds: the autoscaler may be starting a node)."""
@@ -208,6 +224,9 @@ class FakeAutoscalingCluster:
                 break
             _kill(pids)
             time.sleep(0.5)
+        if getattr(self, "head", None) is not None:
+            self.head.wait(10)
+            self.log.close()
         if not os.environ.get("MEDPEFT_KEEP_RAY_LOGS"):  # set it to read Ray's logs of a run afterwards
             shutil.rmtree(self.temp, ignore_errors=True)
 
