@@ -33,7 +33,9 @@ def run(quick: bool = False) -> list[Result]:
                     f"autoscaler launched: {recovery} s; {sweep}",
                baseline=f"the epoch time ({seen['epoch_seconds']} s); nodes added: "
                         f"{[e.split('-- ')[-1] for e in seen.get('events', [])]}",
-               details={"events": seen.get("events", [])}),
+               details={"events": seen.get("events", []),
+                        "replacement_seen_s": round(seen["replaced_at"] - seen["lost_at"], 1)
+                        if seen.get("replaced") else None}),
         Result(key="autoscale_redone_epochs", value=max(redone.values()) if redone else None, target="<= 1",
                ours=f"{len(redone)} trials on the lost node; epochs redone per trial {sorted(redone.values())}",
                baseline="0: a trial that loses nothing"),
