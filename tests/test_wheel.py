@@ -123,4 +123,3 @@ def test_the_installed_tool_runs_from_outside_the_checkout(installed):
 
     # The module forms keep working from the installed package.
     assert "--dry-run" in run(installed["python"], "-m", "sweep.launch", "--help").stdout
-    assert "--reference" in run(installed["python"], "-m", "sweep.report", "--help").stdout
