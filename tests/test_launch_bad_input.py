@@ -147,8 +147,8 @@ BAD: dict[str, Bad] = {
     "an image that cannot be decoded": Bad(lambda t: _imagefolder(t, {"benign": 12, "malignant": 12}, corrupt=1),
                                            ("1 images could not be decoded", "0.png", "on_corrupt: skip")),
     # Where the sweep runs and writes
-    "an unwritable storage": Bad(lambda t: [*TINY, "--storage", "/proc/medpeft-results"],
-                                 ("storage /proc/medpeft-results is not writable", "--storage DIR"),
+    "an unwritable storage": Bad(lambda t: [*TINY, "--storage", "/proc/sys/medpeft-results"],
+                                 ("storage /proc/sys/medpeft-results is not writable", "--storage DIR"),
                                  never_says=("--mlflow-uri",)),
     "a tracking URI MLflow cannot open": Bad(lambda t: [*TINY, "--mlflow-uri", "foo://bar"],
                                              ("cannot track to 'foo' URIs", "sqlite:///", "http://HOST:PORT")),
