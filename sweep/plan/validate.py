@@ -19,10 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from sweep.plan.grid import AUTO_GPU, Cell, expand, grid_points
-from sweep.plan.spec import DatasetEntry, SpecError, SweepSpec, format_validation_error, load_method_spaces
+from sweep.plan.spec import (
+    DatasetEntry,
+    Dist,
+    SpecError,
+    SweepSpec,
+    format_validation_error,
+    load_method_spaces,
+)
 from trainables.contract import Selection
 
 # The head a dry run counts when a dataset's classes are unknown (only its files could tell, and they are not here).
@@ -119,7 +126,8 @@ def make_plan(spec: SweepSpec, spec_path: Path, data_root: str | None, allow_mis
     return plan
 
 
-def _check_searched_values(schema: type, train: dict[str, Any], method: str, name: str, dist) -> list[str]:
+def _check_searched_values(schema: type[BaseModel], train: dict[str, Any], method: str, name: str,
+                           dist: Dist) -> list[str]:
     """Every value a train setting can be searched at must be a valid value of that setting (a learning rate > 0,
     ...): checked by the task's own schema, so a bad one is an error now rather than a failed trial."""
     values = dist.choices if dist.choices is not None else [dist.low, dist.high]

@@ -104,8 +104,8 @@ def check_tracking_uri(uri: str) -> None:
                         f"{_PACKAGES.get(driver, driver)}" + (" (or name the driver you have, e.g. "
                                                                "postgresql+psycopg2://...)" if scheme == "postgresql"
                                                                else ""))
-    if scheme in _DRIVERS:
-        _probe_database(uri, parsed.hostname or "localhost", parsed.port or _PORTS[scheme])
+    if scheme in _DRIVERS and parsed.hostname:  # (without a host, the driver's local socket: nothing to probe)
+        _probe_database(uri, parsed.hostname, parsed.port or _PORTS[scheme])
     if scheme == "sqlite":
         folder = Path(uri.removeprefix("sqlite:///")).parent
         existing = next((p for p in [folder, *folder.parents] if p.exists()), None)
