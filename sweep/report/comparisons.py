@@ -34,7 +34,7 @@ CONFUSION_METRICS = ("f1", "acc", "balanced_acc", "mcc")  # what can be recomput
 
 
 @dataclass(frozen=True)
-class TestPredictions:
+class CellPredictions:
     """One cell's predicted classes on its test split, for each of its seeds, aligned on the manifest's rows."""
 
     rows: np.ndarray  # (n,) manifest row ids, ascending
@@ -44,7 +44,7 @@ class TestPredictions:
     classes: int
 
     @classmethod
-    def from_frames(cls, frames: dict[int, pd.DataFrame]) -> TestPredictions:
+    def from_frames(cls, frames: dict[int, pd.DataFrame]) -> CellPredictions:
         """From each seed's predictions table (trainables.contract.PREDICTIONS_ARTIFACT), its test rows."""
         first = None
         predicted = {}
@@ -67,12 +67,17 @@ class TestPredictions:
 def resample_weights(groups: np.ndarray, resamples: int, seed: int) -> np.ndarray:
     """(resamples, images) counts: how often each image is in each bootstrap resample. Groups are drawn whole, with
     replacement, as many as the split has; an image without a group ("") is a group of its own."""
-    groups = np.asarray(groups, dtype=str)
-    labels = np.where(groups == "", np.char.add("\0image", np.arange(len(groups)).astype(str)), groups)
-    _, index = np.unique(labels, return_inverse=True)
+    codes, _ = pd.factorize(pd.Series(groups, dtype=str), sort=False)
+    alone = np.asarray(groups, dtype=str) == ""
+    codes[alone] = codes.max() + 1 + np.arange(alone.sum())  # no group: a group of its own
+    _, index = np.unique(codes, return_inverse=True)  # consecutive codes 0..count-1
     count = int(index.max()) + 1
     rng = np.random.default_rng(seed)
-    drawn = rng.multinomial(count, np.full(count, 1.0 / count), size=resamples)  # (resamples, groups)
+    picks = rng.integers(0, count, size=(resamples, count))  # which groups each resample draws
+    drawn = np.bincount((np.arange(resamples)[:, None] * count + picks).ravel(),
+                        minlength=resamples * count).reshape(resamples, count)
+    if np.array_equal(index, np.arange(len(index))):  # every image its own group, in order
+        return drawn.astype(np.float64)
     return drawn[:, index].astype(np.float64)
 
 
@@ -82,7 +87,7 @@ def confusions(labels: np.ndarray, predicted: np.ndarray, weights: np.ndarray, c
     predicted = np.atleast_2d(predicted)
     seeds, images = predicted.shape
     cell = labels[None, :] * classes + predicted  # (seeds, images): which confusion entry each image lands in
-    onehot = np.zeros((images, seeds * classes * classes))
+    onehot = np.zeros((images, seeds * classes * classes), dtype=weights.dtype)
     onehot[np.arange(images)[None, :], np.arange(seeds)[:, None] * classes * classes + cell] = 1.0
     return (weights @ onehot).reshape(len(weights), seeds, classes, classes)
 
@@ -127,7 +132,7 @@ def verdict(low: float, high: float, rope: float) -> str:
     return "undecided"
 
 
-def paired_bootstrap(a: TestPredictions, b: TestPredictions, metric: str = "f1", scale: float = 100.0,
+def paired_bootstrap(a: CellPredictions, b: CellPredictions, metric: str = "f1", scale: float = 100.0,
                      rope: float = DEFAULT_ROPE, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED,
                      higher_is_better: bool = True) -> dict[str, object]:
     """Method a against method b on the same test images: the difference of their seed-averaged metric (in
@@ -138,10 +143,10 @@ def paired_bootstrap(a: TestPredictions, b: TestPredictions, metric: str = "f1",
         raise ValueError("the two cells were tested on different images")
     classes = max(a.classes, b.classes)
     weights = np.vstack([np.ones(len(a.rows)), resample_weights(a.groups, resamples, seed)])  # row 0: as observed
-    per_method = []
-    for cell in (a, b):
-        predicted = np.stack([cell.predicted[s] for s in sorted(cell.predicted)])
-        per_method.append(metric_from_confusion(confusions(a.labels, predicted, weights, classes), metric) * scale)
+    # Both methods' seeds in one matrix product: every seed of both on the same resamples.
+    predicted = np.stack([cell.predicted[s] for cell in (a, b) for s in sorted(cell.predicted)])
+    scores = metric_from_confusion(confusions(a.labels, predicted, weights, classes), metric) * scale
+    per_method = [scores[:, : len(a.predicted)], scores[:, len(a.predicted) :]]
     sign = 1.0 if higher_is_better else -1.0
     differences = sign * (per_method[0].mean(1) - per_method[1].mean(1))  # (1 + resamples,)
     observed, boot = float(differences[0]), differences[1:]
