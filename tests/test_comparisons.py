@@ -138,3 +138,34 @@ def test_the_old_three_seed_bootstrap_covers_75_percent_where_seeds_are_the_only
     covered = [low <= 2.0 <= high for low, high in (trust.paired_bootstrap_ci(d, resamples=400, seed=i)
                                                     for i, d in enumerate(differences))]
     assert np.mean(covered) == pytest.approx(0.75, abs=0.04)
+
+
+def test_across_five_datasets_the_best_possible_p_is_0_0625_and_the_diagram_is_drawn(tmp_path):
+    """Method a ahead of b on all five datasets, b ahead of c on all five: exact two-sided Wilcoxon p = 2/2^5."""
+    from sweep.report import plots
+
+    rows = []
+    for i, dataset in enumerate("vwxyz"):
+        for method, score in (("a", 90 - i), ("b", 85 - 2 * i), ("c", 70 + 0.5 * i), ("d", 60.0)):
+            rows.append({"task": "classification", "backbone": "bb", "fraction": 1.0, "dataset": dataset,
+                         "method": method, "oriented": score, "learned": method != "d" or dataset != "z"})
+    (ranking,) = comparisons.across_datasets(pd.DataFrame(rows))
+    assert list(ranking.ranks.index) == ["a", "b", "c"]  # d did not learn on z: left out, not ranked on four
+    assert ranking.ranks.tolist() == [1.0, 2.0, 3.0] and ranking.ahead == "5 of 5"
+    assert ranking.wilcoxon_p == pytest.approx(2 / 2**5) and ranking.smallest_p == pytest.approx(0.0625)
+    # Holm over the three pairs, each p = 0.0625: 3p, 2p, p, made monotone: all 0.1875 (capped at 1).
+    assert ranking.holm.loc["a", "b"] == pytest.approx(min(1, 3 * 0.0625))
+    assert (ranking.holm.to_numpy() == ranking.holm.to_numpy().T).all()
+    path = plots.critical_difference(ranking.ranks, ranking.holm, tmp_path / "cd.png", "t")
+    assert path.stat().st_size > 1000
+
+
+def test_the_dry_run_says_how_finely_each_test_set_resolves_a_score(capsys, tmp_path):
+    """The default sweep's BreastMNIST (shipped): its published test split has 156 images, where a score of 0.8
+    has a 95% half-width of 1.96 sqrt(0.8 x 0.2 / 156) = 6.3 points."""
+    from sweep.launch import main
+
+    assert main(["--storage", str(tmp_path / "store"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"breastmnist: 156 test images, ±{100 * 1.96 * np.sqrt(0.8 * 0.2 / 156):.1f} points" in out
+    assert "±6.3 points" in out

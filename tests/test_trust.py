@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
-from sweep.report import comparisons, trust
+from sweep.report import trust
 
 
 @pytest.mark.parametrize("counts", [[21, 57], [42, 114], [50, 50], [3, 10, 40, 7], [150, 150, 150, 115, 150, 150, 142]])
@@ -69,13 +69,13 @@ def test_sign_and_wilcoxon_tests_from_six_seeds(differences):
     nonzero = d[d != 0]
     k, n = int((nonzero > 0).sum()), len(nonzero)
     tail = sum(math.comb(n, i) for i in range(min(k, n - k) + 1)) / 2**n  # the binomial tail, by its definition
-    tests = comparisons.seed_tests(list(d))
+    tests = trust.seed_tests(list(d))
     assert tests["sign_p"] == pytest.approx(min(1.0, 2 * tail))
     assert tests["wilcoxon_p"] == pytest.approx(_wilcoxon_by_enumeration(nonzero))
     # Six seeds all ahead: 2/2^6, the smallest p six seeds can give; five seeds get no test at all (2/2^5 > 0.05).
     if k == n == 6:
         assert tests["sign_p"] == pytest.approx(2 / 64) and tests["wilcoxon_p"] == pytest.approx(2 / 64)
-    assert all(math.isnan(p) for p in comparisons.seed_tests(list(d[:5])).values())
+    assert all(math.isnan(p) for p in trust.seed_tests(list(d[:5])).values())
 
 
 def test_verdicts_one_seed_cannot_tell_and_an_interval_excluding_zero_decides():

@@ -200,6 +200,12 @@ class ResourcesSpec(_Model):
     num_gpus: int | None = Field(None, ge=0)
 
 
+class ReportSpec(_Model):
+    # Region of practical equivalence, in points (percentage points for F1 and accuracies): a comparison whose 95%
+    # interval lies within ±rope is reported 'equivalent' (sweep.report.comparisons).
+    rope: float = Field(1.0, ge=0)
+
+
 class SweepSpec(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     arm: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # set for the arms of a spec with `arms:`
@@ -219,6 +225,7 @@ class SweepSpec(_Model):
     search: SearchSpec = Field(default_factory=SearchSpec)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    report: ReportSpec = Field(default_factory=ReportSpec)
 
     _methods_may_be_names = field_validator("methods", mode="before")(_names_to_entries)
 

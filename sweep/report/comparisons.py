@@ -9,26 +9,28 @@ on that resample (macro F1 is not a mean of per-image scores), averaged over the
 
 Verdicts: 'better' / 'worse' when the 95% interval excludes zero; 'equivalent' when it lies inside the region of
 practical equivalence (±rope points); 'undecided' otherwise. A seed-level sign test and Wilcoxon test are given
-from MIN_SEEDS_FOR_TESTS seeds on (with n seeds the smallest two-sided p is 2/2^n: 0.25 at 3, 0.031 at 6).
+from sweep.report.trust.MIN_SEEDS_FOR_TESTS seeds on (with n seeds the smallest two-sided p is 2/2^n: 0.25 at 3, 0.031 at 6).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from sweep.plan.spec import ReportSpec
+from sweep.report import trust
 from trainables.contract import PRED_GROUP, PRED_LABEL, PRED_ROW, PRED_SPLIT
 from trainables.predictions import probabilities
 
 RESAMPLES = 2000
 LEVEL = 0.95
-MIN_SEEDS_FOR_TESTS = 6  # the first n where 2/2^n < 0.05
 BOOTSTRAP_SEED = 20_240_101  # resamples are seeded: the report is the same every time it is built
-DEFAULT_ROPE = 1.0  # points: differences within ±1 F1 point are practically equivalent
+DEFAULT_ROPE = ReportSpec().rope  # points: the spec's report.rope when the spec does not say
 VERDICTS = ("better", "worse", "equivalent", "undecided")
 CONFUSION_METRICS = ("f1", "acc", "balanced_acc", "mcc")  # what can be recomputed from a confusion matrix
 
@@ -162,31 +164,136 @@ def paired_bootstrap(a: CellPredictions, b: CellPredictions, metric: str = "f1",
         "mean_diff": observed, "ci_low": low, "ci_high": high,
         "p_better": float(np.mean(boot > 0) + 0.5 * np.mean(boot == 0)),
         "per_seed": per_seed, "ahead": f"{sum(d > 0 for d in per_seed)} of {len(per_seed)}",
-        **seed_tests(per_seed),
+        **trust.seed_tests(per_seed),
         "verdict": verdict(low, high, rope),
         "interval_over": "test images and seeds" if min(len(seeds_a), len(seeds_b)) > 1 else
                          "test images only (one seed: seed variation is not in it)",
     }
 
 
-def seed_tests(per_seed: list[float]) -> dict[str, float]:
-    """Two-sided exact sign test and Wilcoxon signed-rank test of per-seed differences (zeros dropped), from
-    MIN_SEEDS_FOR_TESTS seeds on; NaN below (no p under 0.05 is possible there)."""
-    d = np.asarray(per_seed, dtype=float)
-    if len(d) < MIN_SEEDS_FOR_TESTS:
-        return {"sign_p": math.nan, "wilcoxon_p": math.nan}
-    return {"sign_p": sign_test(d), "wilcoxon_p": wilcoxon(d)}
+# -- the comparisons a report states -----------------------------------------------------------------------------
+
+WHERE = ["task", "backbone", "dataset", "fraction"]
+COLUMNS = [*WHERE, "method", "reference", "kind", "basis", "unit", "seeds", "images", "mean_diff", "ci_low",
+           "ci_high", "p_better", "ahead", "sign_p", "wilcoxon_p", "verdict", "interval_over"]
+PERCENT_METRICS = ("f1", "acc", "balanced_acc", "auroc")
+BASIS_IMAGES = "test images and seeds"
+BASIS_SEEDS = "seeds only (no per-image predictions)"
 
 
-def sign_test(differences: np.ndarray) -> float:
-    """Two-sided exact sign test, ties dropped (scipy.stats.binomtest)."""
-    d = np.asarray(differences, dtype=float)
-    d = d[d != 0]
-    return float(stats.binomtest(int((d > 0).sum()), len(d)).pvalue) if len(d) else 1.0
+def compare_cells(chosen: pd.DataFrame, scores: pd.DataFrame, predictions: dict[str, pd.DataFrame],
+                  rope: float = DEFAULT_ROPE) -> pd.DataFrame:
+    """Every comparison the report states, per task, backbone, dataset and fraction: each method against full
+    fine-tuning, and the best method against the runner-up (by mean test score among the cells that learned).
+    `chosen`: each cell's chosen trial (analysis.chosen_trials); `scores`: analysis.method_scores; `predictions`:
+    {run id: predictions table}. A comparison with a cell that did not learn is not made; the verdict says which."""
+    rows = []
+    learned = scores.set_index([*WHERE, "method"])["learned"] if len(scores) else pd.Series(dtype=object)
+    for key, group in chosen.groupby(WHERE, sort=True):
+        methods = sorted(group["method"].unique())
+        pairs = {(m, "full"): "against full fine-tuning" for m in methods if m != "full" and "full" in methods}
+        part = scores[(scores[WHERE] == pd.Series(key, index=WHERE)).all(axis=1)] if len(scores) else scores
+        usable = part[part["learned"].map(lambda v: v is not False)].sort_values(["oriented", "method"],
+                                                                                  ascending=[False, True])
+        if len(usable) >= 2:
+            best, runner = usable["method"].iloc[0], usable["method"].iloc[1]
+            pair = (best, runner) if (best, runner) not in pairs and (runner, best) not in pairs else None
+            if pair:
+                pairs[pair] = "best against runner-up"
+            else:
+                found = (best, runner) if (best, runner) in pairs else (runner, best)
+                pairs[found] += "; best against runner-up"
+        for (method, reference), kind in pairs.items():
+            row = {**dict(zip(WHERE, key, strict=True)), "method": method, "reference": reference, "kind": kind}
+            row |= compare_pair(group[group["method"] == method], group[group["method"] == reference], predictions,
+                                rope)
+            not_learned = [m for m in (reference, method) if learned.get((*key, m)) is False]
+            if not_learned:
+                row["verdict"] = f"not compared: {' and '.join(not_learned)} did not learn"
+            rows.append(row)
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def wilcoxon(differences: np.ndarray) -> float:
-    """Two-sided Wilcoxon signed-rank test, zeros dropped (scipy.stats.wilcoxon; exact for few pairs)."""
-    d = np.asarray(differences, dtype=float)
-    d = d[d != 0]
-    return float(stats.wilcoxon(d).pvalue) if len(d) else 1.0
+def compare_pair(mine: pd.DataFrame, reference: pd.DataFrame, predictions: dict[str, pd.DataFrame],
+                 rope: float = DEFAULT_ROPE) -> dict[str, object]:
+    """One comparison of two cells' chosen trials (one row per seed each; positive: `mine` is better): on the test
+    images where every seed of both left predictions on the same images and the metric can be recomputed from
+    them, else on the per-seed test scores (sweep.report.trust.paired_comparison, and the basis says so)."""
+    test_metric = mine["test_metric"].iloc[0]
+    metric = test_metric.rsplit("/", 1)[-1]
+    scale = 100.0 if metric in PERCENT_METRICS else 1.0
+    higher = bool(mine["test_higher_is_better"].iloc[0])
+    unit = "%" if scale == 100 else ""
+    frames = [{int(s): predictions.get(r) for s, r in zip(cell["seed"], cell["run_id"], strict=True)}
+              for cell in (mine, reference)]
+    why = ""
+    if metric in CONFUSION_METRICS and all(f is not None for cell in frames for f in cell.values()):
+        try:
+            a, b = (CellPredictions.from_frames(cell) for cell in frames)
+            out = paired_bootstrap(a, b, metric, scale, rope if scale == 100 else rope / 100, higher_is_better=higher)
+            return {"basis": BASIS_IMAGES, "unit": unit, **{k: v for k, v in out.items() if k in COLUMNS}}
+        except ValueError as e:  # tested on other images (another split): only the seeds can be paired
+            why = str(e)
+    sign = 1.0 if higher else -1.0
+    paired = mine.set_index("seed")["test_main"].to_frame("mine").join(
+        reference.set_index("seed")["test_main"].rename("reference"), how="inner").dropna()
+    differences = sign * scale * (paired["mine"] - paired["reference"]).to_numpy(dtype=float)
+    out = trust.paired_comparison(differences)
+    return {"basis": BASIS_SEEDS + (f" ({why})" if why else ""), "unit": unit, "seeds": out["pairs"],
+            "images": math.nan, "mean_diff": out["mean_diff"], "ci_low": out["ci_low"], "ci_high": out["ci_high"],
+            "p_better": math.nan, "ahead": f"{int((differences > 0).sum())} of {len(differences)}",
+            "sign_p": out["sign_p"], "wilcoxon_p": out["wilcoxon_p"], "verdict": out["verdict"],
+            "interval_over": "seeds only: the test images' sampling noise is not in it"}
+
+
+# -- claims across datasets --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Methods over the datasets of one task, backbone and fraction (only methods that learned on every one)."""
+
+    task: str
+    backbone: str
+    fraction: float
+    scores: pd.DataFrame  # datasets x methods, mean test score oriented so that higher is better
+    ranks: pd.Series  # mean rank per method over the datasets, 1 = best, best first
+    holm: pd.DataFrame  # methods x methods: Holm-corrected two-sided p of pairwise Wilcoxon tests over datasets
+    best: str
+    runner_up: str
+    ahead: str  # "k of n datasets" the best is ahead of the runner-up on
+    wilcoxon_p: float  # best against runner-up over the datasets, uncorrected
+
+    @property
+    def smallest_p(self) -> float:
+        """The smallest two-sided p a signed-rank or sign test over this many datasets can give: 2/2^n."""
+        return 2 / 2 ** len(self.scores)
+
+
+def across_datasets(scores: pd.DataFrame) -> list[Ranking]:
+    """Per task, backbone and fraction with two datasets or more: mean ranks (scipy.stats.rankdata per dataset,
+    ties shared), the best method against the runner-up by a Wilcoxon signed-rank test over the datasets, and
+    pairwise Wilcoxon tests with Holm's correction (scikit-posthocs; Benavoli et al. 2016 prefer them to the
+    Nemenyi test) for the critical-difference diagram. Cells that did not learn are left out, and with them any
+    method that lacks a dataset."""
+    import scikit_posthocs
+
+    out = []
+    usable = scores[scores["learned"].map(lambda v: v is not False)]
+    for (task, backbone, fraction), part in usable.groupby(["task", "backbone", "fraction"], sort=True):
+        table = part.pivot_table(index="dataset", columns="method", values="oriented", aggfunc="first")
+        table = table.dropna(axis=1)
+        if len(table) < 2 or table.shape[1] < 2:
+            continue
+        ranks = pd.DataFrame(stats.rankdata(-table.to_numpy(), axis=1), index=table.index, columns=table.columns)
+        mean_ranks = ranks.mean().sort_values(kind="stable")
+        best, runner = mean_ranks.index[0], mean_ranks.index[1]
+        long = table.reset_index().melt(id_vars="dataset", var_name="method", value_name="score")
+        with warnings.catch_warnings():  # zero differences (identical scores) make scipy warn; zsplit keeps them
+            warnings.simplefilter("ignore")
+            holm = scikit_posthocs.posthoc_wilcoxon(long, val_col="score", group_col="method", p_adjust="holm",
+                                                    zero_method="zsplit")
+        difference = (table[best] - table[runner]).to_numpy()
+        out.append(Ranking(task, backbone, float(fraction), table, mean_ranks, holm, best, runner,
+                           f"{int((difference > 0).sum())} of {len(difference)}", trust.wilcoxon(difference)))
+    return out

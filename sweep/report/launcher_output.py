@@ -8,6 +8,7 @@ import textwrap
 from sweep.plan.spec import halving_epochs
 from sweep.plan.validate import Plan
 from sweep.report.console_table import did_not_learn, format_table
+from sweep.report.trust import sampling_noise
 
 
 def banner(note: str) -> str:
@@ -49,11 +50,29 @@ def dry_run(plan: Plan, name: str) -> str:
                       else f" (rungs at epochs {', '.join(map(str, rungs))})."))
     else:
         out.append(f"Cost: {exhaustive:,} trial-epochs.")
+    out += test_resolution(plan)
     if plan.notes:
         out += ["", *plan.notes]
     if plan.missing:
         out += ["", "Missing (a real run stops here until these are fixed):", *(f"  - {m}" for m in plan.missing)]
     return "\n".join(out)
+
+
+def test_resolution(plan: Plan) -> list[str]:
+    """How finely each dataset's test set can resolve a score: the 95% half-width of a score of 0.8 measured on
+    that many images (1.96 sqrt(0.8 x 0.2 / n)). Two methods closer than about this cannot be told apart there."""
+    from sweep.plan.cost import test_images
+    from trainables.tasks import get_task
+
+    if not get_task(plan.spec.task).needs_classes:
+        return []
+    sizes = test_images(plan)
+    lines = ["", "Test sets: the 95% half-width of a score of 0.8 measured on that many test images (methods closer "
+             "than about this cannot be told apart on it):"]
+    for key, n in sizes.items():
+        lines.append(f"  {key}: " + (f"{n:,} test images, ±{100 * sampling_noise(0.8, n):.1f} points" if n else
+                                     "test images not known here (its files are not here)"))
+    return lines
 
 
 def summary(plan: Plan, name: str, outcome, storage, mlflow_uri: str) -> str:

@@ -22,12 +22,12 @@ import math
 
 import numpy as np
 import pandas as pd
-
-from sweep.report.comparisons import seed_tests
+from scipy import stats
 
 Z95 = 1.96
 # Relative fall of the training loss over the last fifth of the epochs above which a curve is still falling.
 NOT_CONVERGED_DROP = 0.10
+MIN_SEEDS_FOR_TESTS = 6  # seed-level tests from here: the first n where 2/2^n, the smallest p n seeds give, < 0.05
 
 
 def base_metric(key: str) -> str:
@@ -161,9 +161,32 @@ def paired_bootstrap_ci(differences: np.ndarray, level: float = 0.95, resamples:
     return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
+def seed_tests(per_seed: list[float]) -> dict[str, float]:
+    """Two-sided exact sign test and Wilcoxon signed-rank test of per-seed differences (zeros dropped), from
+    MIN_SEEDS_FOR_TESTS seeds on; NaN below (no p under 0.05 is possible there)."""
+    d = np.asarray(per_seed, dtype=float)
+    if len(d) < MIN_SEEDS_FOR_TESTS:
+        return {"sign_p": math.nan, "wilcoxon_p": math.nan}
+    return {"sign_p": sign_test(d), "wilcoxon_p": wilcoxon(d)}
+
+
+def sign_test(differences: np.ndarray) -> float:
+    """Two-sided exact sign test, ties dropped (scipy.stats.binomtest)."""
+    d = np.asarray(differences, dtype=float)
+    d = d[d != 0]
+    return float(stats.binomtest(int((d > 0).sum()), len(d)).pvalue) if len(d) else 1.0
+
+
+def wilcoxon(differences: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank test, zeros dropped (scipy.stats.wilcoxon; exact for few pairs)."""
+    d = np.asarray(differences, dtype=float)
+    d = d[d != 0]
+    return float(stats.wilcoxon(d).pvalue) if len(d) else 1.0
+
+
 def paired_comparison(differences: np.ndarray) -> dict[str, float | int | str]:
     """Mean difference (positive: better than the reference), paired bootstrap 95% interval over the seeds, sign and
-    Wilcoxon p-values (from sweep.report.comparisons.MIN_SEEDS_FOR_TESTS seeds on), and the verdict. The fallback
+    Wilcoxon p-values (from MIN_SEEDS_FOR_TESTS seeds on), and the verdict. The fallback
     for a sweep without per-image predictions: the seeds' spread misses the test set's sampling noise, and with
     three seeds the interval is their [min, max] (75% coverage, not 95%)."""
     d = np.asarray(differences, dtype=float)
