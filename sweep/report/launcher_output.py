@@ -28,7 +28,7 @@ def dry_run(plan: Plan, name: str) -> str:
         + f"; up to {plan.max_epochs} epochs; selection on {plan.selection.val}",
         f"  datasets: {', '.join(d.key for d in spec.datasets)}",
         f"  backbones: {', '.join(b.key for b in spec.backbones)}",
-        f"  fractions: {', '.join(f'{f:g}' for f in spec.fractions)}; seeds: {', '.join(map(str, spec.seeds))}",
+        f"  fractions: {', '.join(f'{f:g}' for f in spec.fractions)}; seeds: {_seeds(spec)}",
         "",
     ]
     rows = [("cell", "trials", "search space", "trainable / total params")]
@@ -50,6 +50,12 @@ def dry_run(plan: Plan, name: str) -> str:
                       else f" (rungs at epochs {', '.join(map(str, rungs))})."))
     else:
         out.append(f"Cost: {exhaustive:,} trial-epochs.")
+    if not isinstance(spec.seeds, list):
+        initial, most = len(spec.initial_seeds), spec.max_seeds
+        out.append(f"Adaptive seeds: the cells above are the first {initial} seeds. A comparison still undecided "
+                   f"after them gets another seed for both of its cells, up to {most}: the cost is between the "
+                   f"above and {most / initial:.3g} times it (at most {exhaustive * most // initial:,} "
+                   f"trial-epochs, {plan.total_trials * most // initial:,} trials).")
     out += test_resolution(plan)
     if plan.notes:
         out += ["", *plan.notes]
@@ -112,6 +118,13 @@ def summary(plan: Plan, name: str, outcome, storage, mlflow_uri: str) -> str:
         lines += ["", "The sweep did not finish. Continue it with:",
                   f"  python -m sweep.launch --name {name} --storage {shlex.quote(storage.uri)} --resume"]
     return "\n".join(lines)
+
+
+def _seeds(spec) -> str:
+    if isinstance(spec.seeds, list):
+        return ", ".join(map(str, spec.seeds))
+    return (f"{', '.join(map(str, spec.initial_seeds))}, then up to {spec.max_seeds} where a comparison is undecided "
+            "(adaptive)")
 
 
 def _range(dist) -> str:
