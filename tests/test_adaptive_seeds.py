@@ -5,7 +5,6 @@ our own writers (tests.test_report.fake_sweep), without Ray."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from sweep.report import analysis, comparisons, predictions
 from sweep.report.seeds import seeds_needed
@@ -64,9 +63,81 @@ def test_a_comparison_with_a_cell_still_running_waits(tmp_path):
     assert decision.waiting and not decision.add  # full is in both comparisons: nothing is decided yet
 
 
-@pytest.mark.parametrize("max_seeds", [2])
-def test_no_seed_beyond_max(tmp_path, max_seeds):
+def test_no_seed_beyond_max(tmp_path):
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     fake_sweep(uri, "s", {("d", m, 1.0, s): _cell(m, s) for m in ACCURACY for s in (0, 1)})
-    decision, *_ = _decide(uri, tmp_path / "cache", max_seeds=max_seeds)
+    decision, *_ = _decide(uri, tmp_path / "cache", max_seeds=2)  # max = the initial seeds: nothing to add
     assert not decision.add and not decision.waiting
+    assert any("still undecided at 2 seeds" in why for why in decision.why)
+
+
+def test_the_extender_derives_the_same_added_cells_after_a_restart(tmp_path):
+    """sweep.tune.adaptive.SeedExtender reads the results from MLflow: a fresh one (a restarted driver) returns the
+    cells added so far, the ones already run included, and one seed more only where still undecided."""
+    from sweep.plan.grid import expand
+    from sweep.plan.spec import SweepSpec, load_method_spaces
+    from sweep.tune.adaptive import SeedExtender
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    fake_sweep(uri, "s", {("d", m, 1.0, s): _cell(m, s) for m in ACCURACY for s in (0, 1)})
+    spec = SweepSpec.model_validate({
+        "name": "s", "datasets": [{"name": "d"}], "backbones": [{"name": "bb", "weights": "random"}],
+        "methods": list(ACCURACY), "seeds": {"initial": 2, "max": 4}, "train": {"epochs": 4, "select_metric": "acc"},
+        "search": {"sampler": "random", "trials_per_cell": 1}})
+    cells = expand(spec, "cls", load_method_spaces(spec))
+
+    def extender() -> SeedExtender:
+        return SeedExtender("s", uri, (tmp_path / "artifacts").as_uri(), spec, cells, {}, str(tmp_path / "exp"),
+                            rope=1.0, cache=str(tmp_path / "cache"))
+
+    first = [c.key for c in extender()({}, True)]
+    assert first == ["cls/d/bb/bitfit/frac=1/seed=2", "cls/d/bb/full/frac=1/seed=2"]
+    assert [c.key for c in extender()({}, True)] == first  # asked again: the same, no duplicates
+    plan = extender()({}, True)[0]
+    assert plan.base_config["tracking"]["cell_key"] == plan.key and plan.budget == 1
+    fake_sweep(uri, "s", {("d", m, 1.0, 2): _cell(m, 2) for m in ("bitfit", "full")})
+    again = [c.key for c in extender()({}, True)]
+    assert sorted(again) == sorted([*first, "cls/d/bb/bitfit/frac=1/seed=3", "cls/d/bb/full/frac=1/seed=3"])
+
+
+def test_the_searcher_walks_added_cells_waits_while_trials_run_and_resumes_without_duplicates(tmp_path):
+    from ray.tune.search import Searcher
+
+    from sweep.plan.spec import Dist
+    from sweep.tune.searcher import CellPlan, CellSearcher, SweepState
+
+    def plan(key: str) -> CellPlan:
+        return CellPlan(key, {"lr": Dist(low=1e-4, high=1e-2)}, 2, {"train": {}, "tracking": {"cell_key": key}})
+
+    class AddSeedOne:
+        """Stands in for SeedExtender: once both seed-0 cells ended, a seed-1 cell for each (asked again, the same)."""
+
+        def __call__(self, ended, fresh):
+            done = sum(key.startswith(("a/seed=0", "b/seed=0")) for key in ended)
+            return [plan("a/seed=1"), plan("b/seed=1")] if done == 4 else []
+
+    def searcher() -> CellSearcher:  # as Tune rebuilds it on --resume: the planned cells, then the saved state
+        return CellSearcher(cells=[plan("a/seed=0"), plan("b/seed=0")], state=SweepState(), metric="score",
+                            extend=AddSeedOne())
+
+    s = searcher()
+    keys = [s.suggest(f"t{i}")["tracking"]["trial_key"] for i in range(4)]
+    assert s.suggest("t4") is None  # every planned trial is out and they run: wait, do not finish
+    for i in range(4):
+        s.on_trial_complete(f"t{i}", {"score": 0.5})
+    keys.append(s.suggest("t4")["tracking"]["trial_key"])
+    assert keys[-1] == "a/seed=1/trial=0"
+    s.save(str(tmp_path / "searcher.pkl"))
+
+    resumed = searcher()
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    more = []
+    while (config := resumed.suggest(f"u{len(more)}")) is not None:
+        assert config != Searcher.FINISHED
+        more.append(config["tracking"]["trial_key"])
+    assert sorted(keys + more) == sorted({*keys, *more})  # no trial twice
+    assert sorted(more) == ["a/seed=1/trial=1", "b/seed=1/trial=0", "b/seed=1/trial=1"]
+    for i in range(3):
+        resumed.on_trial_complete(f"u{i}", {"score": 0.5})
+    resumed.on_trial_complete("t4", {"score": 0.5})
+    assert resumed.suggest("last") == Searcher.FINISHED
