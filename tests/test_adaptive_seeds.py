@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from sweep.report import analysis, comparisons, predictions
+from sweep.report import build as report
 from sweep.report.seeds import seeds_needed
 from tests.test_report import fake_sweep
 from trainables.simulated import simulated_predictions
@@ -52,6 +53,12 @@ def test_an_undecided_pair_gets_seeds_until_max_and_a_decided_one_gets_none(tmp_
     final = comparisons.compare_cells(chosen, scores, found).set_index(["method", "reference"])
     assert final.loc[("linear", "full"), "verdict"] == "worse" and final.loc[("linear", "full"), "seeds"] == 2
     assert final.loc[("bitfit", "full"), "verdict"] == "undecided" and final.loc[("bitfit", "full"), "seeds"] == 4
+    # The report says how many seeds each comparison took, and why.
+    built = report.build(uri, "s", tmp_path / "out", formats=("md",), log_to_mlflow=False, adaptive=(2, 4))
+    why = built.comparisons.set_index(["method", "reference"])["seeds_why"]
+    assert why[("bitfit", "full")] == "2 added while undecided; still undecided at the most allowed"
+    assert why[("linear", "full")] == "the initial 2: decided (worse)"
+    assert "seeds: why" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_a_comparison_with_a_cell_still_running_waits(tmp_path):

@@ -53,13 +53,19 @@ class Report:
 
 
 def build(uri: str, sweep: str, out: Path, formats: tuple[str, ...] = FORMATS, log_to_mlflow: bool = True,
-          reference: str | None = None, rope: float = comparisons.DEFAULT_ROPE) -> Report:
+          reference: str | None = None, rope: float = comparisons.DEFAULT_ROPE,
+          adaptive: tuple[int, int] | None = None) -> Report:
+    """`adaptive`: (initial, max) of the spec's adaptive seeds, so the report says why a comparison took the seeds
+    it took."""
     trials, cells = analysis.trials_table(uri, sweep)
     status = analysis.cell_status(trials, cells)
     scores = analysis.method_scores(trials)
     chosen = analysis.chosen_trials(trials)
     found = predictions.load(uri, chosen["run_id"].tolist(), out / predictions.CACHE) if len(chosen) else {}
     compared = comparisons.compare_cells(chosen, scores, found, rope)
+    if adaptive:
+        compared["seeds_why"] = [seeds_why(n, v, *adaptive) for n, v in zip(compared["seeds"], compared["verdict"],
+                                                                             strict=True)]
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     if "parquet" in formats:
@@ -229,7 +235,18 @@ def _comparisons(doc: Document, compared: pd.DataFrame, rope: float, with_predic
         "Wilcoxon p": compared["wilcoxon_p"].map(lambda p: "-" if pd.isna(p) else f"{p:.3g}"),
         "verdict": compared["verdict"],
         "interval over": compared["interval_over"],
+        **({"seeds: why": compared["seeds_why"]} if "seeds_why" in compared else {}),
     }))
+
+
+def seeds_why(seeds: int, verdict: str, initial: int, most: int) -> str:
+    """Why a comparison has the seeds it has, under adaptive seeds."""
+    if seeds > initial:
+        return (f"{seeds - initial} added while undecided; still undecided at the most allowed" if verdict ==
+                "undecided" and seeds >= most else f"{seeds - initial} added while undecided, then {verdict}")
+    if verdict == "undecided":
+        return "undecided, no seed added yet (sweep not finished?)" if seeds < most else "the most allowed"
+    return f"the initial {initial}: decided ({verdict})"
 
 
 def _across_datasets(doc: Document, scores: pd.DataFrame, out: Path, files: list[Path]) -> None:
@@ -404,13 +421,10 @@ def _tracking_uri(storage: Storage, name: str, given: str | None) -> str:
     return mlflow_experiment.default_tracking_uri(storage)
 
 
-def _saved_rope(storage: Storage, name: str) -> float:
-    """The spec's report.rope, from what the sweep was started with (the default for a sweep without one)."""
+def _saved_spec(storage: Storage, name: str) -> dict:
+    """The spec the sweep was started with (its report.rope, its seeds), or {} for a sweep without one."""
     saved = storage.join(name, "medpeft-sweep.json")
-    if storage.exists(saved):
-        return float(json.loads(storage.read_text(saved))["spec"].get("report", {}).get("rope",
-                                                                                          comparisons.DEFAULT_ROPE))
-    return comparisons.DEFAULT_ROPE
+    return json.loads(storage.read_text(saved)).get("spec", {}) if storage.exists(saved) else {}
 
 
 def _out(storage: Storage, given: str | None, *parts: str) -> Path:
@@ -463,9 +477,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --rope {args.rope:g} is negative; give a half-width in points, e.g. --rope 1",
                   file=sys.stderr)
             return 2
-        rope = args.rope if args.rope is not None else _saved_rope(storage, args.name)
+        saved = _saved_spec(storage, args.name)
+        rope = args.rope if args.rope is not None else saved.get("report", {}).get("rope", comparisons.DEFAULT_ROPE)
+        seeds = saved.get("seeds")
+        adaptive = (int(seeds["initial"]), int(seeds["max"])) if isinstance(seeds, dict) else None
         report = build(_tracking_uri(storage, args.name, args.mlflow_uri), args.name, out, formats,
-                       reference=args.reference, rope=rope)
+                       reference=args.reference, rope=float(rope), adaptive=adaptive)
     except LookupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -59,7 +59,11 @@ class SeedExtender:
         added = [with_seed(lines[line], seed) for line, seed in sorted(wanted) if line in lines]
         tracking = mlflow_experiment.prepare(self.uri, self.sweep, self.artifacts, added,
                                              self.spec.model_dump_json(indent=2))
+        before = {c.key for c in self._answer}
         self._answer = [CellPlan(c.key, c.space, c.budget, self._config(c, tracking)) for c in added]
+        if any(c.key not in before for c in self._answer):
+            # What the progress shows: why the sweep grows (the trials' own lines count on past the plan).
+            print("[adaptive seeds] " + "\n[adaptive seeds] ".join(decision.why), flush=True)
         return self._answer
 
     def _config(self, cell: Cell, tracking) -> dict[str, Any]:
