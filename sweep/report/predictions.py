@@ -4,6 +4,7 @@ the report then falls back to per-seed comparisons and says so."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,6 +20,8 @@ CACHE = "predictions"  # folder of the report's output: <run id>.parquet per tri
 def load(uri: str, run_ids: list[str], cache: Path) -> dict[str, pd.DataFrame]:
     """{run id: its predictions} for the runs that logged them (others are left out)."""
     cache.mkdir(parents=True, exist_ok=True)
+    # One progress bar per file would fill the launcher's output (it asks while the sweep runs): none.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     found: dict[str, pd.DataFrame] = {}
     client = None
     for run_id in run_ids:
