@@ -144,6 +144,23 @@ def test_compare_two_sweeps(tmp_path, capsys):
     assert report.main(["--compare", "a", "b", "--mlflow-uri", uri, "--out", str(tmp_path / "cmp")]) == 0
     text = (tmp_path / "cmp" / "compare-a-b.md").read_text()
     assert "| d | 1 | lora | 80.0 | 85.0 | +5.0 |" in text
+    assert "cannot tell (one seed) | seeds only (no per-image predictions) |" in text
+
+
+def test_compare_two_sweeps_on_the_same_test_images(tmp_path):
+    """Two sweeps (e.g. two backbones) whose trials left predictions on the same 400 test images: b right on 90%
+    of them, a on 70%, one seed each: b is better on the images (the interval says seed variation is not in it)."""
+    rng = np.random.default_rng(4)
+    labels = (rng.random(400) < 0.5).astype(int)
+    groups = np.array([""] * 400)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    for name, share in (("a", 0.7), ("b", 0.9)):
+        right = rng.random(400) < share
+        fake_sweep(uri, name, {("d", "lora", 1.0, 0): [{"lr": 1e-3, "val": 0.9, "test": right.mean(),
+                                                         "predictions": _predictions(labels, right, groups)}]})
+    assert report.main(["--compare", "a", "b", "--mlflow-uri", uri, "--out", str(tmp_path / "cmp")]) == 0
+    text = (tmp_path / "cmp" / "compare-a-b.md").read_text()
+    assert "| better | test images and seeds |" in text
 
 
 @needs_shared_data

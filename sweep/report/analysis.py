@@ -175,16 +175,14 @@ def cell_status(trials: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def bootstrap_ci(values: np.ndarray, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the mean (deterministic: seeded)."""
+    """Percentile bootstrap confidence interval of the mean over seeds (deterministic: seeded); one value is its own
+    interval."""
     values = np.asarray(values, dtype=float)
     if len(values) == 0:
         return (math.nan, math.nan)
     if len(values) == 1:
         return (float(values[0]), float(values[0]))
-    rng = np.random.default_rng(seed)
-    means = rng.choice(values, size=(resamples, len(values)), replace=True).mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    return (float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail)))
+    return trust.paired_bootstrap_ci(values, level, resamples, seed)
 
 
 PERCENT_METRICS = ("f1", "acc", "balanced_acc", "auroc")

@@ -380,14 +380,25 @@ def _log(uri: str, sweep: str, trials: pd.DataFrame, status: pd.DataFrame, files
             mlflow.log_artifact(parent, str(path), artifact_path="report")
 
 
-def compare(uri_a: str, a: str, uri_b: str, b: str, out: Path) -> Path:
-    """Two sweeps side by side, matched on task, dataset, method and fraction (backbones may differ)."""
-    scores = []
+def compare(uri_a: str, a: str, uri_b: str, b: str, out: Path, rope: float = comparisons.DEFAULT_ROPE) -> Path:
+    """Two sweeps side by side, matched on task, dataset, method and fraction (backbones may differ). Where both
+    sides' chosen trials left predictions on the same test images, b against a is a paired bootstrap over them
+    (sweep.report.comparisons), else a per-seed comparison."""
+    scores, chosen, found = [], [], {}
     for uri, name in ((uri_a, a), (uri_b, b)):
         trials, _ = analysis.trials_table(uri, name)
         scores.append(analysis.method_scores(trials))
+        chosen.append(analysis.chosen_trials(trials))
+        if len(chosen[-1]):
+            found |= predictions.load(uri, chosen[-1]["run_id"].tolist(), out / predictions.CACHE)
     keys = ["task", "dataset", "method", "fraction"]
     merged = scores[0].merge(scores[1], on=keys, how="outer", suffixes=("_a", "_b")).sort_values(keys)
+    paired = []
+    for row in merged.itertuples(index=False):
+        mine, reference = ((c[(c["task"] == row.task) & (c["dataset"] == row.dataset) & (c["method"] == row.method)
+                              & (c["fraction"] == row.fraction)]) for c in (chosen[1], chosen[0]))
+        paired.append(comparisons.compare_pair(mine, reference, found, rope) if len(mine) and len(reference)
+                      else {"ci_low": math.nan, "ci_high": math.nan, "verdict": "-", "basis": "-"})
     table = pd.DataFrame({
         "dataset": merged["dataset"], "fraction": merged["fraction"].map(lambda f: f"{f:g}"),
         "method": merged["method"],
@@ -395,11 +406,16 @@ def compare(uri_a: str, a: str, uri_b: str, b: str, out: Path) -> Path:
         b: merged["mean_b"].map(lambda v: "-" if pd.isna(v) else f"{v:.1f}"),
         "Δ (b − a, better is +)": (merged["oriented_b"] - merged["oriented_a"]).map(
             lambda v: "-" if pd.isna(v) else f"{v:+.1f}"),
+        "95% CI": ["-" if pd.isna(p["ci_low"]) else f"[{p['ci_low']:+.1f}, {p['ci_high']:+.1f}]" for p in paired],
+        "verdict": [p["verdict"] for p in paired],
+        "on": [p["basis"] for p in paired],
     })
     doc = Document(f"Sweeps {a!r} and {b!r} compared")
     doc.text(f"Test metric of each cell's validation-chosen trial, mean over seeds (accuracies in percent). Backbones: "
              f"{a}: {', '.join(sorted(scores[0]['backbone'].unique()))}; "
-             f"{b}: {', '.join(sorted(scores[1]['backbone'].unique()))}.")
+             f"{b}: {', '.join(sorted(scores[1]['backbone'].unique()))}. The interval and verdict of b against a: a "
+             "paired bootstrap over the test images pooled over seeds where both left per-image predictions on the "
+             f"same images, else over the seeds alone ('on' says which); equivalent within ±{rope:g} points.")
     doc.table(table)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"compare-{_slug(a)}-{_slug(b)}.md").write_text(doc.markdown())
@@ -462,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
             a, b = args.compare
             out = _out(storage, args.out, "compare")
             path = compare(_tracking_uri(storage, a, args.mlflow_uri), a, _tracking_uri(storage, b, args.mlflow_uri),
-                           b, out)
+                           b, out, comparisons.DEFAULT_ROPE if args.rope is None else args.rope)
             print(f"comparison written to {path}")
             return 0
         if not args.name:

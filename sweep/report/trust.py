@@ -151,14 +151,16 @@ def still_falling(losses: list[float]) -> bool:
 
 def paired_bootstrap_ci(differences: np.ndarray, level: float = 0.95, resamples: int = 4000,
                         seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean paired difference, resampling the pairs (seeds) together."""
+    """Percentile bootstrap interval of the mean paired difference, resampling the pairs (seeds) together
+    (scipy.stats.bootstrap); NaN below two pairs."""
     d = np.asarray(differences, dtype=float)
     if len(d) < 2:
         return (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+    if np.all(d == d[0]):  # every resample has the same mean (scipy would warn of a degenerate distribution)
+        return float(d[0]), float(d[0])
+    result = stats.bootstrap((d,), np.mean, n_resamples=resamples, confidence_level=level, method="percentile",
+                             random_state=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def seed_tests(per_seed: list[float]) -> dict[str, float]:
