@@ -26,21 +26,33 @@ def ray_processes() -> set[int]:
     return {pid for pid, (_, command) in _processes().items() if any(p in command for p in PATTERNS)}
 
 
-def kill_new_ray_processes(before: set[int]) -> None:
-    """SIGKILL every Ray process that was not running when `before` was taken, except the new workers of a Ray
-    that was (another sweep on this machine keeps its own)."""
+def new_ray_processes(before: set[int]) -> set[int]:
+    """The Ray processes that were not running when `before` was taken and are ours: started under this process,
+    or orphaned (a killed launcher's, re-parented to init). Not the new workers of a Ray that was running before,
+    nor the Ray of a launcher that some other process on this machine runs and is still alive (another test
+    session's sweep keeps its own)."""
     table = _processes()
+    ray = ray_processes()
+    me = os.getpid()
 
-    def under_old_ray(pid: int) -> bool:
-        seen = set()
-        while pid in table and pid not in seen:
-            seen.add(pid)
+    def ours(pid: int) -> bool:
+        ancestors, seen = [], {pid}
+        while pid in table and table[pid][0] not in seen:
             pid = table[pid][0]
-            if pid in before:
-                return True
-        return False
+            seen.add(pid)
+            ancestors.append(pid)
+        if me in ancestors:
+            return True
+        if any(a in before for a in ancestors):
+            return False  # a worker of a Ray that was already running
+        # Under another live process (some launcher that is not ours), or orphaned (a killed launcher's).
+        return not any(a > 1 and a in table and a not in ray for a in ancestors)
 
-    for pid in ray_processes() - before:
-        if not under_old_ray(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    return {pid for pid in ray - before if ours(pid)}
+
+
+def kill_new_ray_processes(before: set[int]) -> None:
+    """SIGKILL the processes `new_ray_processes(before)` finds."""
+    for pid in new_ray_processes(before):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
