@@ -5,6 +5,7 @@ our own writers (tests.test_report.fake_sweep), without Ray."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from sweep.report import analysis, comparisons, predictions
 from sweep.report import build as report
@@ -148,3 +149,47 @@ def test_the_searcher_walks_added_cells_waits_while_trials_run_and_resumes_witho
         resumed.on_trial_complete(f"u{i}", {"score": 0.5})
     resumed.on_trial_complete("t4", {"score": 0.5})
     assert resumed.suggest("last") == Searcher.FINISHED
+
+
+ADAPTIVE_SPEC = """name: adapt
+task: simulated
+datasets: [{name: synthetic, id: a}]
+backbones: [{name: test_resnet, weights: random}]
+methods: [full, bitfit, linear]
+image_size: 16
+seeds: {initial: 2, max: 4}
+train: {epochs: 2, epoch_seconds: 0.01, test_images: 20, val_images: 20, method_effect: {linear: -0.3}}
+search: {sampler: grid, trials_per_cell: 1}
+scheduler: {type: fifo}
+resources: {cpus_per_trial: 0.5}
+"""
+
+
+@pytest.mark.slow
+def test_a_sweep_adds_seeds_where_undecided_and_resume_repeats_none(tmp_path):
+    """On the simulated task (deterministic): on 20 test images bitfit against full stays undecided, so seeds 2 and
+    3 are added to both, while linear (30 points below) is decided on seeds 0 and 1. The driver is killed once the
+    first added seed is out; --resume adds the rest, and no trial runs twice."""
+    from mlflow import MlflowClient
+
+    from tests.conftest import LaunchedSweep, launch
+
+    spec = tmp_path / "adapt.yaml"
+    spec.write_text(ADAPTIVE_SPEC)
+    storage = tmp_path / "store"
+    args = ["--config", str(spec), "--storage", str(storage)]
+    first = LaunchedSweep(args)
+    assert first.wait_for(lambda: first.count(lambda line: line.startswith("[adaptive seeds]")) >= 1, timeout=300)
+    first.kill()
+    resumed = launch("--name", "adapt", "--storage", str(storage), "--resume")
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("adapt").experiment_id
+    runs = client.search_runs([experiment], "tags.role = 'trial'", max_results=100)
+    keys = [r.data.tags["trial_key"] for r in runs]
+    assert len(keys) == len(set(keys)), "a trial ran twice"
+    seeds = {}
+    for r in runs:
+        seeds.setdefault(r.data.tags["method"], set()).add(int(r.data.tags["seed"]))
+    assert seeds == {"full": {0, 1, 2, 3}, "bitfit": {0, 1, 2, 3}, "linear": {0, 1}}
+    assert all(r.data.tags["status"] == "finished" for r in runs)
+    assert resumed.returncode == 0
