@@ -12,12 +12,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from sweep.plan.grid import Cell, base_config, with_seed
 from sweep.plan.spec import SweepSpec
 from sweep.report import analysis, predictions, seeds
 from sweep.store import mlflow_experiment
 from sweep.tune.searcher import CellPlan
 from trainables.contract import Status
+
+
+def added_cells(cells: list[Cell], planned: pd.DataFrame, more: dict[seeds.Line, int] | None = None) -> list[Cell]:
+    """The cells beyond the plan's `cells`: those MLflow's cell runs (`planned`, analysis.trials_table) record,
+    added earlier, and the `more` ({line: seed}) to add now; each as its planned cell with another seed."""
+    lines = {seeds.line_of({"task": c.task, "backbone": c.backbone.key, "dataset": c.dataset.key,
+                            "fraction": c.fraction, "method": c.method.key}): c for c in cells}
+    known = {c.key for c in cells}
+    wanted = {(seeds.line_of(r), int(r["seed"])) for _, r in planned.iterrows() if r["cell_key"] not in known}
+    wanted |= set((more or {}).items())
+    return [with_seed(lines[line], seed) for line, seed in sorted(wanted) if line in lines]
 
 
 @dataclass
@@ -51,12 +64,7 @@ class SeedExtender:
         found = predictions.load(self.uri, chosen["run_id"].tolist(), Path(self.cache))
         decision = seeds.seeds_needed(trials, planned, found, self.spec.max_seeds, self.rope)
         self.why = decision.why
-        lines = {seeds.line_of({"task": c.task, "backbone": c.backbone.key, "dataset": c.dataset.key,
-                                "fraction": c.fraction, "method": c.method.key}): c for c in self.cells}
-        initial = set(self.spec.initial_seeds)
-        wanted = {(seeds.line_of(r), int(r["seed"])) for _, r in planned.iterrows() if int(r["seed"]) not in initial}
-        wanted |= set(decision.add.items())
-        added = [with_seed(lines[line], seed) for line, seed in sorted(wanted) if line in lines]
+        added = added_cells(self.cells, planned, decision.add)
         tracking = mlflow_experiment.prepare(self.uri, self.sweep, self.artifacts, added,
                                              self.spec.model_dump_json(indent=2))
         before = {c.key for c in self._answer}

@@ -143,8 +143,10 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
         raise StorageLost(f"storage {storage.uri} stopped answering ({watch.error}). The sweep stopped; every result "
                           f"up to now is kept. Once the storage is back: python -m sweep.launch --name {name} "
                           f"--storage {storage.uri} --resume")
+    from sweep.tune.adaptive import added_cells
+
     trials, planned = trials_table(mlflow_uri, name)
-    cells = cell_frame(trials, plan.cells, plan.max_epochs)
+    cells = cell_frame(trials, [*plan.cells, *added_cells(plan.cells, planned)], plan.max_epochs)
     complete = bool(len(cells)) and bool(cells["complete"].all())
     outcome.record_outcome(mlflow_uri, trials, cell_status(trials, planned), ids.parent_run_id if complete else None)
     return Outcome(complete, cells, time.monotonic() - started)
