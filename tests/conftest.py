@@ -30,6 +30,8 @@ _CACHE = tempfile.mkdtemp(prefix="medpeft-test-cache-")
 os.environ["MEDPEFT_CACHE_DIR"] = _CACHE
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Every Ray the tests start (and the launchers they run, which inherit this) binds to 127.0.0.1 only.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def launch(*args: str, check: int | None = 0, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -5,15 +5,20 @@ so the kills can land anywhere within seconds."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import SHARED_DATA, LaunchedSweep, launch
+from tests.ray_processes import kill_new_ray_processes, new_ray_processes, ray_processes
+from trainables.simulated import curve
 
 pytestmark = pytest.mark.slow
 
@@ -40,51 +45,103 @@ def runs(storage: Path, name: str = "sim"):
     return client, client.search_runs([experiment], "tags.role = 'trial'", max_results=1000)
 
 
-def run_until(args: list[str], lines: int) -> None:
-    """Start the launcher and SIGKILL it (and what it started) once it has printed `lines` ended trials."""
-    sweep = LaunchedSweep(args)
-    sweep.wait_for(lambda: sweep.count(lambda line: line.startswith("[")) >= lines, timeout=300)
-    sweep.kill()
+def logged_epoch(storage: Path, key_suffix: str, step: int) -> bool:
+    """Has a trial whose key ends with `key_suffix` logged epoch `step` to MLflow? (read straight from sqlite: the
+    launcher writes it as we poll)"""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{storage / 'mlflow.db'}?mode=ro", uri=True, timeout=5)) as db:
+            return db.execute(
+                "SELECT count(*) FROM metrics m JOIN tags t ON m.run_uuid = t.run_uuid WHERE t.key = 'trial_key' "
+                "AND t.value LIKE ? AND m.key = 'epoch' AND m.step >= ?", (f"%{key_suffix}", step)).fetchone()[0] > 0
+    except sqlite3.Error:  # not created yet, or busy
+        return False
 
 
-# Halving, the default and the scheduler with paused trials; ASHA's saved state is restored in
-# tests/test_searcher_scheduler.py.
-@pytest.mark.parametrize("scheduler", ["halving"])
-def test_driver_killed_three_times(tmp_path, scheduler):
-    # halving: kills land while trials wait paused at a rung, which Tune hands back as pending after a restore.
-    # 4 cells of 4 trials, rungs at epochs 1, 2 and 4: three kills land before, between and after rungs.
-    spec = sim_spec(tmp_path / "sim.yaml", epochs=4, epoch_seconds=0.3, scheduler=scheduler, cells="[linear, full]")
+def halving_by_the_curve(cell: str, lrs: list[float], rung: int) -> float:
+    """The learning rate synchronous halving keeps at a rung with one survivor (3 trials, eta 3), computed from the
+    simulated task's definition: the best validation score reached by the rung (ties would go to the contract's
+    rule; the test asserts there are none)."""
+    at_rung = {lr: max(curve(cell, lr, epoch) for epoch in range(1, rung + 1)) for lr in lrs}
+    ranked = sorted(at_rung.values(), reverse=True)
+    assert ranked[0] != ranked[1], "a tie at the rung: pick another spec"
+    return max(at_rung, key=at_rung.get)
+
+
+def after(seconds: float, condition) -> bool:
+    """`condition`, and once it holds, `seconds` more (so that a trial is well inside its next epoch)."""
+    if not condition():
+        return False
+    time.sleep(seconds)
+    return True
+
+
+def test_interrupted_halving_sweep_makes_the_choices_of_an_uninterrupted_one(tmp_path):
+    """Ctrl-C and kill -9 land where a rung is open: trials paused at it, one running towards it (it checkpoints the
+    rung's epoch while the driver goes down, so the driver never hears that report), and trials that ended since the
+    last saved state. Every rung must still be decided once, on every trial of its cell, exactly as without the
+    interruptions, and nothing that ended may run again. 3 cells of 3 trials, 2 slots, a rung at epoch 2 of 4."""
+    spec = sim_spec(tmp_path / "sim.yaml", epochs=4, epoch_seconds=1.0, trials=3, scheduler="halving")
+    spec.write_text(spec.read_text().replace("{name: synthetic, id: b, options: {seed: 1}}", "").replace(", ]", "]")
+                    .replace("grace_period: 1, reduction_factor: 2", "grace_period: 2, reduction_factor: 3")
+                    .replace("{cpus_per_trial: 0.5}", "{cpus_per_trial: 0.5, num_cpus: 1}"))
     storage = tmp_path / "store"
-    args = ["--config", str(spec), "--storage", str(storage)]
-    snapshots = []
-    run_until(args, lines=3)
-    for round_ in range(3):
-        client, before = runs(storage)
-        ended = {r.data.tags["trial_key"]: (r.data.tags["status"], r.info.end_time,
-                                           [m.step for m in client.get_metric_history(r.info.run_id, "epoch")])
-                 for r in before if r.data.tags["status"] in ("finished", "stopped_early")}
-        snapshots.append(ended)
-        if round_ < 2:
-            run_until([*args[2:], "--name", "sim", "--resume"], lines=len(ended) + 3)
-    final = launch(*args[2:], "--name", "sim", "--resume")
-    assert "4/4 cells complete" in final.stdout
+    first = ["--config", str(spec), "--storage", str(storage)]
+    resume = ["--storage", str(storage), "--name", "sim", "--resume"]
+    rays_before = ray_processes()
+    ended_before: list[dict] = []
 
-    client, after = runs(storage)
-    keys = [r.data.tags["trial_key"] for r in after]
-    assert len(keys) == len(set(keys)) == 16, "one MLflow run per trial, and no cell over its budget of 4"
-    assert all(int(k.rsplit("=", 1)[1]) < 4 for k in keys)
-    assert {r.data.tags["status"] for r in after} <= {"finished", "stopped_early"}
-    now = {r.data.tags["trial_key"]: r for r in after}
-    for ended in snapshots:
-        assert ended, "every kill should come after some trials ended"
-        for key, (status, end_time, epochs) in ended.items():
-            assert now[key].data.tags["status"] == status, f"{key} was {status} before a kill"
-            assert now[key].info.end_time == end_time, f"{key} ran again after a resume"
-            assert [m.step for m in client.get_metric_history(now[key].info.run_id, "epoch")] == epochs
-    assert any(s == "stopped_early" for ended in snapshots for s, _, _ in ended.values())
-    for run in after:  # every epoch logged exactly once across all attempts
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch")]
-        assert steps == list(range(1, len(steps) + 1))
+    def interrupt(args: list[str], moment, how: str) -> None:
+        sweep = LaunchedSweep(args)
+        if not sweep.wait_for(lambda: moment(sweep), timeout=300):
+            sweep.kill()
+            raise AssertionError(f"never reached the moment:\n{sweep.output[-3000:]}")
+        if how == "ctrl-c":  # to the launcher's process group, as a terminal sends it
+            os.killpg(sweep.proc.pid, signal.SIGINT)
+            assert sweep.wait(180) == 130, sweep.output[-3000:]
+        else:  # kill -9 of the launcher alone: what its Ray leaves is the next launcher's to clean up
+            os.kill(sweep.proc.pid, signal.SIGKILL)
+            sweep.proc.wait()
+        _, found = runs(storage)
+        ended_before.append({r.data.tags["trial_key"]: (r.data.tags["status"], r.info.end_time) for r in found
+                             if r.data.tags["status"] in ("finished", "stopped_early")})
+
+    try:
+        # 1. Ctrl-C while the first cell's third trial trains towards the rung its two others wait paused at.
+        interrupt(first, lambda s: after(0.5, lambda: logged_epoch(storage, "linear/frac=1/seed=0/trial=2", 1)),
+                  "ctrl-c")
+        # 2. kill -9 at the same moment of the second cell.
+        interrupt(resume, lambda s: after(0.5, lambda: logged_epoch(storage, "bitfit/frac=1/seed=0/trial=2", 1)),
+                  "kill")
+        # 3. kill -9 just after a trial ended, before Tune's next saved state has it.
+        interrupt(resume, lambda s: s.count(lambda line: line.startswith("[")) >= 1, "kill")
+        final = launch(*resume)
+        assert "3/3 cells complete" in final.stdout, final.stdout[-3000:]
+    finally:
+        time.sleep(1)
+        left = new_ray_processes(rays_before)
+        kill_new_ray_processes(rays_before)
+    assert not left, "Ray processes of a killed launcher outlived the launcher that resumed it"
+
+    client, found = runs(storage)
+    keys = [r.data.tags["trial_key"] for r in found]
+    assert len(keys) == len(set(keys)) == 9, "one MLflow run per trial, and no cell over its budget"
+    cells: dict[str, dict[float, object]] = {}
+    for r in found:
+        cells.setdefault(r.data.tags["trial_key"].rsplit("/", 1)[0], {})[float(r.data.params["train.lr"])] = r
+    cell_runs = {c.data.tags["cell_key"]: c for c in
+                 client.search_runs([found[0].info.experiment_id], "tags.role = 'cell'")}
+    for cell, by_lr in cells.items():
+        winner = halving_by_the_curve(cell, sorted(by_lr), rung=2)
+        for lr, r in by_lr.items():
+            epochs = [m.step for m in client.get_metric_history(r.info.run_id, "epoch")]
+            expected = ("finished", [1, 2, 3, 4]) if lr == winner else ("stopped_early", [1, 2])
+            assert (r.data.tags["status"], epochs) == expected, f"{cell} lr={lr}"
+        assert cell_runs[cell].data.tags["chosen_trial"] == by_lr[winner].data.tags["trial_key"]
+    now = {r.data.tags["trial_key"]: (r.data.tags["status"], r.info.end_time) for r in found}
+    assert any(ended_before), "no trial had ended at any interruption"
+    for ended in ended_before:
+        for key, before in ended.items():
+            assert now[key] == before, f"{key} ran again after a resume"
 
 
 def test_killed_worker_restarts_from_its_checkpoint(tmp_path):

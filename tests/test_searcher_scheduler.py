@@ -494,3 +494,62 @@ def test_a_rung_and_the_final_choice_break_ties_the_same_way():
     table = pd.DataFrame({"cell_key": "c", "trial_key": [f"c/trial={i}" for i in range(3)], "status": "finished",
                           "score": scores, "val_best_loss": losses})
     assert chosen_trials(table)["trial_key"].tolist() == ["c/trial=1"]
+
+
+def test_a_rung_report_the_driver_never_heard_is_made_again_on_resume(tmp_path):
+    """The Ctrl-C bug: a trial checkpoints the rung's epoch, and the driver goes down before it hears that epoch's
+    report. Resumed, the trial starts from that checkpoint; unless it reports the rung again, its first report is past
+    the rung, and the rung is decided with it counted as promoted (the worst learning rate went on). Real simulated
+    trials (no Ray), their reports handed to the scheduler as Tune would; the expected survivor computed from the
+    simulated task's learning curve."""
+    from tests.conftest import mlflow_experiment, run_worker
+    from trainables.contract import EPOCH, SCORE
+    from trainables.session import LocalSession, StopTraining
+    from trainables.simulated import curve, train_loop_per_worker
+
+    cell = "sim/a/test_resnet/linear/frac=1/seed=0"
+    lrs = [1e-4, 1e-3, 1e-2]
+
+    tracking = mlflow_experiment({"tracking": {"sweep": "t", "cell_key": cell}}, tmp_path)["tracking"]
+
+    def config(i: int, lr: float) -> dict:
+        return {"task": "simulated", "storage": str(tmp_path / "store"),
+                "data": {"name": "synthetic"}, "backbone": {"name": "test_resnet", "weights": "random"},
+                "method": {"name": "linear"}, "train": {"epochs": 4, "lr": lr, "epoch_seconds": 0},
+                "tracking": {**tracking, "trial_key": f"{cell}/trial={i}"}}
+
+    sched = PerCellHalving(state=SweepState(), budgets={cell: 3}, max_t=4, grace_period=2, reduction_factor=3)
+    trials = [StubTrial(str(i), cell) for i in range(3)]
+    ctl = StubController(sched, trials)
+
+    class DriverGone(Exception):
+        pass
+
+    class Tune(LocalSession):
+        """Hands each report to the scheduler and ends the attempt as Tune would on PAUSE or STOP; or goes down
+        just before hearing the report of `gone_at`."""
+
+        def __init__(self, trial, gone_at=None):
+            super().__init__()
+            self.trial, self.gone_at = trial, gone_at
+
+        def report(self, metrics):
+            if metrics[EPOCH] == self.gone_at:
+                raise DriverGone
+            super().report(metrics)
+            decision = step(sched, ctl, self.trial, metrics[EPOCH], metrics[SCORE])
+            if decision != TrialScheduler.CONTINUE:
+                raise StopTraining(decision)
+
+    run_worker(train_loop_per_worker, config(0, lrs[0]), Tune(trials[0]))
+    run_worker(train_loop_per_worker, config(1, lrs[1]), Tune(trials[1]))
+    assert [t.status for t in trials[:2]] == ["PAUSED", "PAUSED"]
+    with pytest.raises(DriverGone):  # trial 2 checkpointed epoch 2; its report of it was never heard
+        run_worker(train_loop_per_worker, config(2, lrs[2]), Tune(trials[2], gone_at=2))
+    resumed = run_worker(train_loop_per_worker, config(2, lrs[2]), Tune(trials[2]))
+    assert resumed.reports[0][EPOCH] == 2, "the resumed attempt reports its checkpoint's epoch first"
+
+    at_rung = [max(curve(cell, lr, epoch) for epoch in (1, 2)) for lr in lrs]
+    best = max(range(3), key=at_rung.__getitem__)
+    assert sched.state.halving[cell].promoted[2] == {f"{cell}/trial={best}"}
+    assert sorted(sched.state.stopped_early) == sorted(f"{cell}/trial={i}" for i in range(3) if i != best)

@@ -48,6 +48,7 @@ def warmup_cosine(optimizer, warmup_steps: int, total_steps: int):
 
 
 P = TypeVar("P")
+EPOCH_REPORT = "report.json"  # in every checkpoint: the report of the epoch it holds
 FINAL_REPORT = "final_report.json"  # in the last epoch's checkpoint: that epoch's report
 
 
@@ -171,6 +172,7 @@ class Trial:
         self.run: TrialRun | None = None
         self.epoch = 0  # the last epoch completed (restored or trained)
         self.final_report: dict[str, Any] | None = None  # the last epoch's report, when restored from its checkpoint
+        self.resumed_report: dict[str, Any] | None = None  # the report of the epoch the checkpoint resumed holds
         self.finished = False  # this attempt recorded its run as finished
 
     @contextlib.contextmanager
@@ -182,6 +184,8 @@ class Trial:
         with self.store.latest() as checkpoint:
             if checkpoint is not None and (checkpoint / FINAL_REPORT).exists():
                 self.final_report = json.loads((checkpoint / FINAL_REPORT).read_text())
+            if checkpoint is not None and (checkpoint / EPOCH_REPORT).exists():
+                self.resumed_report = json.loads((checkpoint / EPOCH_REPORT).read_text())
             yield checkpoint
 
     def start(self, params: dict[str, Any], tags: dict[str, str], resumed_epoch: int) -> bool:
@@ -203,6 +207,13 @@ class Trial:
             return True
         # Where this attempt runs (the last attempt's node, when a trial was moved after losing its node).
         self.run.set_tags({"node": node_id(), **({"resumed_from_epoch": str(resumed_epoch)} if resumed_epoch else {})})
+        if resumed_epoch and self.resumed_report is not None:
+            # The epoch this attempt resumes from was checkpointed before it was reported, and the driver may never
+            # have heard that report (it was stopped in between: Ctrl-C, a kill, a lost node). Unheard, a rung at
+            # that epoch would be decided without this trial, or with it counted as gone on. So it is said again
+            # (to the driver only: MLflow has it), and the scheduler rules on it as on any report; a driver that
+            # did hear it hears the same values twice, which changes nothing.
+            self._report(self.resumed_report)
         return False
 
     def replay(self) -> None:
@@ -228,6 +239,7 @@ class Trial:
         if save and self.store and self.session.world_rank == 0 and (epoch % self.every == 0 or last):
             with tempfile.TemporaryDirectory(prefix="medpeft-ckpt-") as directory:
                 save(Path(directory))
+                (Path(directory) / EPOCH_REPORT).write_text(json.dumps(metrics, default=float))
                 if last:
                     (Path(directory) / FINAL_REPORT).write_text(json.dumps(metrics, default=float))
                 self.store.save(Path(directory), epoch)

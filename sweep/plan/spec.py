@@ -20,6 +20,11 @@ DEFAULT_SPEC = SPACES_DIR / "quickstart.yaml"
 DEFAULT_METHOD_SPACES = SPACES_DIR / "methods.yaml"
 
 
+# A sweep's name (and an arm's id) becomes a folder in the storage and an MLflow experiment: no path separators,
+# no leading dot, so it can never point outside the storage.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
 class SpecError(ValueError):
     """Bad sweep input (spec, data, weights, storage). The CLI prints it and exits with code 2."""
 
@@ -223,8 +228,8 @@ class ReportSpec(_Model):
 
 
 class SweepSpec(_Model):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    arm: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # set for the arms of a spec with `arms:`
+    name: str = Field(pattern=NAME_PATTERN)
+    arm: str | None = Field(None, pattern=NAME_PATTERN)  # set for the arms of a spec with `arms:`
     task: str = "classification"
     description: str = ""
     datasets: list[DatasetEntry] = Field(min_length=1)

@@ -6,7 +6,7 @@ import shlex
 import textwrap
 
 from sweep.plan.spec import halving_epochs
-from sweep.plan.validate import Plan
+from sweep.plan.validate import ASSUMED_CLASSES, Plan
 from sweep.report.console_table import did_not_learn, format_table
 from sweep.report.trust import sampling_noise
 
@@ -32,14 +32,21 @@ def dry_run(plan: Plan, name: str) -> str:
         "",
     ]
     rows = [("cell", "trials", "search space", "trainable / total params")]
+    assumed = False
     for cell in plan.cells:
         space = ", ".join(f"{k} {d.grid(plan.grid_points) if spec.search.sampler == 'grid' else _range(d)}"
                           for k, d in sorted(cell.space.items()))
-        counts = plan.params.get((cell.backbone.key, cell.method.key))
+        classes = plan.classes.get(cell.dataset.key)
+        counts = plan.params.get((cell.backbone.key, cell.method.key, classes))
         share = f"{counts[0]:,} / {counts[1]:,} ({100 * counts[0] / counts[1]:.2f}%)" if counts else "?"
+        if counts and classes is None and plan.classifies:
+            share, assumed = share + " *", True
         rows.append((cell.key, str(cell.budget), space, share))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     out += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    if assumed:
+        out.append(f"  * the dataset's classes are unknown until its files are here: its head is counted for "
+                   f"{ASSUMED_CLASSES} classes")
     exhaustive = plan.total_trials * plan.max_epochs
     out.append("")
     if spec.scheduler.type != "fifo":

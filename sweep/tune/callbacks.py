@@ -141,7 +141,10 @@ class SweepProgress(Callback):
 
         if run_id:  # the run the trial reported from: no search (which slows with every run in the experiment)
             try:
-                mark(run_id)
+                # Marked already when a trial stopped at a rung is stopped again after a restart (the saved state
+                # predates its stop): its run keeps the time it really ended.
+                if self._client.get_run(run_id).data.tags.get(STATUS_TAG) != Status.STOPPED_EARLY:
+                    mark(run_id)
                 return
             except MlflowException:
                 pass  # replaced since (a later attempt started over): find the current one

@@ -19,6 +19,7 @@ from sweep.report.analysis import cell_status, trials_table
 from sweep.report.console_table import cell_frame
 from sweep.store import mlflow_experiment
 from sweep.store.storage import Storage
+from sweep.tune import ray_sessions
 from sweep.tune.storage_watch import StorageWatch
 from trainables.checkpoints import safe_dirname
 
@@ -137,6 +138,7 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
         watch.error = watch.error or "the experiment state could not be read back"
     finally:
         ray.shutdown()
+        ray_sessions.forget_session()
         if pausing:
             os.environ.pop("TUNE_MAX_PENDING_TRIALS_PG", None)
     if watch.error:
@@ -238,7 +240,11 @@ def _start_ray(plan: Plan, address: str | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = {}
     if not address:
-        # A local Ray of our own: never attach to a stale cluster file from an earlier `ray start`.
+        # A local Ray of our own: never attach to a stale cluster file from an earlier `ray start`. First, what a
+        # killed launcher before us left of its own (see ray_sessions).
+        for session, count in ray_sessions.clean_up_dead_sessions():
+            print(f"Stopped {count} Ray process(es) left by a launcher that was killed (session {session})",
+                  flush=True)
         address = "local"
         kwargs = {
             "num_cpus": plan.spec.resources.num_cpus,
@@ -249,3 +255,5 @@ def _start_ray(plan: Plan, address: str | None) -> None:
         }
     ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True,
              **kwargs)
+    if address == "local":
+        ray_sessions.record_session(ray._private.worker._global_node.get_session_dir_path())
