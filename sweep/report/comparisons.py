@@ -31,7 +31,6 @@ RESAMPLES = 2000
 LEVEL = 0.95
 BOOTSTRAP_SEED = 20_240_101  # resamples are seeded: the report is the same every time it is built
 DEFAULT_ROPE = ReportSpec().rope  # points: the spec's report.rope when the spec does not say
-VERDICTS = ("better", "worse", "equivalent", "undecided")
 CONFUSION_METRICS = ("f1", "acc", "balanced_acc", "mcc")  # what can be recomputed from a confusion matrix
 
 
