@@ -15,6 +15,7 @@ import itertools
 import math
 import pickle
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,9 @@ class CellSearcher(Searcher):
         grid_points: points per searched axis of the grid sampler.
         seed: the samplers' seed (each cell's study is seeded from it and the cell's key).
         cell_by_cell: hand out one cell's trials before the next cell's (for synchronous halving).
+        extend: asked for more cells once every planned trial is handed out (adaptive seeds,
+            sweep.tune.adaptive.SeedExtender): called with the trials seen ending ({trial key: status}) and whether
+            none is running, it returns every cell added so far; the new ones are walked like the planned ones.
     """
 
     def __init__(
@@ -70,6 +74,7 @@ class CellSearcher(Searcher):
         grid_points: int = 3,
         seed: int = 0,
         cell_by_cell: bool = False,
+        extend: Callable[[dict[str, Status], bool], list[CellPlan]] | None = None,
     ) -> None:
         if not cells:
             raise ValueError("a searcher needs at least one cell")
@@ -89,6 +94,7 @@ class CellSearcher(Searcher):
         # trials before the next cell's lets cells finish one after another, instead of every cell waiting until
         # every trial of the sweep has run to the first rung.
         self.cell_by_cell = cell_by_cell
+        self.extend = extend
 
     # -- Tune's Searcher interface -------------------------------------------------------------------------
 
@@ -107,7 +113,7 @@ class CellSearcher(Searcher):
             state.suggested[cell.key] = index + 1
             state.trials[trial_id] = TrialRecord(cell.key, index, trial.number, dict(trial.params))
             return with_searched(cell.base_config, trial.params, trial_key(cell.key, index))
-        return Searcher.FINISHED
+        return self._more_cells(trial_id) if self.extend is not None else Searcher.FINISHED
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         record = self.state.trials.get(trial_id)
@@ -146,6 +152,19 @@ class CellSearcher(Searcher):
             self.state.replace_with(pickle.load(f))
 
     # -- helpers ---------------------------------------------------------------------------------------------
+
+    def _more_cells(self, trial_id: str) -> dict[str, Any] | str | None:
+        """Every planned trial is out: add the cells `extend` asks for and go on, wait (None: Tune asks again)
+        while trials run, else finish."""
+        records = self.state.trials.values()
+        ended = {trial_key(r.cell, r.index): r.status for r in records if r.status != Status.RUNNING}
+        running = any(r.status == Status.RUNNING for r in records)
+        known = {c.key for c in self.cells}
+        fresh = [c for c in self.extend(ended, not running) if c.key not in known]
+        if fresh:
+            self.cells.extend(fresh)
+            return self.suggest(trial_id)
+        return None if running else Searcher.FINISHED
 
     def _study(self, cell: CellPlan) -> optuna.Study:
         if cell.key not in self.state.studies:

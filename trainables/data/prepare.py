@@ -32,6 +32,7 @@ class ImageSplit:
     rows: np.ndarray
     labels: torch.Tensor  # int64, aligned with rows
     captions: list[str] | None = None
+    groups: np.ndarray | None = None  # patient or lesion id per row ("" where the dataset has none)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -165,7 +166,8 @@ def drop_corrupt(frame: pd.DataFrame, cache: ImageCache, on_corrupt: str, name: 
 
 def _split(images: np.ndarray, rows: pd.DataFrame) -> ImageSplit:
     captions = rows["caption"].fillna("").astype(str).tolist() if "caption" in rows else None
+    groups = rows["group"].fillna("").astype(str).to_numpy() if "group" in rows else None
     return ImageSplit(images, rows["row"].to_numpy(), torch.tensor(rows["label"].to_numpy(), dtype=torch.int64),
-                      captions)
+                      captions, groups)
 
 
