@@ -16,7 +16,7 @@ import time
 
 import torch
 
-BENCHMARKS = ["data", "trainable", "sweeps", "asha", "scale", "gpu", "cluster", "rounds"]
+BENCHMARKS = ["data", "trainable", "sweeps", "asha", "scale", "gpu", "cluster", "autoscale", "rounds"]
 
 
 def machine() -> dict:

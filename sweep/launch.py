@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+import socket
 import sys
 import warnings
 from dataclasses import dataclass
@@ -26,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from sweep.exit_codes import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_STORAGE
-from sweep.plan.spec import SpecError
+from sweep.plan.spec import NAME_PATTERN, SpecError
+
+ADDRESS_TIMEOUT_S = 5  # a cluster's head answers a connection at once; a wrong address never does
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -133,6 +137,10 @@ def _setup(args: argparse.Namespace) -> list[Setup]:
 
     spec_path = Path(args.config) if args.config else DEFAULT_SPEC
     storage = parse_storage(args.storage)
+    if args.name is not None and not re.fullmatch(NAME_PATTERN, args.name):
+        raise SpecError(f"--name {args.name!r}: a sweep's name is its folder in the storage and its MLflow experiment, "
+                        "so it may hold only letters, digits, '_', '.' and '-', starting with a letter or digit "
+                        "(e.g. --name my-sweep)")
     if args.resume and args.overrides:
         raise SpecError("--set cannot change a sweep on --resume: it continues as it was started")
     if args.calibrate and not args.dry_run:
@@ -148,6 +156,10 @@ def _setup(args: argparse.Namespace) -> list[Setup]:
         if resume:
             _check_name(storage, name, "", resume=True)
             inputs = load_inputs(storage, name)
+            if args.config and not _same_spec_file(args.config, inputs["spec_path"]):
+                raise SpecError(f"--config {args.config} cannot change a sweep on --resume: {name!r} was started "
+                                f"with {inputs['spec_path']} and continues as it was started. Leave --config out to "
+                                f"continue it, or start {args.config} as a new sweep with --name NEW_NAME")
             spec, path = SweepSpec.model_validate(inputs["spec"]), Path(inputs["spec_path"])
             mlflow_uri = without_credentials(args.mlflow_uri or inputs["mlflow_uri"])
             root = args.data_root or inputs["data_root"]
@@ -155,16 +167,45 @@ def _setup(args: argparse.Namespace) -> list[Setup]:
             path, root = spec_path, data_root
             mlflow_uri = without_credentials(args.mlflow_uri or _default_tracking_uri(storage))
             if not args.dry_run:
-                check_tracking_uri(mlflow_uri)
-                if not checked_storage:
+                if not checked_storage:  # first: the default tracking store lives in the storage
                     storage.preflight()
                     checked_storage = True
+                check_tracking_uri(mlflow_uri)
                 _check_name(storage, name, mlflow_uri, resume=False)
         plan = make_plan(spec, path, root, allow_missing=args.dry_run)
         if not args.dry_run and not (args.address or os.environ.get("RAY_ADDRESS")):
             check_local_resources(plan)
         setups.append(Setup(plan, name, storage, mlflow_uri, root, resume))
+    if not args.dry_run:
+        check_ray_address(args.address, os.environ.get("RAY_ADDRESS"))
     return setups
+
+
+def check_ray_address(address: str | None, environment: str | None) -> None:
+    """A cluster address nothing answers at is an error now: Ray would wait for it for minutes, after the sweep's
+    folder and MLflow experiment had been created. "local" and "auto" are Ray's own words (a new local Ray; the
+    cluster `ray start` left on this machine), which ray.init resolves itself."""
+    given, where = (address, "--address") if address else (environment, "RAY_ADDRESS")
+    if not given or given in ("local", "auto"):
+        return
+    host, _, port = given.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise SpecError(f"{where} {given!r}: a Ray cluster address is HOST:PORT (the head's GCS, e.g. "
+                        "10.0.0.5:6379) or ray://HOST:PORT (Ray Client)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=ADDRESS_TIMEOUT_S).close()
+    except OSError as e:
+        raise SpecError(f"{where} {given!r}: no Ray cluster answers there ({e.strerror or e}). Start its head "
+                        f"(ray start --head --port {port}) or fix {where}; leave it out for a local Ray") from None
+
+
+def _same_spec_file(given: str, started_with: str) -> bool:
+    """The spec a sweep was started with, named again (or an identical copy of it)."""
+    try:
+        return Path(given).resolve() == Path(started_with).resolve() or \
+            Path(given).read_bytes() == Path(started_with).read_bytes()
+    except OSError:
+        return False
 
 
 def check_local_resources(plan) -> None:

@@ -14,7 +14,7 @@ PATTERNS = ("ray::", "raylet", "gcs_server", "ray/dashboard", "log_monitor.py", 
 
 def _processes() -> dict[int, tuple[int, str]]:
     """pid -> (parent pid, command line) of every process on this machine."""
-    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
     table = {}
     for line in out.splitlines()[1:]:
         pid, ppid, *command = line.split(maxsplit=2)

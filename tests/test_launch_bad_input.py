@@ -1,56 +1,195 @@
-"""Bad input exits with code 2, a message naming the problem, and nothing created."""
+"""Bad input exits with code 2, a message naming the problem and the fix, and nothing created: no sweep folder, no
+MLflow store, no manifest or image cache, nothing outside the storage.
+
+Each case is one row of BAD: the launcher's arguments (written by a function that may first put files in the test's
+folder) and what the error must say. A new check is a new row."""
 
 from __future__ import annotations
 
+import json
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from sweep.launch import main
+from sweep.plan.spec import DEFAULT_SPEC
 from tests.conftest import SHARED_DATA, needs_shared_data
+from tests.dataset_layouts import write_image
+from trainables.data import default_cache_dir
 
 TINY = ["--set", "backbones=[{name: test_resnet, weights: random}]", "--set", "image_size=32"]
 
 
-def bad(capsys, tmp_path: Path, *args: str) -> str:
-    storage = tmp_path / "store"
+def _closed_port() -> int:
+    """A port nothing listens on: the kernel's pick for a socket that is closed again at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+CLOSED = _closed_port()
+
+
+def _paths(root: Path, files_only: bool = False) -> set[Path]:
+    return {p for p in root.rglob("*") if not files_only or p.is_file()} if root.exists() else set()
+
+
+def refused(capsys, tmp_path: Path, *args: str) -> str:
+    """Run the launcher on bad input: exit 2, no traceback, and nothing new in the test's folder (the storage, the
+    default MLflow store and anything a sweep name could point to are in it) or in the data cache."""
+    storage, cache = tmp_path / "store", default_cache_dir()
+    before, cached = _paths(tmp_path), _paths(cache, files_only=True)
     code = main(["--storage", str(storage), *args])
     err = capsys.readouterr().err
     assert code == 2, err
-    assert not storage.exists(), "bad input must not create the storage"
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert _paths(tmp_path) == before, "bad input must not create anything"
+    assert _paths(cache, files_only=True) == cached, "bad input must leave no manifest or image cache"
     return err
 
 
-def test_unknown_method(capsys, tmp_path):
-    err = bad(capsys, tmp_path, *TINY, "--set", "methods=[linear, lora_everything]")
-    assert "unknown method 'lora_everything'" in err
+@dataclass(frozen=True)
+class Bad:
+    args: Callable[[Path], list[str]]  # the launcher's arguments, given the test's folder (where it may write data)
+    says: tuple[str, ...]  # what the error must contain: the problem and the fix
+    never_says: tuple[str, ...] = ()  # what would mislead
 
 
-def test_unknown_dataset(capsys, tmp_path):
-    err = bad(capsys, tmp_path, *TINY, "--set", "datasets=[{name: chestct3000}]")
-    assert "unknown dataset 'chestct3000'" in err
+def _imagefolder(tmp_path: Path, classes: dict[str, int], corrupt: int = 0) -> list[str]:
+    """An imagefolder with this many images per class (`corrupt` of the first class's are not PNGs at all)."""
+    root = tmp_path / "folder"
+    for c, (name, n) in enumerate(classes.items()):
+        for i in range(n):
+            write_image(root / name / f"{i}.png", 100 * c + i)
+    for i in range(corrupt):
+        (root / next(iter(classes)) / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return [*TINY, "--set", f"datasets=[{{name: imagefolder, root: {root}}}]"]
 
 
-def test_method_that_does_not_fit_the_backbone(capsys, tmp_path):
-    err = bad(capsys, tmp_path, "--set", "backbones=[{name: test_vit, weights: random}]", "--set", "image_size=32",
-              "--set", "methods=[lora_conv]")
-    assert "'lora_conv' does not fit backbone 'test_vit'" in err and "cnn" in err
+def _csv(tmp_path: Path, text: str) -> list[str]:
+    root = tmp_path / "csv-data"
+    root.mkdir()
+    (root / "labels.csv").write_text(text)
+    return [*TINY, "--set", f"datasets=[{{name: csv, root: {root}}}]"]
 
 
-def test_lr_range_low_not_below_high(capsys, tmp_path):
-    err = bad(capsys, tmp_path, *TINY, "--set", "search.spaces={linear: {lr: {low: 0.1, high: 0.01}}}")
-    assert "low (0.1) must be smaller than high (0.01)" in err
+def _started_sweep(tmp_path: Path, *args: str) -> list[str]:
+    """A sweep 'quickstart' started from the default spec (its saved inputs), resumed with `args`."""
+    folder = tmp_path / "store" / "quickstart"
+    folder.mkdir(parents=True)
+    from sweep.plan.spec import load_spec
+
+    (folder / "medpeft-sweep.json").write_text(json.dumps({
+        "spec": load_spec(DEFAULT_SPEC).model_dump(mode="json"), "spec_path": str(DEFAULT_SPEC), "data_root": None,
+        "mlflow_uri": f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"}))
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(DEFAULT_SPEC.read_text().replace("epochs: 6", "epochs: 8"))
+    return ["--resume", *(a.replace("EDITED", str(edited)) for a in args)]
 
 
-def test_missing_data_root(capsys, tmp_path):
-    err = bad(capsys, tmp_path, *TINY, "--data-root", str(tmp_path / "no-such-dir"),
-              "--set", "datasets=[{name: medmnist, options: {subset: dermamnist, download: false}}]")
-    assert "dermamnist" in err and "not found" in err and "--data-root" in err
+BAD: dict[str, Bad] = {
+    # The spec and the command line
+    "a spec file that does not exist": Bad(lambda t: ["--config", str(t / "missing.yaml")], ("does not exist",)),
+    "a misspelt spec key": Bad(lambda t: ["--set", "trian.epochs=3"], ("trian",)),
+    "an unknown method": Bad(lambda t: [*TINY, "--set", "methods=[linear, lora_everything]"],
+                             ("unknown method 'lora_everything'",)),
+    "an unknown dataset": Bad(lambda t: [*TINY, "--set", "datasets=[{name: chestct3000}]"],
+                              ("unknown dataset 'chestct3000'",)),
+    "a method that does not fit the backbone": Bad(
+        lambda t: ["--set", "backbones=[{name: test_vit, weights: random}]", "--set", "image_size=32",
+                   "--set", "methods=[lora_conv]"], ("'lora_conv' does not fit backbone 'test_vit'", "cnn")),
+    "an unknown backbone, whatever its weights": Bad(
+        lambda t: ["--set", "backbones=[{name: resnet_fifty, weights: timm}]"],
+        ("unknown model 'resnet_fifty'", "timm.list_models"), never_says=("Hugging Face cache", "offline")),
+    "--name outside the storage": Bad(lambda t: [*TINY, "--name", "../escaped"],
+                                      ("--name '../escaped'", "letters, digits", "--name my-sweep")),
+    "--name with a path": Bad(lambda t: [*TINY, "--name", "a/b"], ("--name 'a/b'",)),
+    # The search space and the scheduler
+    "an LR range whose low is not below its high": Bad(
+        lambda t: [*TINY, "--set", "search.spaces={linear: {lr: {low: 0.1, high: 0.01}}}"],
+        ("low (0.1) must be smaller than high (0.01)",)),
+    "a log range from zero": Bad(lambda t: [*TINY, "--set", "search.spaces={linear: {lr: {low: 0, high: 0.01}}}"],
+                                 ("a log range needs low > 0",)),
+    "a negative learning rate among the choices": Bad(
+        lambda t: [*TINY, "--set", "search.spaces={bias: {lr: [0.01, -0.001]}}"],
+        ("method 'bias': searched lr -0.001 is not a valid lr", "greater than 0", "search.spaces.bias.lr")),
+    "a zero learning rate among the choices": Bad(
+        lambda t: [*TINY, "--set", "search.spaces={linear: {lr: [0.0, 0.01]}}"],
+        ("searched lr 0.0 is not a valid lr",)),
+    "a linear LR range reaching below zero": Bad(
+        lambda t: [*TINY, "--set", "search.spaces={linear: {lr: {low: -0.01, high: 0.01, log: false}}}"],
+        ("searched lr -0.01 is not a valid lr",)),
+    "a halving rung after the last epoch": Bad(
+        lambda t: [*TINY, "--set", "scheduler.grace_period=8"],
+        ("scheduler.grace_period (8) must be smaller than train.epochs (6)", "scheduler.type: fifo")),
+    "a halving rung at the last epoch": Bad(lambda t: [*TINY, "--set", "train.epochs=2"],
+                                            ("scheduler.grace_period (2) must be smaller than train.epochs (2)",)),
+    # Data
+    "a --data-root that does not exist": Bad(lambda t: [*TINY, "--data-root", str(t / "nowhere")],
+                                             ("nowhere (--data-root", "does not exist")),
+    "a dataset missing from the data root": Bad(
+        lambda t: [*TINY, "--data-root", str(t),
+                   "--set", "datasets=[{name: medmnist, options: {subset: dermamnist, download: false}}]"],
+        ("dermamnist", "not found", "--data-root")),
+    "a data fraction that leaves a class without training images": Bad(
+        lambda t: [*TINY, "--set", "fractions=[1.0, 0.001]"],
+        ("data fraction 0.001 leaves class", "without training images", "use fractions of at least")),
+    "an empty CSV": Bad(lambda t: _csv(t, ""), ("labels.csv is empty", "header row")),
+    "a CSV with only its header": Bad(lambda t: _csv(t, "path,label\n"), ("lists no images", "add one row per image"),
+                                      never_says=("split is empty",)),
+    "an imagefolder of one class": Bad(lambda t: _imagefolder(t, {"benign": 12}),
+                                       ("has 1 class (benign)", "two or more")),
+    "a class too small to reach every split": Bad(lambda t: _imagefolder(t, {"benign": 12, "malignant": 2}),
+                                                  ("has no images of class(es) malignant", "train, val and test")),
+    "an image that cannot be decoded": Bad(lambda t: _imagefolder(t, {"benign": 12, "malignant": 12}, corrupt=1),
+                                           ("1 images could not be decoded", "0.png", "on_corrupt: skip")),
+    # Where the sweep runs and writes
+    "an unwritable storage": Bad(lambda t: [*TINY, "--storage", "/proc/sys/medpeft-results"],
+                                 ("storage /proc/sys/medpeft-results is not writable", "--storage DIR"),
+                                 never_says=("--mlflow-uri",)),
+    "a tracking URI MLflow cannot open": Bad(lambda t: [*TINY, "--mlflow-uri", "foo://bar"],
+                                             ("cannot track to 'foo' URIs", "sqlite:///", "http://HOST:PORT")),
+    "a tracking server that does not answer": Bad(lambda t: [*TINY, "--mlflow-uri", f"http://127.0.0.1:{CLOSED}"],
+                                                  ("no MLflow tracking server answers",)),
+    "a tracking database that does not answer": Bad(
+        lambda t: [*TINY, "--mlflow-uri", f"postgresql+psycopg2://sweeper@127.0.0.1:{CLOSED}/mlflow"],
+        (f"no database answers at 127.0.0.1:{CLOSED}", "fix the host and port")),
+    "a Ray address with no Ray there": Bad(lambda t: [*TINY, "--address", f"127.0.0.1:{CLOSED}"],
+                                           (f"--address '127.0.0.1:{CLOSED}'", "no Ray cluster answers",
+                                            "ray start --head")),
+    "a Ray address that is not HOST:PORT": Bad(lambda t: [*TINY, "--address", "headnode"],
+                                               ("--address 'headnode'", "HOST:PORT")),
+    "more GPUs per trial than this machine has": Bad(
+        lambda t: [*TINY, "--set", "resources={gpus_per_trial: 2, num_gpus: 0}"],
+        ("need 1 CPUs and 2 GPUs per worker", "offers", "0 GPUs")),
+    "more CPUs per trial than this machine has": Bad(
+        lambda t: [*TINY, "--set", "resources={cpus_per_trial: 64, num_cpus: 2}"], ("64 CPUs", "2 CPUs")),
+    # Resuming
+    "--resume of a sweep that does not exist": Bad(lambda t: ["--resume"], ("no sweep 'quickstart'",)),
+    "--resume with --set": Bad(lambda t: _started_sweep(t, "--set", "train.epochs=8"),
+                               ("--set cannot change a sweep on --resume",)),
+    "--resume with another --config": Bad(lambda t: _started_sweep(t, "--config", "EDITED"),
+                                          ("cannot change a sweep on --resume", "was started with",
+                                           "Leave --config out")),
+}
 
 
-def test_bad_spec_file_and_unknown_key(capsys, tmp_path):
-    err = bad(capsys, tmp_path, "--config", str(tmp_path / "missing.yaml"))
-    assert "does not exist" in err
-    err = bad(capsys, tmp_path, "--set", "trian.epochs=3")
-    assert "trian" in err
+@pytest.mark.parametrize("case", BAD.values(), ids=BAD.keys())
+def test_bad_input_is_refused_before_anything_is_created(case: Bad, capsys, tmp_path):
+    err = refused(capsys, tmp_path, *case.args(tmp_path))
+    for text in case.says:
+        assert text in err
+    for text in case.never_says:
+        assert text not in err
+
+
+def test_resume_with_the_spec_it_was_started_with_is_not_refused_for_it(capsys, tmp_path):
+    """Naming the same spec again is no change (the check above refuses only another one)."""
+    args = _started_sweep(tmp_path, "--config", str(DEFAULT_SPEC), "--dry-run")
+    assert main(["--storage", str(tmp_path / "store"), *args]) == 0, capsys.readouterr().err
 
 
 def test_existing_sweep_name_without_resume_is_refused(capsys, tmp_path):
@@ -61,17 +200,6 @@ def test_existing_sweep_name_without_resume_is_refused(capsys, tmp_path):
     err = capsys.readouterr().err
     assert code == 2 and "already exists" in err and "--resume" in err
     assert sorted(p.name for p in storage.rglob("*")) == ["quickstart", "tuner.pkl"]  # untouched
-
-
-def test_resume_of_a_sweep_that_does_not_exist(capsys, tmp_path):
-    err = bad(capsys, tmp_path, "--resume")
-    assert "no sweep 'quickstart'" in err
-
-
-def test_unwritable_storage(capsys):
-    code = main(["--storage", "/proc/medpeft-results", *TINY])
-    err = capsys.readouterr().err
-    assert code == 2 and "not writable" in err
 
 
 @needs_shared_data
@@ -92,32 +220,3 @@ def test_dry_run_with_synchronous_halving_counts_its_epochs_and_warns_about_tpe(
     # 8 cells of 3 trials, 6 epochs, one rung at 2 (reduction 3): 3 x 2 + 1 x 4 = 10 trial-epochs per cell.
     assert code == 0 and "at most 144 trial-epochs; 80 with synchronous halving (rungs at epochs 2)" in out
     assert "TPE learns nothing" in out
-
-
-def test_a_gpu_request_this_machine_cannot_satisfy(capsys, tmp_path):
-    """A local Ray cannot add nodes: two GPUs per trial on a machine with none would wait forever."""
-    err = bad(capsys, tmp_path, *TINY, "--set", "resources={gpus_per_trial: 2, num_gpus: 0}")
-    assert "need 1 CPUs and 2 GPUs per worker" in err and "offers" in err and "0 GPUs" in err
-    err = bad(capsys, tmp_path, *TINY, "--set", "resources={cpus_per_trial: 64, num_cpus: 2}")
-    assert "64 CPUs" in err and "2 CPUs" in err
-
-
-def test_a_dataset_with_one_class_or_a_class_missing_from_a_split(capsys, tmp_path):
-    folder = tmp_path / "one-class"
-    from tests.dataset_layouts import write_image
-
-    for i in range(12):
-        write_image(folder / "benign" / f"{i}.png", i)
-    err = bad(capsys, tmp_path, *TINY, "--set", f"datasets=[{{name: imagefolder, root: {folder}}}]")
-    assert "has 1 class (benign)" in err and "two or more" in err
-    for i in range(2):  # a second class, too small to reach every split
-        write_image(folder / "malignant" / f"{i}.png", 100 + i)
-    err = bad(capsys, tmp_path, *TINY, "--set", f"datasets=[{{name: imagefolder, root: {folder}}}]")
-    assert "has no images of class(es) malignant" in err and "train, val and test" in err
-
-
-def test_a_tracking_uri_mlflow_cannot_open(capsys, tmp_path):
-    err = bad(capsys, tmp_path, *TINY, "--mlflow-uri", "foo://bar")
-    assert "cannot track to 'foo' URIs" in err and "sqlite:///" in err and "http://HOST:PORT" in err
-    err = bad(capsys, tmp_path, *TINY, "--mlflow-uri", "http://127.0.0.1:9")  # nothing listens there
-    assert "no MLflow tracking server answers" in err

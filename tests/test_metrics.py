@@ -25,8 +25,11 @@ def test_metrics_match_scikit_learn(classes):
     assert m["auroc"] == pytest.approx(expected)
 
 
-def test_auroc_is_nan_without_both_classes():
+def test_auroc_is_nan_without_both_classes_and_counts_ordered_pairs():
     assert np.isnan(binary_auroc(np.array([0.1, 0.2]), np.array([True, True])))
+    # Positives 0.35 and 0.8 against negatives 0.1 and 0.4: 3 of the 4 pairs ordered right; a tie counts half.
+    assert binary_auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == pytest.approx(3 / 4)
+    assert binary_auroc(np.array([0.1, 0.4, 0.4, 0.8]), np.array([0, 0, 1, 1])) == pytest.approx(3.5 / 4)
 
 
 def test_f1_by_hand_and_a_majority_classifier():
@@ -35,6 +38,9 @@ def test_f1_by_hand_and_a_majority_classifier():
     labels = np.array([0, 0, 0, 1, 1, 2])
     logits = np.eye(3)[[0, 0, 1, 1, 1, 0]]
     assert classification_metrics(logits, labels)["f1"] == pytest.approx((4 / 6 + 4 / 5 + 0) / 3)
+    # MCC by Gorodkin's formula: 4 of 6 right, predicted counts (3, 3, 0), true counts (3, 2, 1):
+    # (4 * 6 - (9 + 6 + 0)) / sqrt((36 - 18) * (36 - 14)).
+    assert classification_metrics(logits, labels)["mcc"] == pytest.approx(9 / np.sqrt(18 * 22))
     # Always the majority class (57 of 78, as BreastMNIST's validation split): accuracy 0.73, but macro F1 is
     # F1 of the majority class / 2 (the other class scores 0) and MCC 0.
     labels = np.array([1] * 57 + [0] * 21)

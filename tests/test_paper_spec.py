@@ -1,6 +1,7 @@
 """The study as published, one spec with five arms (cnn, vit, ssl, volume, t2i): its dry run needs none of the data
 or weights, and says what each arm would run."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from sweep.launch import main
 from sweep.plan.spec import load_specs
 from tests import dataset_layouts as layouts
-from tests.conftest import needs_shared_data
+from tests.conftest import SHARED_DATA, needs_shared_data
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = str(REPO / "search_spaces" / "paper.yaml")
@@ -70,6 +71,57 @@ def test_a_dataset_that_is_present_is_not_listed_missing(tmp_path, capsys):
     assert main(["--config", PAPER, "--dry-run", "--arm", "cnn", "--data-root", str(tmp_path / "data")]) == 0
     missing = capsys.readouterr().out.split("Missing")[1]
     assert "'ham10000'" not in missing and "'breastus'" in missing
+
+
+# ResNet-50 as defined (He et al. 2016; torchvision's resnet50, which timm's resnet50.tv_in1k is): 2,048 features
+# into the head; BatchNorm over 26,560 channels (the stem's 64, then per bottleneck of width w: w + w + 4w, plus 4w
+# in each stage's downsampling, stages of 3, 4, 6 and 3 blocks at w = 64, 128, 256, 512); 25,557,032 parameters with
+# its 1,000-class head.
+RESNET50_FEATURES = 2048
+RESNET50_BN_CHANNELS = 64 + sum(blocks * 6 * w + 4 * w for blocks, w in ((3, 64), (4, 128), (6, 256), (3, 512)))
+RESNET50_BODY = 25_557_032 - (RESNET50_FEATURES * 1000 + 1000)
+# EfficientNet-Lite0 (Tan and Le 2019; TensorFlow's Lite variant): 1,280 features into the head.
+LITE0_FEATURES = 1280
+
+
+def dry_run_counts(out: str, cell: str) -> tuple[int, int, str]:
+    """(trainable, total, what follows) of a cell's row in a dry run's table."""
+    line = next(line for line in out.splitlines() if line.startswith(cell + " "))
+    found = re.search(r"([\d,]+) / ([\d,]+) \([\d.]+%\)(.*)$", line)
+    return int(found[1].replace(",", "")), int(found[2].replace(",", "")), found[3].strip()
+
+
+def test_dry_run_sizes_each_head_for_its_datasets_classes(tmp_path, capsys):
+    """Without any of the data: BreastUS has 3 classes and HAM10000 7, fixed by their publishers; a folder of the
+    user's own that is not here cannot tell, and its counts say so."""
+    assert main(["--config", PAPER, "--dry-run", "--arm", "cnn", "--data-root", str(tmp_path), "--set", "seeds=[0]",
+                 "--set", "datasets=[{name: breastus}, {name: ham10000}, {name: smdg}, {name: imagefolder, "
+                 "root: mine}]"]) == 0
+    out = capsys.readouterr().out
+    for dataset, classes in (("breastus", 3), ("ham10000", 7), ("smdg", 2)):
+        head = RESNET50_FEATURES * classes + classes
+        cell = f"cls/{dataset}/resnet50.tv_in1k/{{}}/frac=1/seed=0"
+        assert dry_run_counts(out, cell.format("linear")) == (head, RESNET50_BODY + head, "")
+        assert dry_run_counts(out, cell.format("batchnorm")) == (2 * RESNET50_BN_CHANNELS + head,
+                                                                 RESNET50_BODY + head, "")
+        assert dry_run_counts(out, cell.format("full")) == (RESNET50_BODY + head, RESNET50_BODY + head, "")
+    assert dry_run_counts(out, "cls/breastus/resnet50.tv_in1k/linear/frac=1/seed=0")[0] == 6147  # as docs/parameter_counts.md says
+    assert dry_run_counts(out, "cls/imagefolder/resnet50.tv_in1k/linear/frac=1/seed=0")[2] == "*"
+    assert "* the dataset's classes are unknown until its files are here: its head is counted for 2" in out
+
+
+@needs_shared_data
+def test_dry_run_takes_the_classes_from_the_data_when_it_is_here(capsys):
+    """The CNN study's own datasets: BUSI and the HAM10000 subset are CSVs whose label columns hold 3 and 7 classes;
+    the MedMNIST subsets 2 (BreastMNIST) and 5 (RetinaMNIST)."""
+    assert main(["--config", str(REPO / "search_spaces" / "cnn_study.yaml"), "--dry-run", "--data-root",
+                 str(SHARED_DATA), "--set", "seeds=[0]", "--set", "fractions=[1.0]"]) == 0
+    out = capsys.readouterr().out
+    _, two, _ = dry_run_counts(out, "cls/breastmnist/tf_efficientnet_lite0/linear/frac=1/seed=0")
+    for dataset, classes in (("breastmnist", 2), ("retinamnist", 5), ("busi", 3), ("ham10000-subset", 7)):
+        head = LITE0_FEATURES * classes + classes
+        trainable, total, note = dry_run_counts(out, f"cls/{dataset}/tf_efficientnet_lite0/linear/frac=1/seed=0")
+        assert (trainable, total - two, note) == (head, head - (LITE0_FEATURES * 2 + 2), "")
 
 
 def test_the_extended_spec_is_the_study_grid_with_our_methods_added():

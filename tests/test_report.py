@@ -18,7 +18,6 @@ from PIL import Image
 
 from sweep.plan.grid import base_config, expand, with_searched
 from sweep.plan.spec import SweepSpec, load_method_spaces
-from sweep.report import analysis
 from sweep.report import build as report
 from sweep.store import mlflow_experiment
 from sweep.store.mlflow_experiment import Tracking
@@ -49,8 +48,8 @@ def fake_sweep(uri: str, name: str, cells: dict[tuple, list[dict]], budget: int 
 
     `cells` maps (dataset, method, fraction, seed) keys to their trials: `lr`, `val` (its validation score) and
     optionally `test`, `loss` (validation loss, 0.5), `params` (trainable, 1000 of 100,000), `counts_val` /
-    `counts_test` (images per class), `curve` (training loss per epoch) and `status` ("running": interrupted
-    before its last epoch). Every cell has `budget` trials planned (default: as many as it has)."""
+    `counts_test` (images per class), `curve` (training loss per epoch), `predictions` (the per-image predictions
+    artifact's table) and `status` ("running": interrupted before its last epoch). Every cell has `budget` trials planned (default: as many as it has)."""
     task = get_task("classification")
     keys = list(cells)
     sizes = {len(trials) for trials in cells.values()}
@@ -99,6 +98,8 @@ def fake_trial(config: dict, t: dict, task) -> None:
     assert len(curve) in (0, EPOCHS)
     for epoch in range(1, EPOCHS + (status == Status.FINISHED)):
         last = epoch == EPOCHS
+        if last and "predictions" in t:
+            trial.log_predictions(t["predictions"])
         metrics = {EPOCH: epoch, selection.val: t["val"], SCORE: t["val"], VAL_BEST_LOSS: t.get("loss", 0.5),
                    **({"train/loss": curve[epoch - 1]} if curve else {}),
                    **({selection.test: t["test"]} if last and "test" in t else {})}
@@ -143,6 +144,23 @@ def test_compare_two_sweeps(tmp_path, capsys):
     assert report.main(["--compare", "a", "b", "--mlflow-uri", uri, "--out", str(tmp_path / "cmp")]) == 0
     text = (tmp_path / "cmp" / "compare-a-b.md").read_text()
     assert "| d | 1 | lora | 80.0 | 85.0 | +5.0 |" in text
+    assert "cannot tell (one seed) | seeds only (no per-image predictions) |" in text
+
+
+def test_compare_two_sweeps_on_the_same_test_images(tmp_path):
+    """Two sweeps (e.g. two backbones) whose trials left predictions on the same 400 test images: b right on 90%
+    of them, a on 70%, one seed each: b is better on the images (the interval says seed variation is not in it)."""
+    rng = np.random.default_rng(4)
+    labels = (rng.random(400) < 0.5).astype(int)
+    groups = np.array([""] * 400)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    for name, share in (("a", 0.7), ("b", 0.9)):
+        right = rng.random(400) < share
+        fake_sweep(uri, name, {("d", "lora", 1.0, 0): [{"lr": 1e-3, "val": 0.9, "test": right.mean(),
+                                                         "predictions": _predictions(labels, right, groups)}]})
+    assert report.main(["--compare", "a", "b", "--mlflow-uri", uri, "--out", str(tmp_path / "cmp")]) == 0
+    text = (tmp_path / "cmp" / "compare-a-b.md").read_text()
+    assert "| better | test images and seeds |" in text
 
 
 @needs_shared_data
@@ -249,7 +267,7 @@ def test_a_baseline_that_did_not_learn_is_marked_and_left_out(tmp_path):
     assert cell_tags["cls/breast/bb/lora/frac=1/seed=1"] == "yes"
 
 
-def test_paired_comparisons_against_full_and_one_seed_cannot_tell(tmp_path):
+def test_without_predictions_comparisons_fall_back_to_seeds_and_one_seed_cannot_tell(tmp_path):
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     counts = {"counts_val": [500, 500], "counts_test": [500, 500]}
     full_test, lora_test = [0.80, 0.82, 0.78], [0.84, 0.85, 0.83]
@@ -258,11 +276,60 @@ def test_paired_comparisons_against_full_and_one_seed_cannot_tell(tmp_path):
     cells |= {("e", m, 1.0, 0): [{"lr": 1e-3, "val": v, "test": v, **counts}] for m, v in (("full", 0.7), ("lora", 0.9))}
     fake_sweep(uri, "s", cells)
     result = report.build(uri, "s", tmp_path / "out")
-    paired = analysis.paired_vs_full(result.trials, result.scores).set_index("dataset")
+    paired = result.comparisons[result.comparisons["reference"] == "full"].set_index("dataset")
     differences = 100 * (np.array(lora_test) - np.array(full_test))  # 4, 3, 5 points, seed by seed
     assert paired.loc["d", "mean_diff"] == pytest.approx(differences.mean())
-    assert paired.loc["d", "pairs"] == 3 and paired.loc["d", "verdict"] == "better"
-    assert paired.loc["d", "sign_p"] == pytest.approx(0.25)  # 3 of 3 positive: 2 / 2^3
-    assert paired.loc["e", "verdict"] == "cannot tell (one seed)" and paired.loc["e", "pairs"] == 1
+    assert paired.loc["d", "seeds"] == 3 and paired.loc["d", "verdict"] == "better"
+    assert paired.loc["d", "basis"].startswith("seeds only") and paired.loc["d", "ahead"] == "3 of 3"
+    assert math.isnan(paired.loc["d", "sign_p"])  # 3 seeds: p >= 2 / 2^3, so no test is shown
+    assert paired.loc["e", "verdict"] == "cannot tell (one seed)" and paired.loc["e", "seeds"] == 1
     text = (tmp_path / "out" / "report.md").read_text()
-    assert "## PEFT against full fine-tuning" in text and "cannot tell (one seed)" in text
+    assert "## Comparisons" in text and "cannot tell (one seed)" in text
+    assert "comparisons fall back to the seeds alone" in text
+
+
+def _predictions(labels: np.ndarray, right: np.ndarray, groups: np.ndarray) -> pd.DataFrame:
+    """A predictions table of 120 validation images (all right) and the test images: right or wrong as given."""
+    from trainables.predictions import predictions_frame
+
+    def probs(y, ok):
+        p_true = np.where(ok, 0.8, 0.3)
+        p_one = np.where(y == 1, p_true, 1 - p_true)
+        return np.column_stack([1 - p_one, p_one])
+
+    val_labels = np.arange(120) % 2
+    return pd.concat([predictions_frame("val", np.arange(10_000, 10_120), val_labels,
+                                        probs(val_labels, np.ones(120, bool))),
+                      predictions_frame("test", np.arange(len(labels)), labels, probs(labels, right), groups)])
+
+
+def test_comparisons_on_the_test_images_from_the_trials_predictions(tmp_path):
+    """Full fine-tuning right on 75% of 400 test images, lora on 90% (each seed its own errors), linear with
+    full's very predictions: lora is better, linear equivalent, and the report reads the predictions once."""
+    rng = np.random.default_rng(0)
+    labels = (rng.random(400) < 0.4).astype(int)
+    groups = np.repeat([f"p{i}" for i in range(200)], 2)  # two images per patient
+    counts = {"counts_val": [60, 60], "counts_test": np.bincount(labels).tolist()}
+    cells = {}
+    for seed in range(3):
+        full_right = rng.random(400) < 0.75
+        for method, right in (("full", full_right), ("lora", rng.random(400) < 0.9), ("linear", full_right)):
+            cells[("d", method, 1.0, seed)] = [{"lr": 1e-3, "val": 1.0 - 0.01 * (method == "linear"),
+                                                "test": right.mean(), **counts,
+                                                "predictions": _predictions(labels, right, groups)}]
+    fake_sweep(uri := f"sqlite:///{tmp_path / 'm.db'}", "s", cells)
+    result = report.build(uri, "s", tmp_path / "out")
+    compared = result.comparisons.set_index(["method", "reference"])
+    lora = compared.loc[("lora", "full")]
+    assert lora["basis"] == "test images and seeds" and lora["images"] == 400 and lora["verdict"] == "better"
+    expected = 100 * np.mean([c[0]["test"] for k, c in cells.items() if k[1] == "lora"]) - 100 * np.mean(
+        [c[0]["test"] for k, c in cells.items() if k[1] == "full"])  # accuracy: the mean of the seeds' scores
+    assert lora["mean_diff"] == pytest.approx(expected) and lora["ci_low"] < expected < lora["ci_high"]
+    assert lora["ahead"] == "3 of 3" and lora["p_better"] > 0.99
+    linear = compared.loc[("linear", "full")]
+    assert linear["verdict"] == "equivalent" and linear["mean_diff"] == 0.0
+    assert "best against runner-up" in compared.loc[("lora", "full"), "kind"]  # lora first, full (= linear) next
+    cached = sorted((tmp_path / "out" / "predictions").glob("*.parquet"))
+    assert len(cached) == 9
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "paired bootstrap over the test images" in text and "fall back" not in text

@@ -108,7 +108,7 @@ def make(space=None, budget=3, state=None, **rules) -> tuple[CellSearcher, PerCe
     plan = CellPlan(CELL, space or {"lr": Dist(low=1e-4, high=1e-2)}, budget,
                     {"train": {"epochs": rules.pop("epochs", MAX_T)}, "method": {"knobs": {}},
                      "tracking": {"cell_key": CELL}})
-    rules = {"extend": True, "max_extensions": 2, "max_epoch_doublings": 0, **rules}
+    rules = {"extend_range": True, "max_extensions": 2, "max_epoch_doublings": 0, **rules}
     searcher = CellSearcher(cells=[plan], state=state, cell_by_cell=True, **rules)
     sched = PerCellHalving(state=state, budgets={CELL: budget}, max_t=MAX_T, grace_period=1, reduction_factor=3)
     return searcher, sched
@@ -165,7 +165,7 @@ def test_diverging_larger_learning_rates_are_a_stability_edge_not_extended():
 @pytest.mark.parametrize("rules, tried, note", [
     ({"max_extensions": 1}, [1e-4, 1e-3, 1e-2, 0.1], "after 1 extension round(s)"),
     ({"lr_limits": (1e-6, 0.05)}, [1e-4, 1e-3, 1e-2], "at the limit 0.05"),
-    ({"extend": False}, [1e-4, 1e-3, 1e-2], "extension off"),
+    ({"extend_range": False}, [1e-4, 1e-3, 1e-2], "extension off"),
 ])
 def test_lr_limits_and_max_extensions_hold(rules, tried, note):
     loop = Loop(*make(**rules), objective=bell(1))  # best at 10: beyond every limit

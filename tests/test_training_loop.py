@@ -109,6 +109,31 @@ def test_mlflow_run_identity_append_replay_and_replace(tmp_path):
     assert new.info.run_id != only.info.run_id and math.isclose(float(new.data.params["train.lr"]), 1e-3)
 
 
+def test_a_finished_trial_leaves_its_per_image_predictions(tmp_path):
+    """The contract's predictions artifact: one row per image of the validation and test splits (40 each in this
+    synthetic dataset), probabilities summing to 1, and the test F1 recomputed from it (scikit-learn, on the argmax)
+    equal to the logged test/f1."""
+    import numpy as np
+    import pandas as pd
+    from mlflow import MlflowClient
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from trainables.contract import PREDICTIONS_ARTIFACT
+
+    config = trial_config(tmp_path, epochs=1)
+    run(config)
+    client = MlflowClient(config["tracking"]["uri"])
+    (only,) = client.search_runs([config["tracking"]["experiment_id"]], "tags.role = 'trial'")
+    frame = pd.read_parquet(client.download_artifacts(only.info.run_id, PREDICTIONS_ARTIFACT, str(tmp_path)))
+    assert frame.groupby("split").size().to_dict() == {"val": 40, "test": 40}
+    test = frame[frame["split"] == "test"]
+    assert test["row"].is_unique and set(test["row"]).isdisjoint(frame[frame["split"] == "val"]["row"])
+    probs = test[["prob_0", "prob_1"]].to_numpy()
+    assert np.allclose(probs.sum(1), 1.0) and (probs >= 0).all()
+    assert f1_score(test["label"], probs.argmax(1), average="macro") == pytest.approx(only.data.metrics["test/f1"])
+    assert accuracy_score(test["label"], probs.argmax(1)) == pytest.approx(only.data.metrics["test/acc"])
+
+
 def test_an_attempt_that_died_after_its_last_checkpoint_reports_again_without_training(tmp_path):
     from mlflow import MlflowClient
 

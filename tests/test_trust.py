@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 from sweep.report import trust
@@ -53,16 +52,30 @@ def test_paired_bootstrap_matches_the_exhaustive_bootstrap():
     assert math.isnan(trust.paired_bootstrap_ci(np.array([2.0]))[0])
 
 
-@pytest.mark.parametrize("differences", [[1.2, 0.4, 2.5, -0.3, 1.1], [3.0, 2.0, 1.0, 4.0, 5.0, 6.0],
-                                         [-1.0, 2.0, -3.0, 4.0], [0.5, 0.5, 1.0, -2.0, 0.0, 3.0]])
-def test_sign_and_wilcoxon_tests_match_scipy(differences):
+def _wilcoxon_by_enumeration(d: np.ndarray) -> float:
+    """Two-sided exact Wilcoxon signed-rank p: the share of the 2^n sign assignments whose W+ is at least as far
+    from its null mean as the observed one (distinct |d|, so ranks are 1..n)."""
+    ranks = np.argsort(np.argsort(np.abs(d))) + 1.0
+    observed, center = ranks[d > 0].sum(), ranks.sum() / 2
+    extreme = sum(abs(float(np.dot(signs, ranks)) - center) >= abs(observed - center) - 1e-9
+                  for signs in itertools.product((0, 1), repeat=len(d)))
+    return extreme / 2 ** len(d)
+
+
+@pytest.mark.parametrize("differences", [[3.0, 2.0, 1.0, 4.0, 5.0, 6.0], [3.0, 2.0, 1.0, 4.0, 5.0, -6.0],
+                                         [-1.0, 2.0, -3.0, 4.0, 0.5, 7.0, 0.0]])
+def test_sign_and_wilcoxon_tests_from_six_seeds(differences):
     d = np.array(differences)
     nonzero = d[d != 0]
-    assert trust.sign_test(d) == pytest.approx(stats.binomtest(int((nonzero > 0).sum()), len(nonzero)).pvalue)
-    expected = stats.wilcoxon(nonzero, method="exact" if len(set(np.abs(nonzero))) == len(nonzero) else "approx",
-                              zero_method="wilcox").pvalue
-    tolerance = 1e-9 if len(set(np.abs(nonzero))) == len(nonzero) else 0.15  # ties: scipy's normal approximation
-    assert trust.wilcoxon_exact(d) == pytest.approx(expected, abs=tolerance)
+    k, n = int((nonzero > 0).sum()), len(nonzero)
+    tail = sum(math.comb(n, i) for i in range(min(k, n - k) + 1)) / 2**n  # the binomial tail, by its definition
+    tests = trust.seed_tests(list(d))
+    assert tests["sign_p"] == pytest.approx(min(1.0, 2 * tail))
+    assert tests["wilcoxon_p"] == pytest.approx(_wilcoxon_by_enumeration(nonzero))
+    # Six seeds all ahead: 2/2^6, the smallest p six seeds can give; five seeds get no test at all (2/2^5 > 0.05).
+    if k == n == 6:
+        assert tests["sign_p"] == pytest.approx(2 / 64) and tests["wilcoxon_p"] == pytest.approx(2 / 64)
+    assert all(math.isnan(p) for p in trust.seed_tests(list(d[:5])).values())
 
 
 def test_verdicts_one_seed_cannot_tell_and_an_interval_excluding_zero_decides():

@@ -117,6 +117,9 @@ def build_backbone(
                 name, pretrained=(source == "timm" and not on_meta), num_classes=num_classes, **kwargs
             )
     except RuntimeError as e:
+        if str(e).startswith("Unknown model"):
+            raise ValueError(f"unknown model {name!r}: timm has no model of that name; check its spelling (python -c "
+                             f"\"import timm; print(timm.list_models('{arch[:4]}*'))\" lists timm's names)") from None
         raise ValueError(f"backbone {name!r} could not be built: {e}") from e
     head = model.pretrained_cfg.get("classifier", "head")
     if not on_meta and source not in ("timm", "random"):

@@ -18,6 +18,7 @@ from functools import partial
 from typing import Annotated, Any, Literal
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,6 +37,7 @@ from trainables.methods import (
     trainable_state_dict,
 )
 from trainables.metrics import classification_metrics
+from trainables.predictions import predictions_frame, softmax
 from trainables.session import current_session
 from trainables.trial import (
     Diverged,
@@ -186,10 +188,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             last = epoch == train.epochs
             if last:  # test metrics of the best-validation weights, reported with the last epoch
                 load_trainable_state(model, best_state)
-                metrics.update({f"test/{k}": v for k, v in evaluate(model, data.test).items()})
+                metrics.update({f"test/{k}": v for k, v in log_predictions(trial, evaluate, model, data).items()})
             trial.end_epoch(epoch, metrics, last, save=partial(
                 save_training_state, model=model, bn_mode=bn_mode, optimizer=optimizer, schedule=schedule,
                 progress=progress, best_state=best_state))
+
+
+def log_predictions(trial: Trial, evaluate: Evaluator, model: nn.Module, data) -> dict[str, float]:
+    """Predict the validation and test splits with the model as it is (the best-validation weights), log both as
+    the trial's predictions artifact, and return the test metrics, computed from the same logits."""
+    frames, test = [], {}
+    for name, split in (("val", data.val), ("test", data.test)):
+        logits, labels = evaluate.predict(model, split)
+        frames.append(predictions_frame(name, split.rows, labels, softmax(logits), split.groups))
+        if name == "test":
+            test = classification_metrics(logits, labels)
+    trial.log_predictions(pd.concat(frames, ignore_index=True))
+    return test
 
 
 def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> list[float] | None:
@@ -243,8 +258,12 @@ class Evaluator:
         self.rank, self.world = rank, world
         self.amp = amp and device.type == "cuda"  # bf16 autocast as in training (train.amp), on GPUs only
 
-    @torch.no_grad()
     def __call__(self, model: nn.Module, split: ImageSplit) -> dict[str, float]:
+        return classification_metrics(*self.predict(model, split))
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, split: ImageSplit) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, labels) of every image of the split, in the split's order (whatever shards DDP gave)."""
         was_training = model.training
         model.eval()
         batches = Batches(split, self.batch_size, self.mean, self.std, self.device, rank=self.rank,
@@ -255,9 +274,10 @@ class Evaluator:
                 logits.append(model(x).float().cpu())
             labels.append(y.cpu())
         model.train(was_training)
-        out = (torch.cat(logits).numpy(), torch.cat(labels).numpy())
+        out = (torch.cat(logits).numpy(), torch.cat(labels).numpy(), batches.indices().numpy())
         if self.world > 1:
             gathered: list[Any] = [None] * self.world
             torch.distributed.all_gather_object(gathered, out)
-            out = (np.concatenate([g[0] for g in gathered]), np.concatenate([g[1] for g in gathered]))
-        return classification_metrics(*out)
+            out = tuple(np.concatenate([g[i] for g in gathered]) for i in range(3))
+        order = np.argsort(out[2], kind="stable")  # each worker's shard back into the split's order
+        return out[0][order], out[1][order]

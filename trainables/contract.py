@@ -52,6 +52,21 @@ class Status(StrEnum):
 ENDED = (Status.FINISHED, Status.STOPPED_EARLY, Status.FAILED)  # a trial in one of these is done for the sweep
 
 
+# -- the per-image predictions a trial leaves -------------------------------------------------------------------
+
+# A classification trial that runs to its last epoch logs, with its best-validation weights, one row per image of
+# its validation and test splits as this Parquet artifact of its run, so every score the report states (and the
+# bootstrap over test images) can be recomputed. Columns: PRED_SPLIT ("val" or "test"), PRED_ROW (the image's row
+# in the dataset's manifest), PRED_GROUP (patient or lesion id; "" where the split has none), PRED_LABEL (the true
+# class index), and PRED_PROB_PREFIX + str(c) for every class c (the softmax probabilities; they sum to 1).
+PREDICTIONS_ARTIFACT = "predictions.parquet"
+PRED_SPLIT = "split"
+PRED_ROW = "row"
+PRED_GROUP = "group"
+PRED_LABEL = "label"
+PRED_PROB_PREFIX = "prob_"
+
+
 # -- which trial of a cell is best -------------------------------------------------------------------------------
 
 

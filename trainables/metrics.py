@@ -1,8 +1,12 @@
-"""Classification metrics from logits and labels (numpy, no extra dependency)."""
+"""Classification metrics from logits and labels, by scikit-learn's definitions."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import balanced_accuracy_score, f1_score, matthews_corrcoef, roc_auc_score
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -11,62 +15,41 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
 
     Accuracy alone hides a classifier that always answers the majority class (BreastMNIST: 73% that way); macro F1,
     balanced accuracy and MCC do not, and AUROC shows whether the scores rank at all."""
+    logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels)
     num_classes = logits.shape[1]
     pred = logits.argmax(1)
     shifted = logits - logits.max(1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
-    probs = np.exp(log_probs)
-    recalls = [float((pred[labels == c] == c).mean()) for c in range(num_classes) if (labels == c).any()]
+    with warnings.catch_warnings():
+        # A split where some class is never predicted (or never present) is expected early in training: its F1
+        # counts 0 (zero_division=0) and balanced accuracy averages over the classes present, silently.
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        f1 = float(f1_score(labels, pred, average="macro", zero_division=0))
+        balanced = float(balanced_accuracy_score(labels, pred))
     if num_classes == 2:
         # The logit margin ranks like p(class 1) but without softmax rounding splitting or merging ties.
         auroc = binary_auroc(logits[:, 1] - logits[:, 0], labels == 1)
     else:
-        per_class = [binary_auroc(probs[:, c], labels == c) for c in range(num_classes)]
+        # One-vs-rest per class, averaged over the classes that have positives and negatives in the split
+        # (scikit-learn's multi_class="ovr" refuses a split that lacks a class altogether).
+        per_class = [binary_auroc(log_probs[:, c], labels == c) for c in range(num_classes)]
         valid = [a for a in per_class if not np.isnan(a)]
         auroc = float(np.mean(valid)) if valid else float("nan")
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (labels, pred), 1)
     return {
-        "f1": macro_f1(confusion),
+        "f1": f1,
         "acc": float((pred == labels).mean()),
-        "balanced_acc": float(np.mean(recalls)),
+        "balanced_acc": balanced,
         "auroc": auroc,
-        "mcc": matthews(confusion),
+        "mcc": float(matthews_corrcoef(labels, pred)),
+        # Cross-entropy from the log-softmax of the logits: exact where log_loss would clip probabilities.
         "loss": float(-log_probs[np.arange(len(labels)), labels].mean()),
     }
 
 
 def binary_auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve via the rank-sum (Mann-Whitney U) statistic, ties counted half; NaN if one class
-    is absent."""
-    n_pos = int(positive.sum())
-    n_neg = len(positive) - n_pos
-    if n_pos == 0 or n_neg == 0:
+    """Area under the ROC curve (ties counted half); NaN if one class is absent."""
+    positive = np.asarray(positive, dtype=bool)
+    if positive.all() or not positive.any():
         return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores), dtype=np.float64)
-    # Average ranks over ties.
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    for start, count in zip(first, counts, strict=True):
-        ranks[order[start : start + count]] = start + (count + 1) / 2
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def macro_f1(confusion: np.ndarray) -> float:
-    """Mean over classes of 2 TP / (2 TP + FP + FN), from a confusion matrix (rows: true, columns: predicted).
-    A class that is neither in the labels nor in the predictions has no F1 and is left out; one that is in
-    either scores 0 when it is never predicted right."""
-    tp = np.diag(confusion).astype(float)
-    denominator = confusion.sum(0) + confusion.sum(1)  # 2 TP + FP + FN
-    present = denominator > 0
-    return float(np.mean(2 * tp[present] / denominator[present])) if present.any() else float("nan")
-
-
-def matthews(confusion: np.ndarray) -> float:
-    """Matthews correlation coefficient for K classes (Gorodkin 2004); 0 when a classifier predicts one class."""
-    c = confusion.astype(float)
-    samples, correct = c.sum(), np.trace(c)
-    predicted, true = c.sum(0), c.sum(1)
-    denominator = np.sqrt(samples**2 - predicted @ predicted) * np.sqrt(samples**2 - true @ true)
-    return float((correct * samples - predicted @ true) / denominator) if denominator > 0 else 0.0
+    return float(roc_auc_score(positive, scores))

@@ -18,6 +18,7 @@ from trainables.contract import (
     EPOCH,
     FAILED,
     FAILURE_REASON,
+    PREDICTIONS_ARTIFACT,
     REPLAYED,
     REPLAYED_STOPPED_EARLY,
     RUN_ID,
@@ -246,6 +247,17 @@ class Trial:
         if not last and self.store and node_draining():
             raise NodeDraining(f"the node is being drained after epoch {epoch}: continuing from its checkpoint "
                                "on another node")
+
+    def log_predictions(self, frame) -> None:
+        """Log the per-image predictions (a DataFrame, trainables.predictions) as the contract's Parquet artifact of
+        this trial's run (rank 0 only: the other workers' runs are NullRuns). Call it before the last end_epoch,
+        which ends the trial inside its report."""
+        if self.run is None or not self.run.run_id:
+            return
+        with tempfile.TemporaryDirectory(prefix="medpeft-pred-") as directory:
+            path = Path(directory) / PREDICTIONS_ARTIFACT
+            frame.to_parquet(path, index=False)
+            self.run.log_artifact(str(path))
 
     def _report(self, metrics: dict[str, Any]) -> None:
         # With the run's id the driver can mark a trial it stops without searching MLflow for it.

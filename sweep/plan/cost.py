@@ -153,6 +153,28 @@ def dataset_sizes(plan, given: dict[str, int]) -> dict[str, dict[str, int]]:
     return sizes
 
 
+def test_images(plan) -> dict[str, int | None]:
+    """Test images per dataset of the plan, from the source's rows without building a manifest (the dry run
+    writes nothing): its own test split plus its test share of the rows without a split. None where its files
+    cannot be read here."""
+    from sweep.plan.grid import data_config
+    from trainables.config import DataConfig
+    from trainables.data import DatasetError, open_source
+
+    found: dict[str, int | None] = {}
+    for cell in plan.cells:
+        entry = cell.dataset
+        if entry.key in found:
+            continue
+        try:
+            config = DataConfig.model_validate(data_config(entry, plan.spec.image_size))
+            split = open_source(config).rows()["split"].fillna("")
+            found[entry.key] = int((split == "test").sum() + round(entry.test_share * (split == "").sum()))
+        except (DatasetError, ValueError, OSError, KeyError):
+            found[entry.key] = None
+    return found
+
+
 def _split_sizes(train: int, entry) -> dict[str, int]:
     total = train / max(1e-9, 1 - entry.val_share - entry.test_share)
     return {"train": train, "val": round(total * entry.val_share), "test": round(total * entry.test_share)}

@@ -4,6 +4,7 @@ stable, readable key, its search space, its trial budget and the resources of it
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -57,7 +58,8 @@ def expand(spec: SweepSpec, task_short: str, spaces: dict[str, dict[str, Dist]])
         (dataset, backbone, method, fraction, seed)
         for dataset in spec.datasets
         for backbone in spec.backbones
-        for method, fraction, seed in itertools.product(spec.methods_for(backbone), spec.fractions, spec.seeds)
+        for method, fraction, seed in itertools.product(spec.methods_for(backbone), spec.fractions,
+                                                            spec.initial_seeds)
     ]
     cells = []
     for dataset, backbone, method, fraction, seed in combos:
@@ -77,6 +79,11 @@ def expand(spec: SweepSpec, task_short: str, spaces: dict[str, dict[str, Dist]])
             )
         )
     return cells
+
+
+def with_seed(cell: Cell, seed: int) -> Cell:
+    """The same cell for another seed (adaptive seeds add these while the sweep runs)."""
+    return dataclasses.replace(cell, seed=seed, key=f"{cell.key.rsplit('/seed=', 1)[0]}/seed={seed}")
 
 
 def method_space(spaces: dict[str, dict[str, Dist]], method: str) -> dict[str, Dist]:

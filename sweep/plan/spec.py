@@ -20,6 +20,11 @@ DEFAULT_SPEC = SPACES_DIR / "quickstart.yaml"
 DEFAULT_METHOD_SPACES = SPACES_DIR / "methods.yaml"
 
 
+# A sweep's name (and an arm's id) becomes a folder in the storage and an MLflow experiment: no path separators,
+# no leading dot, so it can never point outside the storage.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
 class SpecError(ValueError):
     """Bad sweep input (spec, data, weights, storage). The CLI prints it and exits with code 2."""
 
@@ -218,16 +223,38 @@ class ResourcesSpec(_Model):
     num_gpus: int | None = Field(None, ge=0)
 
 
+class AdaptiveSeeds(_Model):
+    """`seeds: {initial: 3, max: 10}`: every cell runs seeds 0 .. initial-1; a comparison the report would call
+    undecided then gets the next seed for both of its cells, until it is decided or has `max` seeds
+    (sweep.tune.adaptive). A list of seeds instead runs exactly those."""
+
+    initial: int = Field(3, ge=1)
+    max: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _max_at_least_initial(self) -> AdaptiveSeeds:
+        if self.max < self.initial:
+            raise ValueError(f"seeds: max ({self.max}) is below initial ({self.initial}); max counts every seed "
+                             "a comparison may get, the initial ones included")
+        return self
+
+
+class ReportSpec(_Model):
+    # Region of practical equivalence, in points (percentage points for F1 and accuracies): a comparison whose 95%
+    # interval lies within ±rope is reported 'equivalent' (sweep.report.comparisons).
+    rope: float = Field(1.0, ge=0)
+
+
 class SweepSpec(_Model):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    arm: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # set for the arms of a spec with `arms:`
+    name: str = Field(pattern=NAME_PATTERN)
+    arm: str | None = Field(None, pattern=NAME_PATTERN)  # set for the arms of a spec with `arms:`
     task: str = "classification"
     description: str = ""
     datasets: list[DatasetEntry] = Field(min_length=1)
     backbones: list[BackboneEntry] = Field(min_length=1)
     methods: list[MethodEntry] = Field(default_factory=list)
     fractions: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[int] | AdaptiveSeeds = Field(default_factory=lambda: [0])
     image_size: int = Field(224, ge=8)
     # BatchNorm running statistics while training, for every method without a `bn_mode` of its own: None keeps
     # each method's registered choice (full and batchnorm update them, the others keep the pretrained ones);
@@ -237,6 +264,7 @@ class SweepSpec(_Model):
     search: SearchSpec = Field(default_factory=SearchSpec)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    report: ReportSpec = Field(default_factory=ReportSpec)
 
     _methods_may_be_names = field_validator("methods", mode="before")(_names_to_entries)
 
@@ -246,6 +274,23 @@ class SweepSpec(_Model):
         for f in value:
             if not 0 < f <= 1:
                 raise ValueError(f"data fraction {f} is not in (0, 1]")
+        return value
+
+    @property
+    def initial_seeds(self) -> list[int]:
+        """The seeds every cell runs: the list, or 0 .. initial-1 of adaptive seeds."""
+        return list(self.seeds) if isinstance(self.seeds, list) else list(range(self.seeds.initial))
+
+    @property
+    def max_seeds(self) -> int:
+        """The most seeds a comparison can get (the list's length without adaptive seeds)."""
+        return len(self.seeds) if isinstance(self.seeds, list) else self.seeds.max
+
+    @field_validator("seeds")
+    @classmethod
+    def _some_seeds(cls, value: list[int] | AdaptiveSeeds) -> list[int] | AdaptiveSeeds:
+        if isinstance(value, list) and not value:
+            raise ValueError("seeds is empty: list at least one seed, or give {initial: 3, max: 10}")
         return value
 
     def methods_for(self, backbone: BackboneEntry) -> list[MethodEntry]:

@@ -19,11 +19,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from sweep.plan.grid import AUTO_GPU, Cell, expand, grid_points
-from sweep.plan.spec import DatasetEntry, SpecError, SweepSpec, format_validation_error, load_method_spaces
+from sweep.plan.spec import (
+    DatasetEntry,
+    Dist,
+    SpecError,
+    SweepSpec,
+    format_validation_error,
+    load_method_spaces,
+)
 from trainables.contract import Selection
+
+# The head a dry run counts when a dataset's classes are unknown (only its files could tell, and they are not here).
+ASSUMED_CLASSES = 2
 
 
 @dataclass
@@ -37,7 +47,12 @@ class Plan:
     grid_points: int
     notes: list[str] = field(default_factory=list)  # loud warnings (e.g. synthetic fallback)
     missing: list[str] = field(default_factory=list)  # data or weights not found (dry runs list them)
-    params: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)  # (backbone, method) -> counts
+    classifies: bool = False  # the task trains a classifier, whose head is sized by its dataset's classes
+    # dataset key -> its number of classes (from its files, else what its publisher fixed; None: only the files
+    # can tell, and they are not here)
+    classes: dict[str, int | None] = field(default_factory=dict)
+    # (backbone, method, classes) -> (trainable, total) parameters, the head sized for that many classes
+    params: dict[tuple[str, str, int | None], tuple[int, int]] = field(default_factory=dict)
 
     @property
     def total_trials(self) -> int:
@@ -60,16 +75,28 @@ def make_plan(spec: SweepSpec, spec_path: Path, data_root: str | None, allow_mis
 
     spaces = load_method_spaces(spec, spec_path)
     cells = expand(spec, task.short, spaces)
-    plan = Plan(spec, spec_path, cells, task.short, task.selection(train), task.max_epochs(train), grid_points(spec))
+    plan = Plan(spec, spec_path, cells, task.short, task.selection(train), task.max_epochs(train), grid_points(spec),
+                classifies=task.needs_classes)
 
     for cell in cells:
         if not cell.space:
             problems.append(f"method {cell.method.name!r}: no search space (add it to the spaces file or spec)")
-        for name in cell.space:
-            if name.startswith("knobs.") or name in task.train_schema.model_fields:
+        for name, dist in cell.space.items():
+            if name.startswith("knobs."):
                 continue
-            problems.append(f"method {cell.method.name!r}: searched {name!r} is neither a train setting nor knobs.*")
+            if name not in task.train_schema.model_fields:
+                problems.append(f"method {cell.method.name!r}: searched {name!r} is neither a train setting nor "
+                                "knobs.*")
+                continue
+            problems += _check_searched_values(task.train_schema, spec.train, cell.method.name, name, dist)
+    problems += _check_rungs(spec, plan.max_epochs)
 
+    if data_root and not Path(data_root).expanduser().is_dir():
+        # Named by the user, so it must be there: a typo would otherwise be ignored where a dataset has other
+        # places to come from (MedMNIST's download cache, the copy shipped with the project).
+        (plan.missing if allow_missing else problems).append(
+            f"data root {data_root} (--data-root or MEDPEFT_DATA_ROOT) does not exist or is not a folder; name the "
+            "folder that holds the datasets")
     datasets = {}
     for entry in spec.datasets:
         try:
@@ -77,6 +104,7 @@ def make_plan(spec: SweepSpec, spec_path: Path, data_root: str | None, allow_mis
         except SpecError as e:
             (plan.missing if allow_missing else problems).append(str(e))
             datasets[entry.key] = entry
+        plan.classes[datasets[entry.key].key] = _class_count(datasets[entry.key])
 
     problems += _check_backbones_and_methods(spec, plan, task, allow_missing)
     problems = list(dict.fromkeys(problems))
@@ -96,6 +124,44 @@ def make_plan(spec: SweepSpec, spec_path: Path, data_root: str | None, allow_mis
                           "TPE learns nothing from its cell's results (it samples at random). Use scheduler.type: "
                           "asha to let TPE learn, or sampler: grid/qmc with halving.")
     return plan
+
+
+def _check_searched_values(schema: type[BaseModel], train: dict[str, Any], method: str, name: str,
+                           dist: Dist) -> list[str]:
+    """Every value a train setting can be searched at must be a valid value of that setting (a learning rate > 0,
+    ...): checked by the task's own schema, so a bad one is an error now rather than a failed trial."""
+    values = dist.choices if dist.choices is not None else [dist.low, dist.high]
+    problems = []
+    for value in values:
+        try:
+            schema.model_validate({**train, name: value})
+        except ValidationError as e:
+            why = "; ".join(err["msg"] for err in e.errors() if err["loc"][:1] == (name,))
+            if why:
+                problems.append(f"method {method!r}: searched {name} {value!r} is not a valid {name} ({why}); fix "
+                                f"its search space (search.spaces.{method}.{name} in the spec, or the spaces file)")
+    return problems
+
+
+def _check_rungs(spec: SweepSpec, max_epochs: int) -> list[str]:
+    """Early stopping compares a cell's trials at its rungs (grace_period, then x reduction_factor): a first rung
+    at or after the last epoch compares nothing and stops nothing."""
+    scheduler = spec.scheduler
+    if scheduler.type == "fifo" or scheduler.grace_period < max_epochs:
+        return []
+    return [f"scheduler.grace_period ({scheduler.grace_period}) must be smaller than train.epochs ({max_epochs}): "
+            f"{scheduler.type} compares a cell's trials first at epoch grace_period, and a trial ends at epoch "
+            f"{max_epochs}, so no trial would ever be stopped early. Lower scheduler.grace_period, raise "
+            "train.epochs, or use scheduler.type: fifo"]
+
+
+def _class_count(entry: DatasetEntry) -> int | None:
+    from trainables.data import DatasetError, get_source
+
+    try:
+        return get_source(entry.name, entry.root, entry.options).class_count()
+    except DatasetError:  # an unknown dataset or bad options: already a problem of the plan
+        return None
 
 
 def _calibrated_gpu_shares(plan: Plan) -> None:
@@ -196,30 +262,40 @@ def _check_backbones_and_methods(spec: SweepSpec, plan: Plan, task, allow_missin
     from trainables.methods import MethodError
 
     problems = []
+    class_counts = sorted(set(plan.classes.values()), key=lambda n: (n is None, n))
     for backbone in spec.backbones:
+        built = True
+        for method in spec.methods_for(backbone):
+            try:
+                for classes in class_counts:  # the head is sized for each dataset's classes
+                    prepared = task.probe(backbone.name, method.name, method.knobs, method.bn_mode, spec.image_size,
+                                          num_classes=classes or ASSUMED_CLASSES, weights=backbone.weights,
+                                          **backbone.kwargs)
+                    plan.params[(backbone.key, method.key, classes)] = (prepared.trainable_params,
+                                                                        prepared.total_params)
+            except MethodError as e:
+                problems.append(str(e))
+            except (ValueError, RuntimeError, TypeError, OSError, ImportError) as e:
+                problems.append(f"backbone {backbone.name!r} cannot be built for task {spec.task!r}: {e}")
+                built = False
+                break
+        if not built:  # said alone: where the weights of a model that cannot exist would come from is beside the point
+            continue
         try:
             task.check_weights(backbone.name, backbone.weights, backbone.kwargs)
         except WeightsError as e:
             (plan.missing if allow_missing else problems).append(str(e))
-        for method in spec.methods_for(backbone):
-            try:
-                prepared = task.probe(backbone.name, method.name, method.knobs, method.bn_mode, spec.image_size,
-                                      weights=backbone.weights, **backbone.kwargs)
-            except MethodError as e:
-                problems.append(str(e))
-                continue
-            except (ValueError, RuntimeError, TypeError, OSError, ImportError) as e:
-                problems.append(f"backbone {backbone.name!r} cannot be built for task {spec.task!r}: {e}")
-                break
-            plan.params[(backbone.key, method.key)] = (prepared.trainable_params, prepared.total_params)
     return problems
 
 
 def prepare_data(plan: Plan, storage=None, log=print) -> dict[str, dict]:
     """Build every dataset's manifest and image cache here, before any trial starts: corrupt images, labels
-    outside the class list and images in two splits stop the sweep now, and trials on this machine find the
-    cache ready. With remote storage both files are uploaded to its cache/ folder, from which other nodes fetch
-    them instead of reading the raw dataset. Returns, per dataset key, what trials are told (`data.prepared`)."""
+    outside the class list, images in two splits, a class missing from a split and a data fraction that leaves a
+    class without training images stop the sweep now, and trials on this machine find the cache ready. A dataset
+    refused leaves no file behind: its manifest is written last, and an image cache with undecodable images only
+    when the dataset skips them. With remote storage both files are uploaded to its cache/ folder, from which
+    other nodes fetch them instead of reading the raw dataset. Returns, per dataset key, what trials are told
+    (`data.prepared`)."""
     import time
 
     from sweep.plan.grid import data_config
@@ -232,7 +308,8 @@ def prepare_data(plan: Plan, storage=None, log=print) -> dict[str, dict]:
         prepare_cache,
         prepare_manifest,
     )
-    from trainables.data.prepare import drop_corrupt
+    from trainables.data.manifest import save_manifest
+    from trainables.data.prepare import check_fractions, drop_corrupt
     from trainables.tasks import get_task
 
     task = get_task(plan.spec.task)
@@ -244,13 +321,18 @@ def prepare_data(plan: Plan, storage=None, log=print) -> dict[str, dict]:
         started = time.monotonic()
         try:
             source = open_source(cfg)
-            manifest = prepare_manifest(cfg, source)
+            manifest = prepare_manifest(cfg, source, write=False)
             if task.needs_captions:
                 check_captions(manifest, cell.dataset.key)
             if task.needs_classes:
                 check_classes(manifest, cell.dataset.key)
+            check_fractions(manifest.frame, cfg, manifest.classes, plan.spec.fractions, cell.dataset.key)
             cache = prepare_cache(cfg, source, manifest)
-            drop_corrupt(manifest.frame.assign(row=range(len(manifest.frame))), cache, cfg.on_corrupt, source.name)
+            kept = drop_corrupt(manifest.frame.assign(row=range(len(manifest.frame))), cache, cfg.on_corrupt,
+                                source.name)
+            if cache.errors:  # fewer images once the undecodable ones are skipped
+                check_fractions(kept, cfg, manifest.classes, plan.spec.fractions, cell.dataset.key)
+            save_manifest(manifest)
         except DatasetError as e:
             raise SpecError(str(e)) from None
         counts = manifest.frame["split"].value_counts()

@@ -178,16 +178,14 @@ def cell_status(trials: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def bootstrap_ci(values: np.ndarray, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the mean (deterministic: seeded)."""
+    """Percentile bootstrap confidence interval of the mean over seeds (deterministic: seeded); one value is its own
+    interval."""
     values = np.asarray(values, dtype=float)
     if len(values) == 0:
         return (math.nan, math.nan)
     if len(values) == 1:
         return (float(values[0]), float(values[0]))
-    rng = np.random.default_rng(seed)
-    means = rng.choice(values, size=(resamples, len(values)), replace=True).mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    return (float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail)))
+    return trust.paired_bootstrap_ci(values, level, resamples, seed)
 
 
 PERCENT_METRICS = ("f1", "acc", "balanced_acc", "auroc")
@@ -245,35 +243,6 @@ def method_scores(trials: pd.DataFrame) -> pd.DataFrame:
     return scores
 
 
-def paired_vs_full(trials: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
-    """Every method against full fine-tuning on the same task, backbone, dataset and fraction, paired by seed (the
-    same seed draws the same data subset): mean per-seed difference of the test metric (display units, positive:
-    better), paired bootstrap 95% CI, sign and Wilcoxon p-values, and the verdict. A comparison with a cell that
-    did not learn is not made; the verdict says which did not."""
-    chosen = chosen_trials(trials)
-    where = ["task", "backbone", "dataset", "fraction"]
-    learned = scores.set_index(SCORE_KEYS)["learned"] if len(scores) else pd.Series(dtype=object)
-    rows = []
-    for key, group in chosen.groupby(where, sort=True):
-        full = group[group["method"] == "full"]
-        if full.empty:
-            continue
-        for method, mine in group[group["method"] != "full"].groupby("method", sort=True):
-            metric = mine["test_metric"].iloc[0]
-            scale = 100.0 if metric.rsplit("/", 1)[-1] in PERCENT_METRICS else 1.0
-            sign = 1.0 if bool(mine["test_higher_is_better"].iloc[0]) else -1.0
-            paired = mine.set_index("seed")["test_main"].to_frame("peft").join(
-                full.set_index("seed")["test_main"].rename("full"), how="inner").dropna()
-            differences = sign * scale * (paired["peft"] - paired["full"]).to_numpy(dtype=float)
-            row = {**dict(zip(where, key, strict=True)), "method": method, "unit": "%" if scale == 100 else "",
-                   **trust.paired_comparison(differences)}
-            not_learned = [m for m in ("full", method) if learned.get((*key, m)) is False]
-            if not_learned:
-                row["verdict"] = f"not compared: {' and '.join(not_learned)} did not learn"
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
 def cost_table(trials: pd.DataFrame) -> pd.DataFrame:
     """Per method: device-hours spent, and trial-epochs run against what an exhaustive search would have run."""
     t = trials[trials["status"].isin(ENDED)].copy()
@@ -310,7 +279,8 @@ def regimes(fractions: list[float]) -> dict[str, list[float]]:
 
 def recommendations(scores: pd.DataFrame, paired: pd.DataFrame | None = None) -> list[str]:
     """Best method per backbone and data regime, among the cells that learned, worded with its evidence: how often
-    it won, its margin over the runner-up, and against full fine-tuning the paired comparisons across seeds."""
+    it won, its margin over the runner-up, and the verdicts of its comparisons with full fine-tuning
+    (sweep.report.comparisons)."""
     lines = []
     for (task, backbone), group in scores.groupby(["task", "backbone"], sort=True):
         for regime, fractions in regimes(group["fraction"].tolist()).items():
@@ -373,4 +343,4 @@ def _against_full(paired: pd.DataFrame | None, task: str, backbone: str, method:
         return (f"; against full fine-tuning {mine['mean_diff'].mean():+.1f}{unit}, but with one seed per cell "
                 "the difference cannot be told from seed noise")
     parts = ", ".join(f"{n} {v}" for v, n in verdicts.items())
-    return f"; against full fine-tuning, paired by seed: mean {mine['mean_diff'].mean():+.1f}{unit} ({parts})"
+    return f"; against full fine-tuning: mean {mine['mean_diff'].mean():+.1f}{unit} ({parts})"

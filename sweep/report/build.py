@@ -23,7 +23,7 @@ import pandas as pd
 from sweep.plan.spec import SpecError
 from sweep.references import available as available_references
 from sweep.references import load_reference
-from sweep.report import analysis, outcome, plots, reproduction
+from sweep.report import analysis, comparisons, outcome, plots, predictions, reproduction, trust
 from sweep.report.console_table import count
 from sweep.report.document import Document
 from sweep.store import mlflow_experiment
@@ -49,13 +49,23 @@ class Report:
     trials: pd.DataFrame
     scores: pd.DataFrame
     status: pd.DataFrame
+    comparisons: pd.DataFrame  # every comparison stated (sweep.report.comparisons.compare_cells)
 
 
 def build(uri: str, sweep: str, out: Path, formats: tuple[str, ...] = FORMATS, log_to_mlflow: bool = True,
-          reference: str | None = None) -> Report:
+          reference: str | None = None, rope: float = comparisons.DEFAULT_ROPE,
+          adaptive: tuple[int, int] | None = None) -> Report:
+    """`adaptive`: (initial, max) of the spec's adaptive seeds, so the report says why a comparison took the seeds
+    it took."""
     trials, cells = analysis.trials_table(uri, sweep)
     status = analysis.cell_status(trials, cells)
     scores = analysis.method_scores(trials)
+    chosen = analysis.chosen_trials(trials)
+    found = predictions.load(uri, chosen["run_id"].tolist(), out / predictions.CACHE) if len(chosen) else {}
+    compared = comparisons.compare_cells(chosen, scores, found, rope)
+    if adaptive:
+        compared["seeds_why"] = [seeds_why(n, v, *adaptive) for n, v in zip(compared["seeds"], compared["verdict"],
+                                                                             strict=True)]
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     if "parquet" in formats:
@@ -65,13 +75,14 @@ def build(uri: str, sweep: str, out: Path, formats: tuple[str, ...] = FORMATS, l
         trials.to_csv(out / "results.csv", index=False)
         files.append(out / "results.csv")
 
-    paired = analysis.paired_vs_full(trials, scores)
+    paired = compared[compared["reference"] == "full"]
     doc = Document(f"Sweep {sweep!r}: which PEFT method, where")
     _overview(doc, trials, status)
     _did_not_learn(doc, scores)
     for (task, backbone), group in scores.groupby(["task", "backbone"], sort=True):
         _main_table(doc, task, backbone, group)
-    _versus_full(doc, paired)
+    _comparisons(doc, compared, rope, len(found), len(chosen))
+    _across_datasets(doc, scores, out, files)
     _data_volume(doc, scores, out, files)
     _pareto(doc, scores, out, files)
     _lr_search(doc, trials, cells, out, files)
@@ -91,7 +102,7 @@ def build(uri: str, sweep: str, out: Path, formats: tuple[str, ...] = FORMATS, l
         files.append(out / "report.html")
     if log_to_mlflow:
         _log(uri, sweep, trials, status, files)
-    return Report(files, trials, scores, status)
+    return Report(files, trials, scores, status, compared)
 
 
 def _overview(doc: Document, trials: pd.DataFrame, status: pd.DataFrame) -> None:
@@ -174,8 +185,8 @@ def _main_table(doc: Document, task: str, backbone: str, scores: pd.DataFrame) -
     doc.heading(f"{backbone} ({task}): {metric}{' (%)' if unit else ''} with {fraction:.0%} of the training data")
     legend = (f"Bold: the best method for that dataset among those that learned ({direction} is better). Δ vs full: "
               f"mean difference to full fine-tuning across the datasets where both learned"
-              f"{' in percentage points' if unit else ''} (positive: better; paired by seed in 'PEFT against full "
-              "fine-tuning' below). The trivial classifier row is what a model that ignores the image scores. "
+              f"{' in percentage points' if unit else ''} (positive: better; compared on the test images in "
+              "'Comparisons' below). The trivial classifier row is what a model that ignores the image scores. "
               "(did not learn): no better than it; †: training loss still falling at the last epoch (train longer); "
               "‡: the chosen learning rate is the edge of the range searched (widen it).")
     if task == "classification":
@@ -185,25 +196,86 @@ def _main_table(doc: Document, task: str, backbone: str, scores: pd.DataFrame) -
     doc.table(pd.DataFrame(rows))
 
 
-def _versus_full(doc: Document, paired: pd.DataFrame) -> None:
-    if paired.empty:
+def _comparisons(doc: Document, compared: pd.DataFrame, rope: float, with_predictions: int, chosen: int) -> None:
+    if compared.empty:
         return
-    doc.heading("PEFT against full fine-tuning")
-    doc.text("Each method against full fine-tuning on the same backbone, dataset and fraction, paired by seed (the "
-             "same seed draws the same training subset): the mean of the per-seed differences of the test metric "
-             "(positive: the method is better), its paired bootstrap 95% interval, and the sign and exact Wilcoxon "
-             "signed-rank tests (with n seeds the smallest possible two-sided p is 2/2^n: five seeds are needed "
-             "for p < 0.05). 'better' or 'worse' means the interval excludes zero.")
+    doc.heading("Comparisons: PEFT against full fine-tuning, and the best method against the runner-up")
+    on_images = compared["basis"] == comparisons.BASIS_IMAGES
+    text = ("Each comparison is on the same backbone, dataset and fraction (Δ positive: the method is better than "
+            "the reference). ")
+    if on_images.any():
+        text += ("Where the trials left per-image predictions, the interval is a paired bootstrap over the test "
+                 f"images ({comparisons.RESAMPLES} resamples; patient or lesion groups drawn whole), pooled over "
+                 "seeds: each resample scores both methods' every seed on the same images, and the difference of "
+                 "their seed means is taken. P(better) is the share of resamples where the method is ahead. "
+                 f"Verdicts: better or worse when the 95% interval excludes zero, equivalent when it lies within "
+                 f"±{rope:g} points (report.rope), undecided otherwise. 'seeds ahead': the seeds (paired: the same "
+                 "seed draws the same training subset) on which the method scored higher on the whole test set; "
+                 f"sign and Wilcoxon tests over seeds are shown from {trust.MIN_SEEDS_FOR_TESTS} seeds on (with n "
+                 "seeds the smallest two-sided p is 2/2^n). With one seed the interval is the test images' alone: "
+                 "seed variation is not in it. ")
+    if (~on_images).any():
+        missing = chosen - with_predictions
+        text += (f"{int((~on_images).sum())} of {len(compared)} comparisons fall back to the seeds alone ({missing} "
+                 f"of {chosen} chosen trials left no per-image predictions, e.g. a sweep from "
+                 "before they were logged, or their metric cannot be recomputed from them): the mean of the "
+                 "per-seed differences with a bootstrap interval over the seeds, which misses the test images' "
+                 "sampling noise and with three seeds is their [min, max] (75% coverage, not 95%).")
+    doc.text(text)
     doc.table(pd.DataFrame({
-        "backbone": paired["backbone"], "dataset": paired["dataset"],
-        "fraction": paired["fraction"].map(lambda f: f"{f:g}"), "method": paired["method"],
-        "seeds": paired["pairs"], "mean Δ": paired["mean_diff"].map(lambda v: f"{v:+.1f}"),
+        "backbone": compared["backbone"], "dataset": compared["dataset"],
+        "fraction": compared["fraction"].map(lambda f: f"{f:g}"), "method": compared["method"],
+        "against": compared["reference"], "seeds": compared["seeds"],
+        "test images": compared["images"].map(lambda n: "-" if pd.isna(n) else f"{int(n)}"),
+        "Δ": compared["mean_diff"].map(lambda v: f"{v:+.1f}"),
         "95% CI": [("-" if math.isnan(lo) else f"[{lo:+.1f}, {hi:+.1f}]")
-                   for lo, hi in zip(paired["ci_low"], paired["ci_high"], strict=True)],
-        "sign p": paired["sign_p"].map(lambda p: "-" if math.isnan(p) else f"{p:.3g}"),
-        "Wilcoxon p": paired["wilcoxon_p"].map(lambda p: "-" if math.isnan(p) else f"{p:.3g}"),
-        "verdict": paired["verdict"],
+                   for lo, hi in zip(compared["ci_low"], compared["ci_high"], strict=True)],
+        "P(better)": compared["p_better"].map(lambda p: "-" if pd.isna(p) else f"{p:.2f}"),
+        "seeds ahead": compared["ahead"],
+        "sign p": compared["sign_p"].map(lambda p: "-" if pd.isna(p) else f"{p:.3g}"),
+        "Wilcoxon p": compared["wilcoxon_p"].map(lambda p: "-" if pd.isna(p) else f"{p:.3g}"),
+        "verdict": compared["verdict"],
+        "interval over": compared["interval_over"],
+        **({"seeds: why": compared["seeds_why"]} if "seeds_why" in compared else {}),
     }))
+
+
+def seeds_why(seeds: int, verdict: str, initial: int, most: int) -> str:
+    """Why a comparison has the seeds it has, under adaptive seeds."""
+    if seeds > initial:
+        return (f"{seeds - initial} added while undecided; still undecided at the most allowed" if verdict ==
+                "undecided" and seeds >= most else f"{seeds - initial} added while undecided, then {verdict}")
+    if verdict == "undecided":
+        return "undecided, no seed added yet (sweep not finished?)" if seeds < most else "the most allowed"
+    return f"the initial {initial}: decided ({verdict})"
+
+
+def _across_datasets(doc: Document, scores: pd.DataFrame, out: Path, files: list[Path]) -> None:
+    rankings = comparisons.across_datasets(scores)
+    if not rankings:
+        return
+    doc.heading("Across datasets")
+    lines = []
+    for r in rankings:
+        n = len(r.scores)
+        lines.append(
+            f"{r.backbone} ({r.task}), fraction {r.fraction:g}, {n} datasets: **{r.best}** ranks first (mean rank "
+            f"{r.ranks[r.best]:.2f}), ahead of {r.runner_up} ({r.ranks[r.runner_up]:.2f}) on {r.ahead} datasets; "
+            f"Wilcoxon signed-rank over the datasets p = {r.wilcoxon_p:.3g}. With {n} datasets the smallest "
+            f"two-sided p any such test can give is {r.smallest_p:.3g}"
+            + (": a ranking over so few datasets is descriptive, not a finding." if r.smallest_p >= 0.05 else "."))
+        name = _slug(f"cd-{r.backbone}-{r.fraction:g}") + ".png"
+        plots.critical_difference(r.ranks, r.holm, out / name,
+                                  f"{r.backbone}, fraction {r.fraction:g}: mean rank over {n} datasets")
+        files.append(out / name)
+    doc.bullets(lines)
+    doc.text("Critical-difference diagrams: each method at its mean rank over the datasets (1 = best); methods "
+             "joined by a bar are not told apart by pairwise Wilcoxon signed-rank tests with Holm's correction "
+             "(p > 0.05; Benavoli et al., JMLR 2016, prefer these to the Nemenyi test). Only cells that learned "
+             "count, and only methods run on every dataset.")
+    for r in rankings:
+        name = _slug(f"cd-{r.backbone}-{r.fraction:g}") + ".png"
+        doc.image(out / name, f"Critical-difference diagram: {r.backbone} ({r.task}), fraction {r.fraction:g}")
 
 
 def _data_volume(doc: Document, scores: pd.DataFrame, out: Path, files: list[Path]) -> None:
@@ -334,14 +406,25 @@ def _log(uri: str, sweep: str, trials: pd.DataFrame, status: pd.DataFrame, files
             mlflow.log_artifact(parent, str(path), artifact_path="report")
 
 
-def compare(uri_a: str, a: str, uri_b: str, b: str, out: Path) -> Path:
-    """Two sweeps side by side, matched on task, dataset, method and fraction (backbones may differ)."""
-    scores = []
+def compare(uri_a: str, a: str, uri_b: str, b: str, out: Path, rope: float = comparisons.DEFAULT_ROPE) -> Path:
+    """Two sweeps side by side, matched on task, dataset, method and fraction (backbones may differ). Where both
+    sides' chosen trials left predictions on the same test images, b against a is a paired bootstrap over them
+    (sweep.report.comparisons), else a per-seed comparison."""
+    scores, chosen, found = [], [], {}
     for uri, name in ((uri_a, a), (uri_b, b)):
         trials, _ = analysis.trials_table(uri, name)
         scores.append(analysis.method_scores(trials))
+        chosen.append(analysis.chosen_trials(trials))
+        if len(chosen[-1]):
+            found |= predictions.load(uri, chosen[-1]["run_id"].tolist(), out / predictions.CACHE)
     keys = ["task", "dataset", "method", "fraction"]
     merged = scores[0].merge(scores[1], on=keys, how="outer", suffixes=("_a", "_b")).sort_values(keys)
+    paired = []
+    for row in merged.itertuples(index=False):
+        mine, reference = ((c[(c["task"] == row.task) & (c["dataset"] == row.dataset) & (c["method"] == row.method)
+                              & (c["fraction"] == row.fraction)]) for c in (chosen[1], chosen[0]))
+        paired.append(comparisons.compare_pair(mine, reference, found, rope) if len(mine) and len(reference)
+                      else {"ci_low": math.nan, "ci_high": math.nan, "verdict": "-", "basis": "-"})
     table = pd.DataFrame({
         "dataset": merged["dataset"], "fraction": merged["fraction"].map(lambda f: f"{f:g}"),
         "method": merged["method"],
@@ -349,11 +432,16 @@ def compare(uri_a: str, a: str, uri_b: str, b: str, out: Path) -> Path:
         b: merged["mean_b"].map(lambda v: "-" if pd.isna(v) else f"{v:.1f}"),
         "Δ (b − a, better is +)": (merged["oriented_b"] - merged["oriented_a"]).map(
             lambda v: "-" if pd.isna(v) else f"{v:+.1f}"),
+        "95% CI": ["-" if pd.isna(p["ci_low"]) else f"[{p['ci_low']:+.1f}, {p['ci_high']:+.1f}]" for p in paired],
+        "verdict": [p["verdict"] for p in paired],
+        "on": [p["basis"] for p in paired],
     })
     doc = Document(f"Sweeps {a!r} and {b!r} compared")
     doc.text(f"Test metric of each cell's validation-chosen trial, mean over seeds (accuracies in percent). Backbones: "
              f"{a}: {', '.join(sorted(scores[0]['backbone'].unique()))}; "
-             f"{b}: {', '.join(sorted(scores[1]['backbone'].unique()))}.")
+             f"{b}: {', '.join(sorted(scores[1]['backbone'].unique()))}. The interval and verdict of b against a: a "
+             "paired bootstrap over the test images pooled over seeds where both left per-image predictions on the "
+             f"same images, else over the seeds alone ('on' says which); equivalent within ±{rope:g} points.")
     doc.table(table)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"compare-{_slug(a)}-{_slug(b)}.md").write_text(doc.markdown())
@@ -375,6 +463,12 @@ def _tracking_uri(storage: Storage, name: str, given: str | None) -> str:
     return mlflow_experiment.default_tracking_uri(storage)
 
 
+def _saved_spec(storage: Storage, name: str) -> dict:
+    """The spec the sweep was started with (its report.rope, its seeds), or {} for a sweep without one."""
+    saved = storage.join(name, "medpeft-sweep.json")
+    return json.loads(storage.read_text(saved)).get("spec", {}) if storage.exists(saved) else {}
+
+
 def _out(storage: Storage, given: str | None, *parts: str) -> Path:
     if given:
         return Path(given)
@@ -389,6 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mlflow-uri", default=None)
     parser.add_argument("--out", default=None, help="default: <storage>/<name>/report")
     parser.add_argument("--format", default=",".join(FORMATS), help=f"comma-separated, of {', '.join(FORMATS)}")
+    parser.add_argument("--rope", type=float, default=None,
+                        help="region of practical equivalence in points (default: the spec's report.rope, "
+                             f"{comparisons.DEFAULT_ROPE:g})")
     parser.add_argument("--reference", default=None,
                         help="put a published study's numbers beside ours, e.g. dutt2024 (shipped: "
                              f"{', '.join(available_references())})")
@@ -407,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
             a, b = args.compare
             out = _out(storage, args.out, "compare")
             path = compare(_tracking_uri(storage, a, args.mlflow_uri), a, _tracking_uri(storage, b, args.mlflow_uri),
-                           b, out)
+                           b, out, comparisons.DEFAULT_ROPE if args.rope is None else args.rope)
             print(f"comparison written to {path}")
             return 0
         if not args.name:
@@ -418,8 +515,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: no reference study {args.reference!r}; shipped: {', '.join(available_references())}",
                   file=sys.stderr)
             return 2
+        if args.rope is not None and not (args.rope >= 0):
+            print(f"error: --rope {args.rope:g} is negative; give a half-width in points, e.g. --rope 1",
+                  file=sys.stderr)
+            return 2
+        saved = _saved_spec(storage, args.name)
+        rope = args.rope if args.rope is not None else saved.get("report", {}).get("rope", comparisons.DEFAULT_ROPE)
+        seeds = saved.get("seeds")
+        adaptive = (int(seeds["initial"]), int(seeds["max"])) if isinstance(seeds, dict) else None
         report = build(_tracking_uri(storage, args.name, args.mlflow_uri), args.name, out, formats,
-                       reference=args.reference)
+                       reference=args.reference, rope=float(rope), adaptive=adaptive)
     except LookupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

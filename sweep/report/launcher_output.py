@@ -7,8 +7,9 @@ import textwrap
 
 from sweep.plan.cost import most_added_by_rounds
 from sweep.plan.spec import halving_epochs
-from sweep.plan.validate import Plan
+from sweep.plan.validate import ASSUMED_CLASSES, Plan
 from sweep.report.console_table import did_not_learn, format_table
+from sweep.report.trust import sampling_noise
 
 
 def banner(note: str) -> str:
@@ -28,18 +29,25 @@ def dry_run(plan: Plan, name: str) -> str:
         + f"; up to {plan.max_epochs} epochs; selection on {plan.selection.val}",
         f"  datasets: {', '.join(d.key for d in spec.datasets)}",
         f"  backbones: {', '.join(b.key for b in spec.backbones)}",
-        f"  fractions: {', '.join(f'{f:g}' for f in spec.fractions)}; seeds: {', '.join(map(str, spec.seeds))}",
+        f"  fractions: {', '.join(f'{f:g}' for f in spec.fractions)}; seeds: {_seeds(spec)}",
         "",
     ]
     rows = [("cell", "trials", "search space", "trainable / total params")]
+    assumed = False
     for cell in plan.cells:
         space = ", ".join(f"{k} {d.grid(plan.grid_points) if spec.search.sampler == 'grid' else _range(d)}"
                           for k, d in sorted(cell.space.items()))
-        counts = plan.params.get((cell.backbone.key, cell.method.key))
+        classes = plan.classes.get(cell.dataset.key)
+        counts = plan.params.get((cell.backbone.key, cell.method.key, classes))
         share = f"{counts[0]:,} / {counts[1]:,} ({100 * counts[0] / counts[1]:.2f}%)" if counts else "?"
+        if counts and classes is None and plan.classifies:
+            share, assumed = share + " *", True
         rows.append((cell.key, str(cell.budget), space, share))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     out += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    if assumed:
+        out.append(f"  * the dataset's classes are unknown until its files are here: its head is counted for "
+                   f"{ASSUMED_CLASSES} classes")
     exhaustive = plan.total_trials * plan.max_epochs
     out.append("")
     if spec.scheduler.type != "fifo":
@@ -55,11 +63,35 @@ def dry_run(plan: Plan, name: str) -> str:
         out.append(f"  Search rounds (extending a cell's learning-rate range past an edge its choice sits at, "
                    f"doubling the epochs of a choice still improving) add between 0 and {trials:,} trials and "
                    f"{epochs:,} trial-epochs (at most {plan.total_trials + trials:,} trials).")
+    if not isinstance(spec.seeds, list):
+        initial, most = len(spec.initial_seeds), spec.max_seeds
+        out.append(f"Adaptive seeds: the cells above are the first {initial} seeds. A comparison still undecided "
+                   f"after them gets another seed for both of its cells, up to {most}: the cost is between the "
+                   f"above and {most / initial:.3g} times it (at most {exhaustive * most // initial:,} "
+                   f"trial-epochs, {plan.total_trials * most // initial:,} trials).")
+    out += test_resolution(plan)
     if plan.notes:
         out += ["", *plan.notes]
     if plan.missing:
         out += ["", "Missing (a real run stops here until these are fixed):", *(f"  - {m}" for m in plan.missing)]
     return "\n".join(out)
+
+
+def test_resolution(plan: Plan) -> list[str]:
+    """How finely each dataset's test set can resolve a score: the 95% half-width of a score of 0.8 measured on
+    that many images (1.96 sqrt(0.8 x 0.2 / n)). Two methods closer than about this cannot be told apart there."""
+    from sweep.plan.cost import test_images
+    from trainables.tasks import get_task
+
+    if not get_task(plan.spec.task).needs_classes:
+        return []
+    sizes = test_images(plan)
+    lines = ["", "Test sets: the 95% half-width of a score of 0.8 measured on that many test images (methods closer "
+             "than about this cannot be told apart on it):"]
+    for key, n in sizes.items():
+        lines.append(f"  {key}: " + (f"{n:,} test images, ±{100 * sampling_noise(0.8, n):.1f} points" if n else
+                                     "test images not known here (its files are not here)"))
+    return lines
 
 
 def summary(plan: Plan, name: str, outcome, storage, mlflow_uri: str) -> str:
@@ -99,6 +131,13 @@ def summary(plan: Plan, name: str, outcome, storage, mlflow_uri: str) -> str:
         lines += ["", "The sweep did not finish. Continue it with:",
                   f"  python -m sweep.launch --name {name} --storage {shlex.quote(storage.uri)} --resume"]
     return "\n".join(lines)
+
+
+def _seeds(spec) -> str:
+    if isinstance(spec.seeds, list):
+        return ", ".join(map(str, spec.seeds))
+    return (f"{', '.join(map(str, spec.initial_seeds))}, then up to {spec.max_seeds} where a comparison is undecided "
+            "(adaptive)")
 
 
 def _range(dist) -> str:

@@ -78,6 +78,8 @@ TRACKING_SCHEMES = {
 # The Python driver SQLAlchemy loads for each database (`scheme+driver://` names it; without one, SQLAlchemy
 # 2.1's defaults), and the package that provides it.
 _DRIVERS = {"postgresql": "psycopg", "mysql": "mysqldb", "mssql": "pyodbc"}
+_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}  # each database's default port
+PROBE_TIMEOUT_S = 5
 _PACKAGES = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "pymysql": "pymysql",
              "mysqldb": "mysqlclient", "pyodbc": "pyodbc"}
 
@@ -102,6 +104,8 @@ def check_tracking_uri(uri: str) -> None:
                         f"{_PACKAGES.get(driver, driver)}" + (" (or name the driver you have, e.g. "
                                                                "postgresql+psycopg2://...)" if scheme == "postgresql"
                                                                else ""))
+    if scheme in _DRIVERS and parsed.hostname:  # (without a host, the driver's local socket: nothing to probe)
+        _probe_database(uri, parsed.hostname, parsed.port or _PORTS[scheme])
     if scheme == "sqlite":
         folder = Path(uri.removeprefix("sqlite:///")).parent
         existing = next((p for p in [folder, *folder.parents] if p.exists()), None)
@@ -112,11 +116,26 @@ def check_tracking_uri(uri: str) -> None:
         import urllib.request
 
         try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S * 2) as response:
                 response.read(64)
         except (urllib.error.URLError, OSError, ValueError) as e:
             raise SpecError(f"--mlflow-uri {uri!r}: no MLflow tracking server answers there ({e}); start one "
                             "(mlflow server --host 127.0.0.1 --port 5000 ...) or give another URI") from None
+
+
+def _probe_database(uri: str, host: str, port: int) -> None:
+    """A database that does not answer is an error now, within seconds: MLflow's own connection retries take
+    minutes, and come after the sweep's folder has been created."""
+    import socket
+
+    from sweep.plan.spec import SpecError
+
+    try:
+        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        raise SpecError(f"--mlflow-uri {uri!r}: no database answers at {host}:{port} ({e.strerror or e}); start it, "
+                        "or fix the host and port in --mlflow-uri (or leave it out for a sqlite file in the "
+                        "storage)") from None
 
 
 def create_store(uri: str) -> None:

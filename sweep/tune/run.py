@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweep.plan.grid import base_config
+from sweep.plan.grid import base_config, with_seed
 from sweep.plan.spec import SpecError
 from sweep.plan.validate import Plan
 from sweep.report import outcome
@@ -91,10 +91,12 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
                 for c in plan.cells
             ]
             spec = plan.spec
+            extender = adaptive_seeds(plan, name, mlflow_uri, artifacts, prepared, experiment_dir)
             searcher = CellSearcher(cells=cells, state=state, sampler=spec.search.sampler,
                                     grid_points=plan.grid_points, seed=spec.search.seed,
-                                    cell_by_cell=spec.scheduler.type == "halving", extend=spec.search.extend,
-                                    lr_limits=spec.search.lr_limits, max_extensions=spec.search.max_extensions,
+                                    cell_by_cell=spec.scheduler.type == "halving", extend=extender,
+                                    extend_range=spec.search.extend, lr_limits=spec.search.lr_limits,
+                                    max_extensions=spec.search.max_extensions,
                                     max_epoch_doublings=spec.search.max_epoch_doublings,
                                     flat_tolerance=spec.search.flat_tolerance)
             rungs = {"max_t": plan.max_epochs, "grace_period": spec.scheduler.grace_period,
@@ -102,7 +104,10 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
             if spec.scheduler.type == "asha":
                 scheduler = PerCellASHA(state=state, **rungs)
             elif spec.scheduler.type == "halving":
-                scheduler = PerCellHalving(state=state, budgets={c.key: c.budget for c in plan.cells}, **rungs)
+                # Every cell adaptive seeds may add, too: each has the budget of the cell it repeats.
+                budgets = {with_seed(c, seed).key: c.budget for c in plan.cells
+                           for seed in range(max(spec.max_seeds, c.seed + 1))}
+                scheduler = PerCellHalving(state=state, budgets=budgets, **rungs)
             else:
                 from ray.tune.schedulers import FIFOScheduler
 
@@ -144,13 +149,29 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
         raise StorageLost(f"storage {storage.uri} stopped answering ({watch.error}). The sweep stopped; every result "
                           f"up to now is kept. Once the storage is back: python -m sweep.launch --name {name} "
                           f"--storage {storage.uri} --resume")
+    from sweep.tune.adaptive import added_cells
+
     trials, planned = trials_table(mlflow_uri, name)
-    cells = cell_frame(trials, plan.cells, plan.max_epochs)
+    cells = cell_frame(trials, [*plan.cells, *added_cells(plan.cells, planned)], plan.max_epochs)
     if len(cells) and "search" in planned:  # each cell's rounds, as its cell run records them (callbacks.py)
         cells["search"] = cells["cell_key"].map(dict(zip(planned["cell_key"], planned["search"], strict=True)))
     complete = bool(len(cells)) and bool(cells["complete"].all())
     outcome.record_outcome(mlflow_uri, trials, cell_status(trials, planned), ids.parent_run_id if complete else None)
     return Outcome(complete, cells, time.monotonic() - started)
+
+
+def adaptive_seeds(plan: Plan, name: str, mlflow_uri: str, artifacts: str, prepared: dict[str, dict],
+                   experiment_dir: str):
+    """The searcher's SeedExtender where the spec asks for adaptive seeds (`seeds: {initial, max}`), else None."""
+    from sweep.plan.spec import AdaptiveSeeds
+    from sweep.tune.adaptive import SeedExtender
+
+    spec = plan.spec
+    if not isinstance(spec.seeds, AdaptiveSeeds):
+        return None
+    return SeedExtender(name, mlflow_uri, artifacts, spec, list(plan.cells), prepared, experiment_dir,
+                        spec.report.rope, f"{experiment_dir}/predictions-cache" if "://" not in experiment_dir
+                        else str(Path.cwd() / f"{name}-predictions-cache"))
 
 
 def storage_reachable(storage: Storage) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import pickle
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +72,11 @@ class CellSearcher(Searcher):
         grid_points: points per searched axis of the grid sampler.
         seed: the samplers' seed (each cell's study is seeded from it and the cell's key).
         cell_by_cell: hand out one cell's trials before the next cell's (for synchronous halving).
-        extend: widen a cell's learning-rate range beyond the edge its chosen trial sits at (see rounds.py).
+        extend: asked for more cells once every planned trial is handed out (adaptive seeds,
+            sweep.tune.adaptive.SeedExtender): called with the trials seen ending ({trial key: status}) and whether
+            none is running, it returns every cell added so far; the new ones are walked like the planned ones.
+            Asked once every cell's search rounds are done.
+        extend_range: widen a cell's learning-rate range beyond the edge its chosen trial sits at (rounds.py).
         lr_limits: (low, high): no learning rate outside them is ever tried by an extension.
         max_extensions: extension rounds per cell at most.
         max_epoch_doublings: rounds per cell that run the chosen configuration again with twice the epochs.
@@ -89,7 +94,8 @@ class CellSearcher(Searcher):
         grid_points: int = 3,
         seed: int = 0,
         cell_by_cell: bool = False,
-        extend: bool = False,
+        extend: Callable[[dict[str, Status], bool], list[CellPlan]] | None = None,
+        extend_range: bool = False,
         lr_limits: tuple[float, float] = (1e-6, 1.0),
         max_extensions: int = 2,
         max_epoch_doublings: int = 0,
@@ -118,7 +124,8 @@ class CellSearcher(Searcher):
         # trials before the next cell's lets cells finish one after another, instead of every cell waiting until
         # every trial of the sweep has run to the first rung.
         self.cell_by_cell = cell_by_cell
-        self.rules = rounds.Rules(extend=extend, lr_limits=(float(lr_limits[0]), float(lr_limits[1])),
+        self.extend = extend
+        self.rules = rounds.Rules(extend=extend_range, lr_limits=(float(lr_limits[0]), float(lr_limits[1])),
                                   max_extensions=int(max_extensions), max_doublings=int(max_epoch_doublings),
                                   flat_tolerance=flat_tolerance, mode=mode)
         self._by_key = {cell.key: cell for cell in cells}
@@ -145,9 +152,9 @@ class CellSearcher(Searcher):
             if not self.cell_by_cell:
                 state.cursor = (state.cursor + 1) % len(self.cells)
             return self._hand_out(cell, trial_id)
-        if all(self._search(cell).done for cell in self.cells):
-            return Searcher.FINISHED
-        return None  # cells wait for their trials to end before their next round is known: ask again later
+        if not all(self._search(cell).done for cell in self.cells):
+            return None  # cells wait for their trials to end before their next round is known: ask again later
+        return self._more_cells(trial_id) if self.extend is not None else Searcher.FINISHED
 
     def _hand_out(self, cell: CellPlan, trial_id: str) -> dict[str, Any]:
         state = self.state
@@ -225,6 +232,8 @@ class CellSearcher(Searcher):
 
     def _after_trial(self, key: str) -> None:
         """Once every trial of a cell handed out so far has ended, decide its next round (or that it is done)."""
+        if key not in self._by_key:  # a cell added since (adaptive seeds)
+            self._by_key = {c.key: c for c in self.cells}
         cell = self._by_key.get(key)
         if cell is None:
             return
@@ -250,6 +259,19 @@ class CellSearcher(Searcher):
             self.state.replace_with(pickle.load(f))
 
     # -- helpers ---------------------------------------------------------------------------------------------
+
+    def _more_cells(self, trial_id: str) -> dict[str, Any] | str | None:
+        """Every planned trial is out: add the cells `extend` asks for and go on, wait (None: Tune asks again)
+        while trials run, else finish."""
+        records = self.state.trials.values()
+        ended = {trial_key(r.cell, r.index): r.status for r in records if r.status != Status.RUNNING}
+        running = any(r.status == Status.RUNNING for r in records)
+        known = {c.key for c in self.cells}
+        fresh = [c for c in self.extend(ended, not running) if c.key not in known]
+        if fresh:
+            self.cells.extend(fresh)
+            return self.suggest(trial_id)
+        return None if running else Searcher.FINISHED
 
     def _study(self, cell: CellPlan) -> optuna.Study:
         if cell.key not in self.state.studies:

@@ -70,6 +70,14 @@ class Source(ABC):
     def read(self, items: Iterable[str], size: int) -> Iterator[np.ndarray]:
         """Decoded images, uint8 (H, W) or (H, W, 3), in the order of `items` (`size` is a decoding hint)."""
 
+    def class_count(self) -> int | None:
+        """How many classes the dataset has: from its files where only they can tell (and they are here), else what
+        its publisher fixed; None where neither is known (what a plan sizes each classifier's head by)."""
+        try:
+            return len(self.classes())
+        except DatasetError:
+            return None
+
     def content_hashes(self, items: list[str]) -> list[str]:
         """A hash of each image's content (duplicate detection, manifest identity)."""
         return [hashlib.sha1(np.ascontiguousarray(img).tobytes()).hexdigest()[:20] for img in self.read(items, 0)]

@@ -21,10 +21,11 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from trainables.data.base import Source, square_resize
+from trainables.data.base import DatasetError, Source, square_resize
 from trainables.data.manifest import Manifest, default_cache_dir
 
 PREPROCESSING = "centre-square-crop+bilinear-resize/v1"
@@ -49,16 +50,34 @@ def cache_path(manifest: Manifest, size: int, channels: int, cache_dir: str | Pa
 
 
 def image_cache(manifest: Manifest, source: Source, size: int, cache_dir: str | Path | None = None,
-                workers: int | None = None) -> ImageCache:
-    """The cache for this manifest and size, built if missing."""
+                workers: int | None = None, on_corrupt: Literal["error", "skip"] = "skip") -> ImageCache:
+    """The cache for this manifest and size, built if missing. With on_corrupt="error", images that cannot be
+    decoded are a DatasetError and no cache is written (with "skip", they are recorded in it)."""
     path = cache_path(manifest, size, source.channels, cache_dir)
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not path.is_file():  # nobody built it while we waited
-                _build(path, manifest, source, size, workers)
+        lock_path = path.with_suffix(".lock")
+        try:
+            with open(lock_path, "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not path.is_file():  # nobody built it while we waited
+                    _build(path, manifest, source, size, workers, on_corrupt)
+        except DatasetError:
+            # A refused build leaves nothing. Whoever waited on this lock builds on (and refuses) by itself.
+            lock_path.unlink(missing_ok=True)
+            raise
     return open_cache(path)
+
+
+def corrupt_images(errors: dict[int, str], name: str) -> DatasetError:
+    """The error for images that could not be decoded: how many, which and why, and the two ways on."""
+    listed = "\n".join(f"    {why}" for why in list(errors.values())[:10])
+    more = f"\n    ... and {len(errors) - 10} more" if len(errors) > 10 else ""
+    return DatasetError(
+        f"dataset {name!r}: {len(errors)} images could not be decoded:\n{listed}{more}\n"
+        "Replace or remove them, or set the dataset's on_corrupt: skip to train without them (the count is "
+        "recorded in every run's params)"
+    )
 
 
 def open_cache(path: Path) -> ImageCache:
@@ -74,7 +93,7 @@ def open_cache(path: Path) -> ImageCache:
     return ImageCache(images, errors, path, path.stem)
 
 
-def _build(path: Path, manifest: Manifest, source: Source, size: int, workers: int | None) -> None:
+def _build(path: Path, manifest: Manifest, source: Source, size: int, workers: int | None, on_corrupt: str) -> None:
     import pyarrow as pa
 
     n, c = len(manifest.frame), source.channels
@@ -95,6 +114,8 @@ def _build(path: Path, manifest: Manifest, source: Source, size: int, workers: i
                 block, failed = _decode_chunk((source, chunk, size))
                 images[start : start + len(block)] = block
                 errors.update({start + i: why for i, why in failed.items()})
+        if errors and on_corrupt == "error":
+            raise corrupt_images(errors, source.name)
         images.flush()
         array = pa.FixedSizeBinaryArray.from_buffers(pa.binary(c * size * size), n, [None, pa.py_buffer(images)])
         metadata = {"shape": json.dumps([n, c, size, size]), "errors": json.dumps(errors),

@@ -86,11 +86,22 @@ class Csv(FileSource):
         return self.options.channels
 
     def table(self) -> pd.DataFrame:
-        table = pd.read_csv(self.find(self.options.file), dtype=str, keep_default_na=False)
-        for column in (self.options.path_column, self.options.label_column):
+        path, o = self.find(self.options.file), self.options
+        layout = (f"a header row naming its columns ({o.path_column}, {o.label_column}, optionally split, group, "
+                  "caption) and one row per image")
+        try:
+            table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except pd.errors.EmptyDataError:
+            raise DatasetError(f"dataset 'csv': {path} is empty; it needs {layout}") from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as e:
+            raise DatasetError(f"dataset 'csv': {path} is not a readable CSV ({e}); it needs {layout}") from None
+        for column in (o.path_column, o.label_column):
             if column not in table:
-                raise DatasetError(f"dataset 'csv': {self.options.file} has no column {column!r} "
+                raise DatasetError(f"dataset 'csv': {o.file} has no column {column!r} "
                                    f"(columns: {', '.join(table.columns)}); set path_column / label_column")
+        if table.empty:
+            raise DatasetError(f"dataset 'csv': {path} lists no images (it has a header and no rows); add one row "
+                               "per image")
         return table
 
     def classes(self) -> list[str]:

@@ -50,8 +50,10 @@ def build_manifest(
     val_share: float = 0.1,
     test_share: float = 0.2,
     on_duplicate: Literal["error", "drop"] = "error",
+    write: bool = True,
 ) -> Manifest:
-    """The source's manifest, from the cache when nothing changed, else built, checked and written."""
+    """The source's manifest, from the cache when nothing changed, else built, checked and written (with
+    write=False, not yet: `save_manifest` writes it once every other check has passed)."""
     classes = source.classes()
     rows = source.rows()
     settings = {"split_seed": split_seed, "val": val_share, "test": test_share, "on_duplicate": on_duplicate}
@@ -63,6 +65,9 @@ def build_manifest(
     if path.is_file():
         return read_manifest(path)
 
+    if rows.empty:
+        raise DatasetError(f"dataset {source.name!r} lists no images under {source.root}; point its root at the "
+                           "data, or fix the layout")
     rows = rows.rename(columns={"item": "path"})
     rows["label"] = rows["label"].astype(np.int64)
     _check_labels(rows, classes, source.name)
@@ -78,8 +83,15 @@ def build_manifest(
     frame["group"] = frame["group"].fillna("").astype(str)
     frame = frame.sort_values(["split", "path"], key=_split_then_path, kind="stable").reset_index(drop=True)
     manifest = Manifest(frame, classes, frame_hash(frame), path, notes)
-    _write(manifest)
+    if write:
+        save_manifest(manifest)
     return manifest
+
+
+def save_manifest(manifest: Manifest) -> None:
+    """Write a manifest built with write=False (nothing to do when that file exists)."""
+    if not manifest.path.is_file():
+        _write(manifest)
 
 
 def check_captions(manifest: Manifest, dataset: str) -> None:

@@ -19,7 +19,7 @@ import torch
 
 from trainables.config import DataConfig
 from trainables.data.base import SPLITS, DatasetError, Source, get_source
-from trainables.data.cache import ImageCache, image_cache, open_cache
+from trainables.data.cache import ImageCache, corrupt_images, image_cache, open_cache
 from trainables.data.manifest import Manifest, build_manifest, default_cache_dir, read_manifest
 from trainables.data.splits import fraction_mask
 
@@ -32,6 +32,7 @@ class ImageSplit:
     rows: np.ndarray
     labels: torch.Tensor  # int64, aligned with rows
     captions: list[str] | None = None
+    groups: np.ndarray | None = None  # patient or lesion id per row ("" where the dataset has none)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -61,14 +62,15 @@ def open_source(cfg: DataConfig) -> Source:
     return get_source(cfg.name, cfg.root, cfg.options)
 
 
-def prepare_manifest(cfg: DataConfig, source: Source | None = None) -> Manifest:
+def prepare_manifest(cfg: DataConfig, source: Source | None = None, write: bool = True) -> Manifest:
     return build_manifest(source or open_source(cfg), cfg.cache_dir, cfg.split_seed, cfg.val_share, cfg.test_share,
-                          cfg.on_duplicate)
+                          cfg.on_duplicate, write=write)
 
 
 def prepare_cache(cfg: DataConfig, source: Source | None = None, manifest: Manifest | None = None) -> ImageCache:
     source = source or open_source(cfg)
-    return image_cache(manifest or prepare_manifest(cfg, source), source, cfg.image_size, cfg.cache_dir)
+    return image_cache(manifest or prepare_manifest(cfg, source), source, cfg.image_size, cfg.cache_dir,
+                       on_corrupt=cfg.on_corrupt)
 
 
 def prepared(cfg: DataConfig) -> tuple[Manifest, ImageCache] | None:
@@ -111,11 +113,7 @@ def load_splits(cfg: DataConfig, seed: int) -> SplitData:
         describe = source.describe()
     frame = manifest.frame.assign(row=np.arange(len(manifest.frame)))
     frame = drop_corrupt(frame, cache, cfg.on_corrupt, cfg.name)
-    train = frame[frame["split"] == "train"]
-    if cfg.max_train_images and len(train) > cfg.max_train_images:
-        pool = fraction_mask(train["label"].to_numpy(), cfg.max_train_images / len(train), cfg.split_seed,
-                             manifest.classes)
-        train = train[pool]
+    train = training_pool(frame, cfg, manifest.classes)
     keep = fraction_mask(train["label"].to_numpy(), cfg.fraction, seed, manifest.classes)
     splits = {"train": train[keep], "val": frame[frame["split"] == "val"], "test": frame[frame["split"] == "test"]}
     data = {name: _split(cache.images, rows) for name, rows in splits.items()}
@@ -136,23 +134,40 @@ def load_splits(cfg: DataConfig, seed: int) -> SplitData:
     return SplitData(manifest.classes, data["train"], data["val"], data["test"], params, manifest)
 
 
+def training_pool(frame: pd.DataFrame, cfg: DataConfig, classes: list[str]) -> pd.DataFrame:
+    """The training images the fractions are taken of: the train split, or its fixed stratified subset of
+    `max_train_images` (chosen with split_seed)."""
+    train = frame[frame["split"] == "train"]
+    if cfg.max_train_images and len(train) > cfg.max_train_images:
+        train = train[fraction_mask(train["label"].to_numpy(), cfg.max_train_images / len(train), cfg.split_seed,
+                                    classes)]
+    return train
+
+
+def check_fractions(frame: pd.DataFrame, cfg: DataConfig, classes: list[str], fractions: list[float],
+                    dataset: str) -> None:
+    """Every data fraction must keep training images of every class (which images a seed keeps varies, how many
+    does not), checked before any training: a class without them would fail every trial of its cells."""
+    labels = training_pool(frame, cfg, classes)["label"].to_numpy()
+    for fraction in sorted(fractions):
+        try:
+            fraction_mask(labels, fraction, 0, classes)
+        except DatasetError as e:
+            raise DatasetError(f"dataset {dataset!r}: {e}") from None
+
+
 def drop_corrupt(frame: pd.DataFrame, cache: ImageCache, on_corrupt: str, name: str) -> pd.DataFrame:
     if not cache.errors:
         return frame
     if on_corrupt == "error":
-        listed = "\n".join(f"    {why}" for why in list(cache.errors.values())[:10])
-        more = f"\n    ... and {len(cache.errors) - 10} more" if len(cache.errors) > 10 else ""
-        raise DatasetError(
-            f"dataset {name!r}: {len(cache.errors)} images could not be decoded:\n{listed}{more}\n"
-            "Replace or remove them, or set the dataset's on_corrupt: skip to train without them (the count is "
-            "recorded in every run's params)"
-        )
+        raise corrupt_images(cache.errors, name)
     return frame[~frame["row"].isin(list(cache.errors))]
 
 
 def _split(images: np.ndarray, rows: pd.DataFrame) -> ImageSplit:
     captions = rows["caption"].fillna("").astype(str).tolist() if "caption" in rows else None
+    groups = rows["group"].fillna("").astype(str).to_numpy() if "group" in rows else None
     return ImageSplit(images, rows["row"].to_numpy(), torch.tensor(rows["label"].to_numpy(), dtype=torch.int64),
-                      captions)
+                      captions, groups)
 
 

@@ -53,9 +53,10 @@ def fraction_mask(labels: np.ndarray, fraction: float, seed: int, classes: list[
         in_class = labels == label
         n_keep = round(fraction * int(in_class.sum()))
         if n_keep == 0:
+            n = int(in_class.sum())
             raise DatasetError(
-                f"data fraction {fraction} leaves class {classes[int(label)]!r} without training images "
-                f"(it has {int(in_class.sum())}); use a larger fraction"
+                f"data fraction {fraction:g} leaves class {classes[int(label)]!r} without training images (it has "
+                f"{n}, and {fraction:g} x {n} rounds to 0); use fractions of at least {1 / n:.2g}"
             )
         keep |= in_class & (ranks < n_keep)
     return keep

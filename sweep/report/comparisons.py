@@ -1,0 +1,298 @@
+"""Comparisons that count the test images: a paired bootstrap over test images, pooled over seeds.
+
+Every seed of a cell is scored on the same test images, so the spread of a handful of seeds misses the test set's
+own sampling noise (±6 F1 points on BreastMNIST's 156 images), and a percentile bootstrap of three per-seed
+differences is their [min, max], a 75% interval. Here, following Ferrer's protocol (github luferrer/
+ConfidenceIntervals): each resample draws test images with replacement (whole groups where the split has patient
+or lesion groups), the same draw for both methods and every seed; the metric of each method is recomputed per seed
+on that resample (macro F1 is not a mean of per-image scores), averaged over the seeds, and differenced.
+
+Verdicts: 'better' / 'worse' when the 95% interval excludes zero; 'equivalent' when it lies inside the region of
+practical equivalence (±rope points); 'undecided' otherwise. A seed-level sign test and Wilcoxon test are given
+from sweep.report.trust.MIN_SEEDS_FOR_TESTS seeds on (with n seeds the smallest two-sided p is 2/2^n: 0.25 at 3, 0.031 at 6).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from sweep.plan.spec import ReportSpec
+from sweep.report import trust
+from trainables.contract import PRED_GROUP, PRED_LABEL, PRED_ROW, PRED_SPLIT
+from trainables.predictions import probabilities
+
+RESAMPLES = 2000
+LEVEL = 0.95
+BOOTSTRAP_SEED = 20_240_101  # resamples are seeded: the report is the same every time it is built
+DEFAULT_ROPE = ReportSpec().rope  # points: the spec's report.rope when the spec does not say
+CONFUSION_METRICS = ("f1", "acc", "balanced_acc", "mcc")  # what can be recomputed from a confusion matrix
+
+
+@dataclass(frozen=True)
+class CellPredictions:
+    """One cell's predicted classes on its test split, for each of its seeds, aligned on the manifest's rows."""
+
+    rows: np.ndarray  # (n,) manifest row ids, ascending
+    labels: np.ndarray  # (n,) true class
+    groups: np.ndarray  # (n,) group id ("" where none: every image is its own group)
+    predicted: dict[int, np.ndarray]  # seed -> (n,) predicted class
+    classes: int
+
+    @classmethod
+    def from_frames(cls, frames: dict[int, pd.DataFrame]) -> CellPredictions:
+        """From each seed's predictions table (trainables.contract.PREDICTIONS_ARTIFACT), its test rows."""
+        first = None
+        predicted = {}
+        classes = 0
+        for seed, frame in sorted(frames.items()):
+            test = frame[frame[PRED_SPLIT] == "test"].sort_values(PRED_ROW)
+            probs = probabilities(test)
+            classes = max(classes, probs.shape[1])
+            if first is None:
+                first = test
+            elif not np.array_equal(test[PRED_ROW].to_numpy(), first[PRED_ROW].to_numpy()):
+                raise ValueError(f"seed {seed} was tested on other images than seed {min(frames)}")
+            predicted[seed] = probs.argmax(1)
+        if first is None:
+            raise ValueError("no predictions")
+        return cls(first[PRED_ROW].to_numpy(), first[PRED_LABEL].to_numpy(),
+                   first[PRED_GROUP].fillna("").astype(str).to_numpy(), predicted, classes)
+
+
+def resample_weights(groups: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, images) counts: how often each image is in each bootstrap resample. Groups are drawn whole, with
+    replacement, as many as the split has; an image without a group ("") is a group of its own."""
+    codes, _ = pd.factorize(pd.Series(groups, dtype=str), sort=False)
+    alone = np.asarray(groups, dtype=str) == ""
+    codes[alone] = codes.max() + 1 + np.arange(alone.sum())  # no group: a group of its own
+    _, index = np.unique(codes, return_inverse=True)  # consecutive codes 0..count-1
+    count = int(index.max()) + 1
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, count, size=(resamples, count))  # which groups each resample draws
+    drawn = np.bincount((np.arange(resamples)[:, None] * count + picks).ravel(),
+                        minlength=resamples * count).reshape(resamples, count)
+    if np.array_equal(index, np.arange(len(index))):  # every image its own group, in order
+        return drawn.astype(np.float64)
+    return drawn[:, index].astype(np.float64)
+
+
+def confusions(labels: np.ndarray, predicted: np.ndarray, weights: np.ndarray, classes: int) -> np.ndarray:
+    """Weighted confusion matrices: (resamples, seeds, classes, classes), rows true, columns predicted, for
+    predicted classes (seeds, images) and per-image weights (resamples, images). One matrix product for all."""
+    predicted = np.atleast_2d(predicted)
+    seeds, images = predicted.shape
+    cell = labels[None, :] * classes + predicted  # (seeds, images): which confusion entry each image lands in
+    onehot = np.zeros((images, seeds * classes * classes), dtype=weights.dtype)
+    onehot[np.arange(images)[None, :], np.arange(seeds)[:, None] * classes * classes + cell] = 1.0
+    return (weights @ onehot).reshape(len(weights), seeds, classes, classes)
+
+
+def metric_from_confusion(confusion: np.ndarray, metric: str) -> np.ndarray:
+    """A metric of every confusion matrix of an (..., K, K) stack, by scikit-learn's definitions (macro F1 over the
+    classes present in the labels or the predictions, a class never predicted right scoring 0; balanced accuracy
+    over the classes present in the labels; multi-class MCC, 0 where undefined)."""
+    c = np.asarray(confusion, dtype=np.float64)
+    diagonal = np.diagonal(c, axis1=-2, axis2=-1)
+    true, predicted = c.sum(-1), c.sum(-2)
+    total = true.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if metric == "acc":
+            return diagonal.sum(-1) / total
+        if metric == "f1":
+            denominator = true + predicted
+            present = denominator > 0
+            f1 = np.where(present, 2 * diagonal / np.where(present, denominator, 1), 0.0)
+            return f1.sum(-1) / present.sum(-1)
+        if metric == "balanced_acc":
+            present = true > 0
+            recall = np.where(present, diagonal / np.where(present, true, 1), 0.0)
+            return recall.sum(-1) / present.sum(-1)
+        if metric == "mcc":
+            correct = diagonal.sum(-1)
+            covariance = correct * total - (predicted * true).sum(-1)
+            denominator = np.sqrt((total**2 - (predicted**2).sum(-1)) * (total**2 - (true**2).sum(-1)))
+            return np.where(denominator > 0, covariance / np.where(denominator > 0, denominator, 1), 0.0)
+    raise ValueError(f"{metric!r} cannot be recomputed from a confusion matrix; one of {CONFUSION_METRICS}")
+
+
+def verdict(low: float, high: float, rope: float) -> str:
+    """'better' / 'worse' when the interval excludes zero, 'equivalent' when it lies within ±rope, else
+    'undecided'."""
+    if low > 0:
+        return "better"
+    if high < 0:
+        return "worse"
+    if -rope <= low and high <= rope:
+        return "equivalent"
+    return "undecided"
+
+
+def paired_bootstrap(a: CellPredictions, b: CellPredictions, metric: str = "f1", scale: float = 100.0,
+                     rope: float = DEFAULT_ROPE, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                     higher_is_better: bool = True) -> dict[str, object]:
+    """Method a against method b on the same test images: the difference of their seed-averaged metric (in
+    `scale` units, positive: a is better), its percentile 95% interval over resamples of the test images (both
+    methods and all seeds on the same draw), P(a is better), the per-seed differences on the whole test set over
+    the seeds both have, and the verdict."""
+    if not np.array_equal(a.rows, b.rows):
+        raise ValueError("the two cells were tested on different images")
+    classes = max(a.classes, b.classes)
+    weights = np.vstack([np.ones(len(a.rows)), resample_weights(a.groups, resamples, seed)])  # row 0: as observed
+    # Both methods' seeds in one matrix product: every seed of both on the same resamples.
+    predicted = np.stack([cell.predicted[s] for cell in (a, b) for s in sorted(cell.predicted)])
+    scores = metric_from_confusion(confusions(a.labels, predicted, weights, classes), metric) * scale
+    per_method = [scores[:, : len(a.predicted)], scores[:, len(a.predicted) :]]
+    sign = 1.0 if higher_is_better else -1.0
+    differences = sign * (per_method[0].mean(1) - per_method[1].mean(1))  # (1 + resamples,)
+    observed, boot = float(differences[0]), differences[1:]
+    tail = (1 - LEVEL) / 2 * 100
+    low, high = (float(v) for v in np.percentile(boot, [tail, 100 - tail]))
+    common = sorted(set(a.predicted) & set(b.predicted))
+    seeds_a, seeds_b = sorted(a.predicted), sorted(b.predicted)
+    per_seed = [float(sign * (per_method[0][0, seeds_a.index(s)] - per_method[1][0, seeds_b.index(s)]))
+                for s in common]
+    return {
+        "seeds": len(common), "seeds_a": len(seeds_a), "seeds_b": len(seeds_b), "images": len(a.rows),
+        "groups": int(len(set(a.groups) - {""}) + (a.groups == "").sum()),
+        "mean_diff": observed, "ci_low": low, "ci_high": high,
+        "p_better": float(np.mean(boot > 0) + 0.5 * np.mean(boot == 0)),
+        "per_seed": per_seed, "ahead": f"{sum(d > 0 for d in per_seed)} of {len(per_seed)}",
+        **trust.seed_tests(per_seed),
+        "verdict": verdict(low, high, rope),
+        "interval_over": "test images and seeds" if min(len(seeds_a), len(seeds_b)) > 1 else
+                         "test images only (one seed: seed variation is not in it)",
+    }
+
+
+# -- the comparisons a report states -----------------------------------------------------------------------------
+
+WHERE = ["task", "backbone", "dataset", "fraction"]
+COLUMNS = [*WHERE, "method", "reference", "kind", "basis", "unit", "seeds", "images", "mean_diff", "ci_low",
+           "ci_high", "p_better", "ahead", "sign_p", "wilcoxon_p", "verdict", "interval_over"]
+PERCENT_METRICS = ("f1", "acc", "balanced_acc", "auroc")
+BASIS_IMAGES = "test images and seeds"
+BASIS_SEEDS = "seeds only (no per-image predictions)"
+
+
+def compare_cells(chosen: pd.DataFrame, scores: pd.DataFrame, predictions: dict[str, pd.DataFrame],
+                  rope: float = DEFAULT_ROPE) -> pd.DataFrame:
+    """Every comparison the report states, per task, backbone, dataset and fraction: each method against full
+    fine-tuning, and the best method against the runner-up (by mean test score among the cells that learned).
+    `chosen`: each cell's chosen trial (analysis.chosen_trials); `scores`: analysis.method_scores; `predictions`:
+    {run id: predictions table}. A comparison with a cell that did not learn is not made; the verdict says which."""
+    rows = []
+    learned = scores.set_index([*WHERE, "method"])["learned"] if len(scores) else pd.Series(dtype=object)
+    for key, group in chosen.groupby(WHERE, sort=True):
+        methods = sorted(group["method"].unique())
+        pairs = {(m, "full"): "against full fine-tuning" for m in methods if m != "full" and "full" in methods}
+        part = scores[(scores[WHERE] == pd.Series(key, index=WHERE)).all(axis=1)] if len(scores) else scores
+        usable = part[part["learned"].map(lambda v: v is not False)].sort_values(["oriented", "method"],
+                                                                                  ascending=[False, True])
+        if len(usable) >= 2:
+            best, runner = usable["method"].iloc[0], usable["method"].iloc[1]
+            pair = (best, runner) if (best, runner) not in pairs and (runner, best) not in pairs else None
+            if pair:
+                pairs[pair] = "best against runner-up"
+            else:
+                found = (best, runner) if (best, runner) in pairs else (runner, best)
+                pairs[found] += "; best against runner-up"
+        for (method, reference), kind in pairs.items():
+            row = {**dict(zip(WHERE, key, strict=True)), "method": method, "reference": reference, "kind": kind}
+            row |= compare_pair(group[group["method"] == method], group[group["method"] == reference], predictions,
+                                rope)
+            not_learned = [m for m in (reference, method) if learned.get((*key, m)) is False]
+            if not_learned:
+                row["verdict"] = f"not compared: {' and '.join(not_learned)} did not learn"
+            rows.append(row)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def compare_pair(mine: pd.DataFrame, reference: pd.DataFrame, predictions: dict[str, pd.DataFrame],
+                 rope: float = DEFAULT_ROPE) -> dict[str, object]:
+    """One comparison of two cells' chosen trials (one row per seed each; positive: `mine` is better): on the test
+    images where every seed of both left predictions on the same images and the metric can be recomputed from
+    them, else on the per-seed test scores (sweep.report.trust.paired_comparison, and the basis says so)."""
+    test_metric = mine["test_metric"].iloc[0]
+    metric = test_metric.rsplit("/", 1)[-1]
+    scale = 100.0 if metric in PERCENT_METRICS else 1.0
+    higher = bool(mine["test_higher_is_better"].iloc[0])
+    unit = "%" if scale == 100 else ""
+    frames = [{int(s): predictions.get(r) for s, r in zip(cell["seed"], cell["run_id"], strict=True)}
+              for cell in (mine, reference)]
+    why = ""
+    if metric in CONFUSION_METRICS and all(f is not None for cell in frames for f in cell.values()):
+        try:
+            a, b = (CellPredictions.from_frames(cell) for cell in frames)
+            out = paired_bootstrap(a, b, metric, scale, rope if scale == 100 else rope / 100, higher_is_better=higher)
+            return {"basis": BASIS_IMAGES, "unit": unit, **{k: v for k, v in out.items() if k in COLUMNS}}
+        except ValueError as e:  # tested on other images (another split): only the seeds can be paired
+            why = str(e)
+    sign = 1.0 if higher else -1.0
+    paired = mine.set_index("seed")["test_main"].to_frame("mine").join(
+        reference.set_index("seed")["test_main"].rename("reference"), how="inner").dropna()
+    differences = sign * scale * (paired["mine"] - paired["reference"]).to_numpy(dtype=float)
+    out = trust.paired_comparison(differences)
+    return {"basis": BASIS_SEEDS + (f" ({why})" if why else ""), "unit": unit, "seeds": out["pairs"],
+            "images": math.nan, "mean_diff": out["mean_diff"], "ci_low": out["ci_low"], "ci_high": out["ci_high"],
+            "p_better": math.nan, "ahead": f"{int((differences > 0).sum())} of {len(differences)}",
+            "sign_p": out["sign_p"], "wilcoxon_p": out["wilcoxon_p"], "verdict": out["verdict"],
+            "interval_over": "seeds only: the test images' sampling noise is not in it"}
+
+
+# -- claims across datasets --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Methods over the datasets of one task, backbone and fraction (only methods that learned on every one)."""
+
+    task: str
+    backbone: str
+    fraction: float
+    scores: pd.DataFrame  # datasets x methods, mean test score oriented so that higher is better
+    ranks: pd.Series  # mean rank per method over the datasets, 1 = best, best first
+    holm: pd.DataFrame  # methods x methods: Holm-corrected two-sided p of pairwise Wilcoxon tests over datasets
+    best: str
+    runner_up: str
+    ahead: str  # "k of n datasets" the best is ahead of the runner-up on
+    wilcoxon_p: float  # best against runner-up over the datasets, uncorrected
+
+    @property
+    def smallest_p(self) -> float:
+        """The smallest two-sided p a signed-rank or sign test over this many datasets can give: 2/2^n."""
+        return 2 / 2 ** len(self.scores)
+
+
+def across_datasets(scores: pd.DataFrame) -> list[Ranking]:
+    """Per task, backbone and fraction with two datasets or more: mean ranks (scipy.stats.rankdata per dataset,
+    ties shared), the best method against the runner-up by a Wilcoxon signed-rank test over the datasets, and
+    pairwise Wilcoxon tests with Holm's correction (scikit-posthocs; Benavoli et al. 2016 prefer them to the
+    Nemenyi test) for the critical-difference diagram. Cells that did not learn are left out, and with them any
+    method that lacks a dataset."""
+    import scikit_posthocs
+
+    out = []
+    usable = scores[scores["learned"].map(lambda v: v is not False)]
+    for (task, backbone, fraction), part in usable.groupby(["task", "backbone", "fraction"], sort=True):
+        table = part.pivot_table(index="dataset", columns="method", values="oriented", aggfunc="first")
+        table = table.dropna(axis=1)
+        if len(table) < 2 or table.shape[1] < 2:
+            continue
+        ranks = pd.DataFrame(stats.rankdata(-table.to_numpy(), axis=1), index=table.index, columns=table.columns)
+        mean_ranks = ranks.mean().sort_values(kind="stable")
+        best, runner = mean_ranks.index[0], mean_ranks.index[1]
+        long = table.reset_index().melt(id_vars="dataset", var_name="method", value_name="score")
+        with warnings.catch_warnings():  # zero differences (identical scores) make scipy warn; zsplit keeps them
+            warnings.simplefilter("ignore")
+            holm = scikit_posthocs.posthoc_wilcoxon(long, val_col="score", group_col="method", p_adjust="holm",
+                                                    zero_method="zsplit")
+        difference = (table[best] - table[runner]).to_numpy()
+        out.append(Ranking(task, backbone, float(fraction), table, mean_ranks, holm, best, runner,
+                           f"{int((difference > 0).sum())} of {len(difference)}", trust.wilcoxon(difference)))
+    return out

@@ -1,0 +1,64 @@
+"""Adaptive seeds: which comparisons need another seed. A pure function of the trials and cells tables
+(sweep.report.analysis.trials_table) and the chosen trials' predictions, so the driver can ask it again at any time
+(after a restart too) and get the same answer for the same results.
+
+A comparison (sweep.report.comparisons.compare_cells: each method against full fine-tuning, the best against the
+runner-up) whose cells have ended every planned trial, and whose verdict is 'undecided', gets the next seed for
+both of its cells, until it is decided or has `max` seeds. One with a cell still running waits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from sweep.report import analysis, comparisons
+
+Line = tuple[str, str, str, float, str]  # (task, backbone, dataset, fraction, method): a cell without its seed
+
+
+@dataclass
+class SeedDecision:
+    add: dict[Line, int] = field(default_factory=dict)  # line -> the next seed it needs
+    waiting: bool = False  # some planned cell has trials still to end: ask again later
+    why: list[str] = field(default_factory=list)  # one line per comparison given a seed, or stopped at max
+
+
+def line_of(row) -> Line:
+    return (row["task"], row["backbone"], row["dataset"], float(row["fraction"]), row["method"])
+
+
+def seeds_needed(trials: pd.DataFrame, cells: pd.DataFrame, predictions: dict[str, pd.DataFrame],
+                 max_seeds: int, rope: float = comparisons.DEFAULT_ROPE) -> SeedDecision:
+    """The seeds to add now. `cells`: every planned cell (initial and added), with its budget."""
+    decision = SeedDecision()
+    if cells.empty:
+        return decision
+    status = analysis.cell_status(trials, cells)
+    incomplete = status[~status["complete"]]
+    decision.waiting = not incomplete.empty
+    busy = {line_of(r) for _, r in incomplete.iterrows()}
+    seeds = status.groupby([*comparisons.WHERE, "method"])["seed"].agg(lambda s: sorted(set(s)))
+    done = trials[trials["cell_key"].isin(status.loc[status["complete"], "cell_key"])]
+    if done.empty:
+        return decision
+    chosen = analysis.chosen_trials(done)
+    scores = analysis.method_scores(done)
+    compared = comparisons.compare_cells(chosen, scores, predictions, rope)
+    for _, row in compared.iterrows():
+        pair = [line_of({**row, "method": m}) for m in (row["method"], row["reference"])]
+        if row["verdict"] != "undecided" or any(line in busy for line in pair):
+            continue
+        taken = max(len(seeds.get(line, [])) for line in pair)
+        label = f"{row['backbone']} {row['dataset']} {row['fraction']:g}: {row['method']} vs {row['reference']}"
+        if taken >= max_seeds:
+            decision.why.append(f"{label}: still undecided at {taken} seeds, the most allowed")
+            continue
+        following = max(max(seeds.get(line, [-1])) for line in pair) + 1
+        for line in pair:
+            if following not in seeds.get(line, []):
+                decision.add[line] = max(decision.add.get(line, following), following)
+        decision.why.append(f"{label}: undecided at {taken} seeds (95% CI [{row['ci_low']:+.1f}, "
+                            f"{row['ci_high']:+.1f}]), seed {following} added to both")
+    return decision
