@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep.exit_codes import EXIT_BAD_INPUT
-from sweep.plan.cost import calibrate, priced, render
+from sweep.plan.cost import calibrate, most_added_by_rounds, priced, render
 from sweep.plan.spec import SpecError
 
 
@@ -64,11 +64,27 @@ def run(plans: list[tuple[Any, str]], args: argparse.Namespace) -> int:
         calibration = calibrate(plan, images, args.steps, args.fresh)
         costs = priced(calibration, on_demand, spot)
         print(render(calibration, name, costs), flush=True)
+        print(render_worst_case(plan, calibration), flush=True)
         report[name] = {"device": calibration.device, "groups": calibration.groups, "cells": calibration.cells,
                         "totals": {**calibration.totals, **costs}}
     if args.calibration_json:
         Path(args.calibration_json).write_text(json.dumps(report, indent=2))
     return 0
+
+
+def render_worst_case(plan: Any, calibration: Any) -> str:
+    """The most the sweep can cost once it adapts: every search round (a learning-rate range extended past an edge,
+    an epoch doubling) and every added seed run, each extra trial-epoch at the sweep's measured average cost."""
+    t = calibration.totals
+    planned = t["trial_epochs_halving"]
+    _, round_epochs = most_added_by_rounds(plan)
+    seeds = plan.spec.max_seeds / len(plan.spec.initial_seeds)
+    most = round((planned + round_epochs) * seeds)
+    hours = t["device_hours_halving"] * most / planned if planned else 0.0
+    if most == planned:
+        return "Worst case: as planned (no search rounds or added seeds can run)"
+    return (f"Worst case, if every search round and added seed runs: {most:,} trial-epochs, about {hours:.2f} "
+            f"device-hours (planned: {planned:,}, {t['device_hours_halving']:.2f})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,3 +108,18 @@ def test_bad_input_is_refused_before_any_measurement(spec_file, capsys, monkeypa
     assert calibrate.main(["--config", str(spec_file), "--set", "methods=[linear]", "--set",
                            "backbones=[{name: resnet_without_such_model, weights: random}]"]) == 2
     assert "backbone 'resnet_without_such_model' cannot be built" in capsys.readouterr().err
+
+
+def test_the_worst_case_counts_every_search_round_and_added_seed(tmp_path, monkeypatch):
+    """8 cells x (3 trials to a rung at 2 of 6 epochs, one on to 6): 80 trial-epochs planned. Without range
+    extension, each cell's choice may run once more at 12 epochs (96 more), and every comparison may double its
+    seeds (1 -> 2): (80 + 96) x 2 = 352 trial-epochs, at the planned cost per trial-epoch."""
+    monkeypatch.setenv("MEDPEFT_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "calib.yaml"
+    path.write_text(SPEC.replace("search: {sampler: grid, trials_per_cell: 3}",
+                                 "search: {sampler: grid, trials_per_cell: 3, extend: false, max_epoch_doublings: 1}\n"
+                                 "seeds: {initial: 1, max: 2}"))
+    plan = make_plan(load_spec(path), path, None, allow_missing=True)
+    measured = type("Calibration", (), {"totals": {"trial_epochs_halving": 80, "device_hours_halving": 0.5}})()
+    line = calibrate.render_worst_case(plan, measured)
+    assert "352 trial-epochs" in line and f"{0.5 * 352 / 80:.2f} device-hours" in line
