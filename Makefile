@@ -2,13 +2,14 @@
 #   make run                     # creates .venv if needed, then runs search_spaces/quickstart.yaml
 #   make run ARGS="--data-root /data --set train.epochs=10"
 #   make test                    # creates .venv if needed, then ruff + the test suite
+#   make test-all                # ... plus the long end-to-end runs (tests marked `long`)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 ARGS ?=
 
-.PHONY: setup run test bench browser clean
+.PHONY: setup run test test-all bench browser clean
 
 setup: $(STAMP)
 
@@ -25,6 +26,11 @@ run: $(STAMP)
 test: $(STAMP) browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q $(ARGS)
+
+# The suite plus the long end-to-end runs (tests marked `long`) and the autoscaler on a fake cluster.
+test-all: $(STAMP) browser
+	$(VENV)/bin/ruff check .
+	MEDPEFT_LONG_TESTS=1 MEDPEFT_AUTOSCALER_TEST=1 $(PY) -m pytest -q $(ARGS)
 
 # The HTML report is checked in headless Chromium (Debian's package). Installed when missing and we may (root
 # with apt); otherwise that one test skips itself.

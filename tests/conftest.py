@@ -150,3 +150,18 @@ def _no_ray_left_behind():
         pass
     kill_new_ray_processes(before)
     shutil.rmtree(_CACHE, ignore_errors=True)
+
+
+LONG_TESTS = "MEDPEFT_LONG_TESTS"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `long` (end-to-end runs of several minutes each on 2 cores) run with MEDPEFT_LONG_TESTS=1
+    (`make test-all`), so that `make test` stays within its time; everything they check is also covered by
+    faster tests, at the level of units."""
+    if os.environ.get(LONG_TESTS) == "1":
+        return
+    skip = pytest.mark.skip(reason=f"a long end-to-end run: {LONG_TESTS}=1 (make test-all) runs it")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)

@@ -276,7 +276,13 @@ def _check_backbones_and_methods(spec: SweepSpec, plan: Plan, task, allow_missin
             except MethodError as e:
                 problems.append(str(e))
             except (ValueError, RuntimeError, TypeError, OSError, ImportError) as e:
-                problems.append(f"backbone {backbone.name!r} cannot be built for task {spec.task!r}: {e}")
+                problem = f"backbone {backbone.name!r} cannot be built for task {spec.task!r}: {e}"
+                if backbone.kwargs:  # a part the user pointed at (e.g. a text encoder's folder) says it better
+                    try:
+                        task.check_weights(backbone.name, backbone.weights, backbone.kwargs)
+                    except WeightsError as weights:
+                        problem = str(weights)
+                problems.append(problem)
                 built = False
                 break
         if not built:  # said alone: where the weights of a model that cannot exist would come from is beside the point

@@ -176,7 +176,9 @@ def _flat(search: CellSearch, records: list[TrialRecord], state: SweepState, cel
     the first rung of successive halving (so a rung decided by a tie counts), or else at the end."""
     halvings: list[CellRungs] = [state.halving[k] for k in (round_key(cell, i) for i in range(len(search.rounds)))
                                  if k in state.halving]
-    if halvings and halvings[0].decided:
+    # A rung can be decided with no values recorded in this driver (after a restore, trials that ended before it
+    # are replayed and count as promoted there): then the final scores are what is known.
+    if halvings and halvings[0].decided and halvings[0].values:
         first = min(halvings[0].values)
         values = [v[0] for h in halvings for v in h.values.get(first, {}).values() if v[0] is not None]
     else:
