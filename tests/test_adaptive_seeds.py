@@ -165,6 +165,7 @@ resources: {cpus_per_trial: 0.5}
 """
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_a_sweep_adds_seeds_where_undecided_and_resume_repeats_none(tmp_path):
     """On the simulated task (deterministic): on 20 test images bitfit against full stays undecided, so seeds 2 and

@@ -149,6 +149,7 @@ def drain(address: str, node_id: str) -> None:
     assert accepted, why
 
 
+@pytest.mark.long
 def test_lost_nodes_cost_at_most_an_epoch_and_no_failure(cluster, stack, tmp_path):
     """A 3-node sweep (driver on the head, trials on two workers) against the tracking stack. First a worker gets a
     preemption notice: its trials checkpoint their epoch and move, losing nothing. Then a worker vanishes without
@@ -221,6 +222,7 @@ def test_lost_nodes_cost_at_most_an_epoch_and_no_failure(cluster, stack, tmp_pat
             assert cursor.fetchone()[0] == 8 + 4 + 1  # in PostgreSQL: the trials, the cells, the sweep's run
 
 
+@pytest.mark.long
 def test_lost_nodes_under_synchronous_halving(cluster, tmp_path):
     """Successive halving waits at each rung for every trial of a cell still in the race. A worker vanishes while
     trials run towards the first rung (some of their cell already wait there, paused), then again while a
@@ -274,6 +276,7 @@ def test_lost_nodes_under_synchronous_halving(cluster, tmp_path):
     assert killed, "no trial was running on a lost node"
 
 
+@pytest.mark.long
 def test_head_lost_and_the_sweep_resumed_on_a_new_head(cluster, tmp_path):
     first = cluster(workers=2)
     storage = tmp_path / "store"

@@ -75,6 +75,7 @@ def after(seconds: float, condition) -> bool:
     return True
 
 
+@pytest.mark.long
 def test_interrupted_halving_sweep_makes_the_choices_of_an_uninterrupted_one(tmp_path):
     """Ctrl-C and kill -9 land where a rung is open: trials paused at it, one running towards it (it checkpoints the
     rung's epoch while the driver goes down, so the driver never hears that report), and trials that ended since the

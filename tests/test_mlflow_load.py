@@ -79,11 +79,13 @@ def hammer(uri: str, artifacts: str) -> None:
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(STEPS)), key
 
 
+@pytest.mark.long
 def test_sixteen_writers_through_a_tracking_server(tmp_path):
     with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", (tmp_path / "artifacts").as_uri()) as url:
         hammer(url, (tmp_path / "artifacts").as_uri())
 
 
+@pytest.mark.long
 def test_sixteen_writers_on_the_local_default_store(tmp_path):
     # prepare() creates the store first (sweep.store.mlflow_experiment.create_store): trials opening a store that
     # is still being migrated would race on its schema.

@@ -64,6 +64,7 @@ resources: {cpus_per_trial: 1}
     return storage
 
 
+@pytest.mark.long
 @needs_shared_data
 def test_reference_report_on_a_renamed_real_sweep(renamed_sweep, tmp_path):
     out = tmp_path / "r"

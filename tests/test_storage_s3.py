@@ -63,6 +63,7 @@ def test_preflight_names_missing_bucket_and_unreachable_endpoint(s3, tmp_path):
     assert "Contents" not in boto3.client("s3").list_objects_v2(Bucket="medpeft")  # nothing was created
 
 
+@pytest.mark.long
 def test_sweep_on_s3_survives_losing_storage_and_leaks_no_credentials(s3, tmp_path):
     proxy, env = s3
     data = ["--data-root", str(SHARED_DATA)] if (SHARED_DATA / "medmnist").is_dir() else []

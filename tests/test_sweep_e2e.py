@@ -109,6 +109,7 @@ def test_kill_and_resume(tmp_path):
         assert steps == sorted(set(steps))
 
 
+@pytest.mark.long
 def test_multi_worker_trial_runs_ddp_in_a_nested_torch_trainer(tmp_path):
     spec = tmp_path / "ddp.yaml"
     spec.write_text(
@@ -140,6 +141,7 @@ VIT_METHODS = ["full", "linear", "bitfit", "layernorm", "attention", "vpt_shallo
 CNN_METHODS = ["full", "linear", "bitfit", "batchnorm", "ssf", "conv_adapter", "lora_conv", "peft:dora"]
 
 
+@pytest.mark.long
 def test_every_vit_and_cnn_method_in_one_sweep(tmp_path):
     spec = tmp_path / "zoo.yaml"
     spec.write_text(
