@@ -29,6 +29,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.ray_processes import processes as _processes
+
 REPO = Path(__file__).resolve().parents[1]
 FAKE_PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
 # The same environment for every process that talks to this cluster: Ray keeps 127.0.0.1 (it would take the
@@ -78,16 +80,6 @@ def fake_config(cluster_yaml: dict, gcs_address: str, max_workers: dict[str, int
         "head_setup_commands": [], "worker_setup_commands": [], "head_start_ray_commands": [],
         "worker_start_ray_commands": [],
     }
-
-
-def _processes() -> dict[int, tuple[int, str]]:
-    # -ww: whole command lines (without a terminal, ps cuts them at 80 columns)
-    out = subprocess.run(["ps", "-ww", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
-    table = {}
-    for line in out.splitlines()[1:]:
-        pid, ppid, *command = line.split(maxsplit=2)
-        table[int(pid)] = (int(ppid), command[0] if command else "")
-    return table
 
 
 def _with_descendants(roots: set[int], table: dict[int, tuple[int, str]]) -> set[int]:

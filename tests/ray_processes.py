@@ -12,7 +12,7 @@ PATTERNS = ("ray::", "raylet", "gcs_server", "ray/dashboard", "log_monitor.py", 
             "monitor.py --logs-dir")
 
 
-def _processes() -> dict[int, tuple[int, str]]:
+def processes() -> dict[int, tuple[int, str]]:
     """pid -> (parent pid, command line) of every process on this machine."""
     out = subprocess.run(["ps", "-ww", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
     table = {}
@@ -23,7 +23,7 @@ def _processes() -> dict[int, tuple[int, str]]:
 
 
 def ray_processes() -> set[int]:
-    return {pid for pid, (_, command) in _processes().items() if any(p in command for p in PATTERNS)}
+    return {pid for pid, (_, command) in processes().items() if any(p in command for p in PATTERNS)}
 
 
 def new_ray_processes(before: set[int]) -> set[int]:
@@ -31,7 +31,7 @@ def new_ray_processes(before: set[int]) -> set[int]:
     or orphaned (a killed launcher's, re-parented to init). Not the new workers of a Ray that was running before,
     nor the Ray of a launcher that some other process on this machine runs and is still alive (another test
     session's sweep keeps its own)."""
-    table = _processes()
+    table = processes()
     ray = ray_processes()
     me = os.getpid()
 
