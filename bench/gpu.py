@@ -21,14 +21,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from bench.common import REPO, Result
-
-SCRIPT = Path(__file__).resolve()
 
 
 def shapes(quick: bool) -> dict:
@@ -134,7 +131,8 @@ def loader_rate(size: int, batch: int, images: int) -> float:
 def packed(k: int, shape: dict, seconds: float) -> dict:
     """k LoRA trials (processes) training at once on one device: their total images/s, and the GPU's mean
     utilisation while they ran (nvidia-smi), where available."""
-    args = [sys.executable, str(SCRIPT), "--pack", json.dumps({**shape, "seconds": seconds})]
+    # As a module from the checkout: `bench` is not an installed package (the wheel ships sweep/ and trainables/).
+    args = [sys.executable, "-m", "bench.gpu", "--pack", json.dumps({**shape, "seconds": seconds})]
     procs = [subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, text=True) for _ in range(k)]
     utilisation = _sample_utilisation(procs)
     rates = [json.loads(p.communicate()[0].strip().splitlines()[-1])["images_per_s"] for p in procs]

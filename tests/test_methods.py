@@ -693,7 +693,8 @@ def peft_tuners() -> list[str]:
     return sorted(offered - set(UNSUPPORTED) | set(ALIASES))
 
 
-# Known unclear refusals, (tuner, family): the test fails when one changes (then update or delete it).
+# Known unclear refusals, (tuner, family), in the peft versions we allow: a new unclear one fails the test, and so
+# does an entry whose tuner now fits (then delete it).
 # - "meta": refused for a limit of the meta device, not of the tuner (they fit on the CPU). trainables/probe.py
 #   retries on the CPU after a RuntimeError naming "meta", but prepare_model has already turned the
 #   NotImplementedError (a RuntimeError) into a MethodError, so spec validation refuses a tuner that fits.
@@ -721,7 +722,8 @@ def test_every_peft_tuner_fits_or_is_refused_clearly(tuner):
             message = str(error)
             assert method in message and repr(backbones[0]) in message, message
             problem = unclear(message.partition(f"{backbones[0]!r}: ")[2])
-            assert problem == UNCLEAR_REFUSALS.get((tuner, family)), f"{family}: {message}"
+            # An entry is a known-unclear refusal; a peft release that words it clearly is no failure.
+            assert problem in (None, UNCLEAR_REFUSALS.get((tuner, family))), f"{family}: {message}"
         else:
             assert (tuner, family) not in UNCLEAR_REFUSALS, f"{method} fits a {family} now: delete its entry"
             assert 0 < prepared.trainable_params <= prepared.total_params
