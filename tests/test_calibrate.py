@@ -123,3 +123,13 @@ def test_the_worst_case_counts_every_search_round_and_added_seed(tmp_path, monke
     measured = type("Calibration", (), {"totals": {"trial_epochs_halving": 80, "device_hours_halving": 0.5}})()
     line = calibrate.render_worst_case(plan, measured)
     assert "352 trial-epochs" in line and f"{0.5 * 352 / 80:.2f} device-hours" in line
+
+
+def test_a_capped_training_set_is_estimated_at_its_cap(tmp_path, monkeypatch):
+    """`max_train_images` is what a trial trains on (trainables/data/prepare.py), so the estimate counts the cap,
+    not the split: 90 training images capped at 40, validation untouched."""
+    monkeypatch.setenv("MEDPEFT_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "capped.yaml"
+    path.write_text(SPEC.replace("num_classes: 3}}", "num_classes: 3}, max_train_images: 40}"))
+    plan = make_plan(load_spec(path), path, None, allow_missing=True)
+    assert cost.dataset_sizes(plan, {}) == {plan.cells[0].dataset.key: {"train": 40, "val": 30, "test": 30}}

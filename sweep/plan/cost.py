@@ -132,7 +132,7 @@ def dataset_sizes(plan, given: dict[str, int]) -> dict[str, dict[str, int]]:
     sizes, unknown = {}, []
     for cell in plan.cells:
         entry = cell.dataset
-        if entry.key in sizes:
+        if entry.key in sizes or entry.key in unknown:
             continue
         if entry.key in given:
             sizes[entry.key] = _split_sizes(given[entry.key], entry)
@@ -150,6 +150,11 @@ def dataset_sizes(plan, given: dict[str, int]) -> dict[str, dict[str, int]]:
     if unknown:
         raise SpecError(f"calibration: the size of dataset(s) {', '.join(unknown)} is not known (their files are "
                         "not here); give it with --images ID=TRAIN_IMAGES")
+    # A trial trains on at most max_train_images of the training split (trainables/data/prepare.py).
+    for cell in plan.cells:
+        cap = cell.dataset.max_train_images
+        if cap:
+            sizes[cell.dataset.key]["train"] = min(sizes[cell.dataset.key]["train"], cap)
     return sizes
 
 
