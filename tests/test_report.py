@@ -48,8 +48,8 @@ def fake_sweep(uri: str, name: str, cells: dict[tuple, list[dict]], budget: int 
 
     `cells` maps (dataset, method, fraction, seed) keys to their trials: `lr`, `val` (its validation score) and
     optionally `test`, `loss` (validation loss, 0.5), `params` (trainable, 1000 of 100,000), `counts_val` /
-    `counts_test` (images per class), `curve` (training loss per epoch), `predictions` (the per-image predictions
-    artifact's table) and `status` ("running": interrupted before its last epoch). Every cell has `budget` trials planned (default: as many as it has)."""
+    `counts_test` (images per class), `curve` (training loss per epoch), `scores` (the best-so-far validation
+    score per epoch; default `val` at every epoch), `searched` (other searched hyperparameters), `predictions` (the per-image predictions artifact's table) and `status` ("running": interrupted before its last epoch). Every cell has `budget` trials planned (default: as many as it has)."""
     task = get_task("classification")
     keys = list(cells)
     sizes = {len(trials) for trials in cells.values()}
@@ -74,7 +74,8 @@ def fake_sweep(uri: str, name: str, cells: dict[tuple, list[dict]], budget: int 
         base = base_config(spec, cell, tracking.for_cell(name, cell))
         trials = cells[(cell.dataset.key, cell.method.key, cell.fraction, cell.seed)]
         for i, t in enumerate(trials):
-            fake_trial(with_searched(base, {"lr": t["lr"]}, cell.trial_key(i)), t, task)
+            searched = {"lr": t["lr"], **t.get("searched", {})}
+            fake_trial(with_searched(base, searched, cell.trial_key(i)), t, task)
     return tracking
 
 
@@ -95,12 +96,14 @@ def fake_trial(config: dict, t: dict, task) -> None:
     status = t.get("status", Status.FINISHED)
     assert status in (Status.FINISHED, Status.RUNNING), status
     curve = t.get("curve", [])
-    assert len(curve) in (0, EPOCHS)
+    scores = t.get("scores", [t["val"]] * EPOCHS)
+    assert len(curve) in (0, EPOCHS) and len(scores) == EPOCHS and scores[-1] == t["val"]
     for epoch in range(1, EPOCHS + (status == Status.FINISHED)):
         last = epoch == EPOCHS
         if last and "predictions" in t:
             trial.log_predictions(t["predictions"])
-        metrics = {EPOCH: epoch, selection.val: t["val"], SCORE: t["val"], VAL_BEST_LOSS: t.get("loss", 0.5),
+        metrics = {EPOCH: epoch, selection.val: scores[epoch - 1], SCORE: scores[epoch - 1],
+                   VAL_BEST_LOSS: t.get("loss", 0.5),
                    **({"train/loss": curve[epoch - 1]} if curve else {}),
                    **({selection.test: t["test"]} if last and "test" in t else {})}
         trial.end_epoch(epoch, metrics, last)
@@ -122,6 +125,30 @@ def test_best_in_cell_is_chosen_on_validation_only(tmp_path):
     tags = {r.data.tags["trial_key"]: r.data.tags["is_best_in_cell"]
             for r in MlflowClient(uri).search_runs([tracking.experiment_id], "tags.role = 'trial'")}
     assert sorted(tags.values()) == ["false", "false", "true", "true"]
+
+
+def test_a_searched_weight_decay_at_its_edge_is_in_the_edge_table(tmp_path):
+    """Weight decay searched beside the learning rate: full's chosen trial has the largest weight decay its cell
+    tried (0.01 of 1e-4..0.01), lora's the middle one. Only full is listed, with that knob, and no learning rate at
+    an edge (both chose the middle one)."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    def trials(best_wd: float) -> list[dict]:
+        return [{"lr": lr, "val": 0.9 if (lr, wd) == (1e-3, best_wd) else 0.8, "test": 0.8, "searched": {"weight_decay": wd}}
+                for lr, wd in ((1e-4, 1e-4), (1e-3, best_wd), (1e-2, 1e-3), (1e-3, 1e-2 if best_wd != 1e-2 else 1e-4))]
+    tracking = fake_sweep(uri, "s", {("d", "full", 1.0, 0): trials(1e-2), ("d", "lora", 1.0, 0): trials(1e-3)})
+    result = report.build(uri, "s", tmp_path / "out")
+    best = result.trials[result.trials["is_best_in_cell"]].set_index("method")
+    assert best.loc["full", "searched.weight_decay"] == 1e-2 and best.loc["lora", "searched.weight_decay"] == 1e-3
+    assert best["knobs_at_edge"].to_dict() == {"full": "weight_decay high", "lora": ""}
+    assert best["lr_at_edge"].to_dict() == {"full": "", "lora": ""}
+    section = (tmp_path / "out" / "report.md").read_text().split("## Learning-rate search")[1].split("\n## ")[0]
+    assert "0 of 2 cells ended their search at an edge of the learning rates tried" in section
+    assert "1 chose another searched knob at the highest or lowest value tried" in section
+    assert "other knobs at an edge" in section and "weight_decay high" in section
+    assert "cls/d/bb/full/frac=1/seed=0" in section and "lora" not in section
+    tags = {r.data.tags["cell_key"]: r.data.tags["knobs_at_edge"]
+            for r in MlflowClient(uri).search_runs([tracking.experiment_id], "tags.role = 'cell'")}
+    assert tags == {"cls/d/bb/full/frac=1/seed=0": "weight_decay high", "cls/d/bb/lora/frac=1/seed=0": "no"}
 
 
 def test_partial_sweep_names_incomplete_cells(tmp_path):
@@ -241,10 +268,14 @@ def test_a_baseline_that_did_not_learn_is_marked_and_left_out(tmp_path):
     for seed in (0, 1):
         cells[("breast", "full", 1.0, seed)] = [{"lr": 1e-3, "val": 57 / 78, "test": 114 / 156, **counts,
                                                  "curve": [0.7, 0.69, 0.69, 0.69]}]
+        # Not converged: lora's best validation score rose from 0.80 to 0.88 over its last two epochs (of 4).
         cells[("breast", "lora", 1.0, seed)] = [{"lr": 1e-3, "val": 0.88 + 0.01 * seed, "test": 0.86 + 0.02 * seed,
-                                                 **counts, "curve": [0.7, 0.5, 0.3, 0.2]}]
+                                                 **counts, "curve": [0.7, 0.6, 0.55, 0.54],
+                                                 "scores": [0.70, 0.80, 0.85, 0.88 + 0.01 * seed]}]
+        # Converged: linear's held at 0.86 from epoch 2, though its training loss still fell by a third (the
+        # train-loss rule would have marked it; the validation score says longer training would not change it).
         cells[("breast", "linear", 1.0, seed)] = [{"lr": 1e-2, "val": 0.86, "test": 0.84 + 0.01 * seed, **counts,
-                                                   "curve": [0.7, 0.6, 0.55, 0.54]}]
+                                                   "curve": [0.7, 0.5, 0.3, 0.2], "scores": [0.80, 0.86, 0.86, 0.86]}]
     tracking = fake_sweep(uri, "s", cells)
     result = report.build(uri, "s", tmp_path / "out")
     text = (tmp_path / "out" / "report.md").read_text()
@@ -260,11 +291,18 @@ def test_a_baseline_that_did_not_learn_is_marked_and_left_out(tmp_path):
     recommendations = text.split("## Recommendations")[1]
     assert "**lora**" in recommendations and "Left out, as they did not beat the trivial classifier: full" in recommendations
     assert "not compared with full fine-tuning (full did not learn)" in recommendations
-    assert "lora_conv" not in text and "†" in text  # lora's loss still fell by a third over its last epochs
-    cell_tags = {r.data.tags["cell_key"]: r.data.tags["learned"]
+    assert "lora_conv" not in text
+    chosen = result.trials[result.trials["is_best_in_cell"]].groupby("method")["not_converged"].agg(set)
+    assert chosen.to_dict() == {"full": {False}, "lora": {True}, "linear": {False}}
+    assert re.search(r"^\| lora \| [^|]*† \|", text, re.MULTILINE)
+    assert not re.search(r"^\| (linear|full) \| [^|]*† \|", text, re.MULTILINE)
+    assert "†: not converged, the chosen trial's best validation score still rising" in text
+    cell_tags = {r.data.tags["cell_key"]: r.data.tags
                  for r in MlflowClient(uri).search_runs([tracking.experiment_id], "tags.role = 'cell'")}
-    assert cell_tags["cls/breast/bb/full/frac=1/seed=0"] == "did not learn"
-    assert cell_tags["cls/breast/bb/lora/frac=1/seed=1"] == "yes"
+    assert cell_tags["cls/breast/bb/full/frac=1/seed=0"]["learned"] == "did not learn"
+    assert cell_tags["cls/breast/bb/lora/frac=1/seed=1"]["learned"] == "yes"
+    assert cell_tags["cls/breast/bb/lora/frac=1/seed=1"]["not_converged"] == "true"
+    assert cell_tags["cls/breast/bb/linear/frac=1/seed=1"]["not_converged"] == "false"
 
 
 def test_without_predictions_comparisons_fall_back_to_seeds_and_one_seed_cannot_tell(tmp_path):

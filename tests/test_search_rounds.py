@@ -46,8 +46,12 @@ class Loop:
     """Tune's calls, in Tune's order: new trials from the searcher, the scheduler picks one to run, results go to
     the searcher then the scheduler, a stopped or finished trial completes (scheduler, then searcher)."""
 
-    def __init__(self, searcher: CellSearcher, sched: PerCellHalving, objective, diverges=lambda lr: False):
+    def __init__(self, searcher: CellSearcher, sched: PerCellHalving, objective, diverges=lambda lr: False,
+                 reads_train: bool = False):
+        """`reads_train`: the objective is given the trial's whole train config (every searched knob), not its
+        learning rate."""
         self.searcher, self.sched, self.objective, self.diverges = searcher, sched, objective, diverges
+        self.reads_train = reads_train
         self.trials: list[Stub] = []
         self.search_alg = SimpleNamespace(is_finished=lambda: self.finished, searcher=searcher)
         self.finished, self.epochs, self.runs = False, 0, []
@@ -91,7 +95,7 @@ class Loop:
                 if self.diverges(lr):
                     result = {"epoch": trial.epoch, "score": float("nan"), "failed": 1}
                 else:
-                    value = self.objective(lr, trial.epoch)
+                    value = self.objective(trial.config["train"] if self.reads_train else lr, trial.epoch)
                     result = {"epoch": trial.epoch, "score": value, "val/best_loss": 1 - value}
                 self.searcher.on_trial_result(trial.trial_id, result)
                 decision = self.sched.on_trial_result(self, trial, result)
@@ -254,6 +258,79 @@ def test_a_converged_chosen_trial_is_not_run_again():
     loop = Loop(searcher, sched, objective=bell(-1, tau=0.5))  # flat long before epoch 9
     loop.run()
     assert [r.kind for r in outcome(loop)[2].rounds] == ["initial"] and len(loop.trials) == 3
+
+
+def with_weight_decay(best_lr_log10: float, best_wd_log10: float):
+    """A score with a bell in the learning rate and a smaller one in the weight decay (best at 10**best_wd_log10)."""
+    def score(train: dict, epoch: int) -> float:
+        lr, wd = math.log10(train["lr"]), math.log10(train["weight_decay"])
+        final = 0.5 + 0.3 * math.exp(-((lr - best_lr_log10) ** 2) / 0.8) + 0.1 * math.exp(-((wd - best_wd_log10) ** 2) / 0.8)
+        return final * (1 - math.exp(-epoch / 3))
+    return score
+
+
+LR_WD = {"lr": Dist(low=1e-4, high=1e-2), "weight_decay": Dist(low=1e-4, high=1e-2)}  # a 3 x 3 grid
+
+
+def weight_decays(loop: Loop) -> tuple[float, list[float], dict[str, str]]:
+    search = loop.searcher.state.search[CELL]
+    records = [loop.searcher.state.trials[t] for t in search.trial_ids]
+    return (rounds.chosen(records).params["weight_decay"], sorted({r.params["weight_decay"] for r in records}),
+            rounds.describe(search, records))
+
+
+def test_a_searched_weight_decay_at_its_top_edge_is_reported_not_extended():
+    loop = Loop(*make(space=LR_WD, budget=9), objective=with_weight_decay(-3, 0), reads_train=True)  # wd best at 1
+    loop.run()
+    lr, _, search = outcome(loop)
+    wd, wds, described = weight_decays(loop)
+    assert lr == pytest.approx(1e-3) and search.edge == rounds.INTERIOR  # the learning rate is inside
+    assert wd == pytest.approx(1e-2) and wds == pytest.approx([1e-4, 1e-3, 1e-2])
+    assert search.knob_edges == {"weight_decay": "high"}
+    assert [r.kind for r in search.rounds] == ["initial"] and len(loop.runs) == 9  # no round for a knob's edge
+    assert described["search_knob_edges"] == "weight_decay high"
+    assert described["search"] == "lr 0.0001..0.01, weight_decay at its high edge"
+
+
+def test_a_searched_weight_decay_inside_its_range_is_not_reported():
+    loop = Loop(*make(space=LR_WD, budget=9), objective=with_weight_decay(-3, -3), reads_train=True)
+    loop.run()
+    wd, _, described = weight_decays(loop)
+    assert wd == pytest.approx(1e-3) and loop.searcher.state.search[CELL].knob_edges == {}
+    assert described["search_knob_edges"] == "" and "weight_decay" not in described["search"]
+
+
+def test_with_a_weight_decay_at_its_edge_the_learning_rate_still_extends_as_alone():
+    """The learning rate best at 0.1 (beyond 1e-2), the weight decay at its top: the rounds widen the learning rate
+    exactly as in test_a_cell_best_beyond_its_high_edge_extends_until_the_choice_is_inside (each round one new
+    learning rate, with every weight decay of the grid), and leave the weight decay's range as planned."""
+    loop = Loop(*make(space=LR_WD, budget=9), objective=with_weight_decay(-1, 0), reads_train=True)
+    loop.run()
+    lr, tried, search = outcome(loop)
+    wd, wds, described = weight_decays(loop)
+    assert lr == pytest.approx(0.1) and tried == pytest.approx([1e-4, 1e-3, 1e-2, 0.1, 1.0])
+    assert [r.kind for r in search.rounds] == ["initial", "high", "high"] and search.edge == rounds.INTERIOR
+    assert all(r.space["weight_decay"] == LR_WD["weight_decay"] for r in search.rounds)
+    assert wds == pytest.approx([1e-4, 1e-3, 1e-2]) and wd == pytest.approx(1e-2)
+    assert described["search"] == "lr 0.0001..1, +2 rounds high, weight_decay at its high edge"
+
+
+@pytest.mark.parametrize("value, tried, edge", [
+    (1e-2, [1e-4, 1e-3, 1e-2], "high"), (1e-4, [1e-4, 1e-3, 1e-2], "low"), (1e-3, [1e-4, 1e-3, 1e-2], ""),
+    (16, [4, 8, 16], "high"),  # a LoRA rank searched over numeric choices
+    (8, [8, 8], ""),  # one value tried: no range to be at the edge of
+    (True, [True, False], ""), ("adam", ["adam", "sgd"], ""),  # choices without an order
+])
+def test_the_edge_check_every_knob_gets(value, tried, edge):
+    from sweep.plan.grid import range_edge
+
+    assert range_edge(value, tried) == edge
+
+
+def test_one_definition_of_not_converged_for_the_rounds_and_the_report():
+    from trainables import contract
+
+    assert rounds.still_improving is contract.still_improving and rounds.FLAT_TOLERANCE == contract.SCORE_TOLERANCE
 
 
 def test_still_improving_is_judged_on_the_best_so_far_over_the_last_epochs():

@@ -85,14 +85,32 @@ def test_verdicts_one_seed_cannot_tell_and_an_interval_excluding_zero_decides():
     assert trust.paired_comparison(np.array([3.0, -4.0, 1.0]))["verdict"] == "no clear difference"
 
 
-def test_still_falling_and_lr_at_the_edge():
-    assert trust.still_falling([1.0, 0.8, 0.6, 0.45, 0.3])  # fell by a third over the last two epochs
-    assert not trust.still_falling([1.0, 0.5, 0.41, 0.40, 0.40])
-    import pandas as pd
+def test_not_converged_is_the_validation_score_still_rising_at_the_end():
+    """The contract's one definition, on hand-written best-so-far score histories (5 epochs: the last two looked at,
+    tolerance 0.01): 0.70 -> 0.78 over epochs 3..5 is still rising; 0.80 held for three epochs is not."""
+    from trainables.contract import still_improving
 
-    trials = pd.DataFrame({"cell_key": ["a"] * 3 + ["b"] * 3, "searched.lr": [1e-4, 1e-3, 1e-2] * 2})
-    chosen = pd.DataFrame({"cell_key": ["a", "b"], "searched.lr": [1e-2, 1e-3]})
-    assert trust.lr_at_edge(trials, chosen).to_dict() == {"a": "high", "b": ""}
+    assert still_improving([0.60, 0.65, 0.70, 0.74, 0.78])  # best rose 0.08 over its last two epochs
+    assert not still_improving([0.60, 0.75, 0.80, 0.80, 0.80])  # plateaued
+    assert not still_improving([0.60, 0.75, 0.80, 0.80, 0.805])  # +0.005: within the tolerance
+    assert still_improving([0.60, 0.75, 0.80, 0.80, 0.805], tolerance=0.001)
+    assert not still_improving({1: 0.5, 2: 0.9})  # two epochs: not judged
+    assert still_improving({3: 0.70, 1: 0.5, 2: 0.6})  # by epoch, whatever the order given
+    # Lower-is-better histories (a loss) rise when they fall.
+    assert still_improving([0.9, 0.8, 0.6, 0.5, 0.4], higher_is_better=False)
+
+
+def test_lr_and_the_other_searched_knobs_at_the_edge():
+    """Cell a: learning rate and weight decay both at the top of what it tried; b: both inside; c: one weight decay
+    tried (no range to be at the edge of), learning rate at the bottom."""
+    trials = pd.DataFrame({"cell_key": ["a"] * 3 + ["b"] * 3 + ["c"] * 3,
+                           "searched.lr": [1e-4, 1e-3, 1e-2] * 3,
+                           "searched.weight_decay": [1e-4, 1e-3, 1e-2] * 2 + [0.05] * 3})
+    chosen = pd.DataFrame({"cell_key": ["a", "b", "c"], "searched.lr": [1e-2, 1e-3, 1e-4],
+                           "searched.weight_decay": [1e-2, 1e-3, 0.05]})
+    assert trust.at_edge(trials, chosen).to_dict() == {"a": "high", "b": "", "c": "low"}
+    assert trust.knobs_at_edge(trials, chosen).to_dict() == {"a": "weight_decay high", "b": "", "c": ""}
+    assert trust.knobs_at_edge(trials[["cell_key", "searched.lr"]], chosen).to_dict() == {"a": "", "b": "", "c": ""}
 
 
 def test_a_tie_in_wins_goes_to_the_larger_margin_not_the_name():

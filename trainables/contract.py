@@ -1,5 +1,6 @@
 """The contract between a trial and the sweep's driver, in one place: what a trial reports to Tune every epoch,
-the tags and statuses its MLflow run carries, and the rule its cell's trials are ranked by.
+the tags and statuses its MLflow run carries, the rule its cell's trials are ranked by, and when a trial had not
+converged.
 
 Both sides use these names (trainables/ writes them, sweep/ reads them), so a misspelt key is an AttributeError
 at import instead of a rung that waits for ever. This module imports nothing of ours: anything may import it.
@@ -8,6 +9,7 @@ at import instead of a rung that waits for ever. This module imports nothing of 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -93,3 +95,31 @@ def _finite(value: float | None, otherwise: float) -> float:
     except (TypeError, ValueError):
         return otherwise
     return value if math.isfinite(value) else otherwise
+
+
+# -- when a trial had not converged ----------------------------------------------------------------------------
+
+# SCORE values (accuracy, F1 ... in [0, 1]) closer than this are equal: one point, about the sampling noise of a
+# validation set of a few thousand images. A spec's search.flat_tolerance replaces it.
+SCORE_TOLERANCE = 0.01
+
+
+def still_improving(scores: Mapping[int, float] | Sequence[float], tolerance: float = SCORE_TOLERANCE,
+                    higher_is_better: bool = True) -> bool:
+    """Whether a trial had not converged, the one definition both sides use: the driver's search rounds run such a
+    chosen trial again with twice the epochs (sweep/tune/rounds.py), the report marks it † (sweep/report).
+
+    The definition (the Deep Learning Tuning Playbook's "are the trials still improving at the end of training?",
+    asked of the metric the trial is chosen on): the trial's best-so-far validation score (`scores`: SCORE, one
+    value per epoch, by epoch or in epoch order) rose by more than `tolerance` over its last fifth of epochs (at
+    least its last two). The best-so-far, not the last value: a dip at the end is not progress, and a score that
+    went up and came back did converge. Fewer than three epochs cannot tell a trend from one step: not judged
+    (False). Epochs with no finite score (a diverged report) are left out."""
+    ordered = [scores[e] for e in sorted(scores)] if isinstance(scores, Mapping) else list(scores)
+    sign = 1.0 if higher_is_better else -1.0
+    values = [sign * float(v) for v in ordered if v is not None and math.isfinite(float(v))]
+    if len(values) < 3:
+        return False
+    best = [max(values[: i + 1]) for i in range(len(values))]
+    back = max(2, math.ceil(len(values) / 5))
+    return best[-1] - best[-1 - back] > tolerance

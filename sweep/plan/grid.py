@@ -7,6 +7,8 @@ import copy
 import dataclasses
 import itertools
 import math
+import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,6 +198,28 @@ def grid_order(space: dict[str, Dist], points: int) -> list[dict[str, Any]]:
 # -- learning rates beyond a range's edge (search rounds, sweep/tune/rounds.py, and their worst-case cost) --------
 
 LR = "lr"
+EDGE_HIGH, EDGE_LOW = "high", "low"
+
+
+def range_edge(value: Any, tried: Iterable[Any]) -> str:
+    """The edge check of every searched numeric knob, the learning rate's and the others' (the Playbook's "best
+    points at the edge of the search space"): EDGE_HIGH (EDGE_LOW) when `value`, the chosen trial's, is the largest
+    (smallest) of the values its cell `tried`, and those span more than one value; else ''. A knob with one value
+    tried has no range to be at the edge of; a non-numeric one (a choice of names) has no order. The search rounds
+    widen the learning rate's range on it (sweep/tune/rounds.py); every other knob's edge is reported only."""
+    if not _numeric(value):
+        return ""
+    values = [float(v) for v in tried if _numeric(v)]
+    if len(values) < 2 or math.isclose(min(values), max(values), rel_tol=1e-9):
+        return ""
+    if math.isclose(float(value), max(values), rel_tol=1e-9):
+        return EDGE_HIGH
+    return EDGE_LOW if math.isclose(float(value), min(values), rel_tol=1e-9) else ""
+
+
+def _numeric(value: Any) -> bool:
+    # A bool is an int to Python, but True/False are two choices, not two ends of a range.
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def lr_step(lr: Dist, grid_points: int, budget: int, sampler: str) -> float:

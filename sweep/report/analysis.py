@@ -1,6 +1,6 @@
 """From MLflow runs to the study's numbers: the per-trial table, each cell's chosen trial (on validation only),
-and the tables of the report. `trials_table` reads MLflow (the runs, and the training-loss history of each cell's
-chosen trial); everything after it is a pure function of that table's DataFrame, so every number can be
+and the tables of the report. `trials_table` reads MLflow (the runs, and the validation-score history of each
+cell's chosen trial); everything after it is a pure function of that table's DataFrame, so every number can be
 recomputed from `results.parquet`.
 """
 
@@ -21,18 +21,21 @@ from trainables.contract import (
     FAILURE_REASON,
     ROLE_TAG,
     SCORE,
+    SCORE_TOLERANCE,
     STATUS_TAG,
     TRIAL_KEY_TAG,
     VAL_BEST_LOSS,
     Status,
     selection_order,
+    still_improving,
 )
 
 CELL_FIELDS = ["task", "dataset", "backbone", "method", "fraction", "seed"]
 
 
-def trials_table(uri: str, sweep: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(one row per trial, one row per planned cell) of a sweep, from MLflow."""
+def trials_table(uri: str, sweep: str, tolerance: float = SCORE_TOLERANCE) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per trial, one row per planned cell) of a sweep, from MLflow. `tolerance`: the spec's
+    search.flat_tolerance, so a chosen trial is "not converged" here exactly when its search rounds judged it so."""
     mlflow = mlflow_experiment.client(uri)
     experiment = mlflow.get_experiment_by_name(sweep)
     if experiment is None:
@@ -48,6 +51,7 @@ def trials_table(uri: str, sweep: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         "search": run.data.tags.get("search", ""),  # the cell's search rounds (sweep/tune/rounds.py describe)
         "search_edge": run.data.tags.get("search_edge", ""),
         "search_note": run.data.tags.get("search_note", ""),
+        "search_knob_edges": run.data.tags.get("search_knob_edges", ""),
         **{f: run.data.tags.get(f, "") for f in CELL_FIELDS},
     } for run in cell_runs])
     if not cells.empty:
@@ -55,23 +59,33 @@ def trials_table(uri: str, sweep: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         cells["seed"] = cells["seed"].astype(int)
         cells = cells.sort_values("cell_key").reset_index(drop=True)  # MLflow returns newest first
     trials = mark_best_in_cell(trials)
-    trials = _with_curve_checks(mlflow, trials)
+    trials = _with_curve_checks(mlflow, trials, tolerance)
     return trials.sort_values(["cell_key", "trial_key"]).reset_index(drop=True), cells
 
 
-def _with_curve_checks(mlflow, trials: pd.DataFrame) -> pd.DataFrame:
-    """For each cell's chosen trial: is its training loss still falling at its last epoch, and is its learning
-    rate at the edge of what the cell tried. Only chosen trials' histories are read (one per cell)."""
+def _with_curve_checks(mlflow, trials: pd.DataFrame, tolerance: float = SCORE_TOLERANCE) -> pd.DataFrame:
+    """For each cell's chosen trial: was its validation score still improving at its last epochs (the contract's
+    still_improving on its per-epoch SCORE, the selection metric oriented higher-is-better: the rule the search
+    rounds double a trial's epochs by), and are its learning rate and its other searched knobs at the edge of
+    what the cell tried. Only chosen trials' histories are read (one per cell).
+
+    Not the training loss: a loss still falling while the validation score has stopped rising says that more
+    epochs would fit the training set better, not that they would change the choice, and the rounds do not act
+    on it; a † that disagreed with them would say "train longer" where training longer was judged pointless."""
     trials = trials.copy()
     trials["not_converged"] = False
     trials["lr_at_edge"] = ""
+    trials["knobs_at_edge"] = ""
     chosen = trials[trials["is_best_in_cell"]] if len(trials) else trials
     for index, run_id in zip(chosen.index, chosen["run_id"], strict=True):
-        history = sorted(mlflow.get_metric_history(run_id, "train/loss"), key=lambda m: m.step)
-        trials.loc[index, "not_converged"] = trust.still_falling([m.value for m in history])
+        # epoch -> SCORE, as the searcher records it (an epoch logged again after a resume counts once).
+        history = {m.step: m.value for m in sorted(mlflow.get_metric_history(run_id, SCORE),
+                                                   key=lambda m: (m.step, m.timestamp))}
+        trials.loc[index, "not_converged"] = still_improving(history, tolerance)
     if len(chosen):
-        edges = trust.lr_at_edge(trials, chosen)
-        trials.loc[chosen.index, "lr_at_edge"] = chosen["cell_key"].map(edges).fillna("").to_numpy()
+        for column, edges in (("lr_at_edge", trust.at_edge(trials, chosen)),
+                              ("knobs_at_edge", trust.knobs_at_edge(trials, chosen))):
+            trials.loc[chosen.index, column] = chosen["cell_key"].map(edges).fillna("").to_numpy()
     return trials
 
 

@@ -28,6 +28,7 @@ from sweep.report.console_table import count
 from sweep.report.document import Document
 from sweep.store import mlflow_experiment
 from sweep.store.storage import Storage, parse_storage
+from trainables.contract import SCORE_TOLERANCE
 
 FORMATS = ("md", "html", "csv", "parquet")
 RAW_COLUMNS_DOC = (
@@ -37,7 +38,8 @@ RAW_COLUMNS_DOC = (
     "test_loss (and "
     "test_<m> for every other test metric, e.g. test_fid, test_kid), "
     "bn_mode, counts_val and counts_test (images per class: the trivial classifier's scores come from them), "
-    "not_converged, lr_at_edge, trainable_params, total_params, trainable_share, epochs_run, max_epochs, "
+    "not_converged (the chosen trial's validation score still rising at its end), lr_at_edge and knobs_at_edge "
+    "(its learning rate, its other searched knobs, at an edge of what its cell tried), trainable_params, total_params, trainable_share, epochs_run, max_epochs, "
     "wall_seconds, peak_mem_mb, cpus, gpus, workers, is_best_in_cell, and every hyperparameter as "
     "searched.* / train.* / method.*"
 )
@@ -54,10 +56,11 @@ class Report:
 
 def build(uri: str, sweep: str, out: Path, formats: tuple[str, ...] = FORMATS, log_to_mlflow: bool = True,
           reference: str | None = None, rope: float = comparisons.DEFAULT_ROPE,
-          adaptive: tuple[int, int] | None = None) -> Report:
+          adaptive: tuple[int, int] | None = None, tolerance: float = SCORE_TOLERANCE) -> Report:
     """`adaptive`: (initial, max) of the spec's adaptive seeds, so the report says why a comparison took the seeds
-    it took."""
-    trials, cells = analysis.trials_table(uri, sweep)
+    it took. `tolerance`: the spec's search.flat_tolerance (a not-converged trial is judged as its rounds judged
+    it)."""
+    trials, cells = analysis.trials_table(uri, sweep, tolerance)
     status = analysis.cell_status(trials, cells)
     scores = analysis.method_scores(trials)
     chosen = analysis.chosen_trials(trials)
@@ -187,8 +190,10 @@ def _main_table(doc: Document, task: str, backbone: str, scores: pd.DataFrame) -
               f"mean difference to full fine-tuning across the datasets where both learned"
               f"{' in percentage points' if unit else ''} (positive: better; compared on the test images in "
               "'Comparisons' below). The trivial classifier row is what a model that ignores the image scores. "
-              "(did not learn): no better than it; †: training loss still falling at the last epoch (train longer); "
-              "‡: the chosen learning rate is the edge of the range searched (widen it).")
+              "(did not learn): no better than it; †: not converged, the chosen trial's best validation score still "
+              "rising over its last epochs (train longer; the rule by which the search rounds double the epochs, "
+              "trainables/contract.py still_improving); ‡: the chosen learning rate is the edge of the range searched "
+              "(widen it).")
     if task == "classification":
         legend += (" BatchNorm stats: whether the BatchNorm running statistics were updated in training (train) or "
                    "kept as pretrained (eval).")
@@ -315,14 +320,29 @@ def _lr_search(doc: Document, trials: pd.DataFrame, cells: pd.DataFrame, out: Pa
                               f"{backbone}")
     if "search_edge" not in cells:
         return
-    edge = cells[cells["search_edge"].isin(["stability", "high", "low"])]
+    # The other searched knobs' edges come from the trials table (trust.knobs_at_edge: the rounds' check,
+    # recomputable from results.parquet), the learning rate's kind of edge from the cell runs (only the rounds
+    # know a stability edge from a limit).
+    chosen = trials[trials["is_best_in_cell"]] if "knobs_at_edge" in trials else trials.iloc[:0]
+    knobs = dict(zip(chosen["cell_key"], chosen.get("knobs_at_edge", pd.Series(dtype=object)), strict=True))
+    knobs = {cell: text for cell, text in knobs.items() if text}
+    at_lr_edge = cells["search_edge"].isin(["stability", "high", "low"])
+    edge = cells[at_lr_edge | cells["cell_key"].isin(knobs)]
     if len(edge):
-        doc.text(f"{len(edge)} of {len(cells)} cells ended their search at an edge of the learning rates tried "
-                 "(stability: larger ones diverged; high/low: the limits or search.max_extensions stopped it):")
-        doc.table(edge[["cell_key", "search_edge", "search_note", "search"]].rename(columns={
-            "cell_key": "cell", "search_edge": "edge", "search_note": "why", "search": "rounds"}))
+        doc.text(f"{int(at_lr_edge.sum())} of {len(cells)} cells ended their search at an edge of the learning rates "
+                 "tried (stability: larger ones diverged; high/low: the limits or search.max_extensions stopped it)"
+                 + (f"; {len(knobs)} chose another searched knob at the highest or lowest value tried (reported "
+                    "only: the search widens the learning rate's range, no other)" if knobs else "") + ":")
+        table = edge[["cell_key", "search_edge", "search_note", "search"]].rename(columns={
+            "cell_key": "cell", "search_edge": "edge", "search_note": "why", "search": "rounds"})
+        table["edge"] = [e if a else "" for e, a in zip(table["edge"], at_lr_edge[edge.index], strict=True)]
+        table["why"] = [w if a else "" for w, a in zip(table["why"], at_lr_edge[edge.index], strict=True)]
+        if knobs:
+            table.insert(3, "other knobs at an edge", edge["cell_key"].map(knobs).fillna("").to_numpy())
+        doc.table(table)
     elif cells["search_edge"].astype(bool).any():
-        doc.text("Every cell's chosen learning rate is inside the range its search tried.")
+        doc.text("Every cell's chosen learning rate is inside the range its search tried, and so is every other "
+                 "searched knob's value.")
 
 
 def _cost(doc: Document, trials: pd.DataFrame) -> None:
@@ -523,8 +543,9 @@ def main(argv: list[str] | None = None) -> int:
         rope = args.rope if args.rope is not None else saved.get("report", {}).get("rope", comparisons.DEFAULT_ROPE)
         seeds = saved.get("seeds")
         adaptive = (int(seeds["initial"]), int(seeds["max"])) if isinstance(seeds, dict) else None
+        tolerance = float(saved.get("search", {}).get("flat_tolerance", SCORE_TOLERANCE))
         report = build(_tracking_uri(storage, args.name, args.mlflow_uri), args.name, out, formats,
-                       reference=args.reference, rope=float(rope), adaptive=adaptive)
+                       reference=args.reference, rope=float(rope), adaptive=adaptive, tolerance=tolerance)
     except LookupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

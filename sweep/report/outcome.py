@@ -38,7 +38,8 @@ def record_outcome(uri: str, trials, status, finished_parent: str | None = None)
             # "did not learn" where the chosen trial is no better than the trivial classifier (sweep.report.trust).
             tags += [RunTag("learned", {None: "n/a", True: "yes", False: "did not learn"}[trust.verdict(verdict["learned"])]),
                      RunTag("not_converged", str(bool(best.get("not_converged", False))).lower()),
-                     RunTag("lr_at_edge", str(best.get("lr_at_edge", "")) or "no")]
+                     RunTag("lr_at_edge", str(best.get("lr_at_edge", "")) or "no"),
+                     RunTag("knobs_at_edge", str(best.get("knobs_at_edge", "")) or "no")]
             values = {"val": best["val_best"], "test": best["test_main"],
                       "chosen_lr": searched.get("lr"), "trivial_val": verdict["trivial_val"],
                       "trivial_test": verdict["trivial_test"]}

@@ -1,6 +1,6 @@
-"""Checks that keep artefacts out of the answer: did a cell's chosen trial learn at all, had it converged, was its
-learning rate at the edge of the range searched, and is a difference against full fine-tuning larger than the
-seeds' noise. Pure functions of the trials table (`sweep.report.analysis.trials_table`), so every verdict can be
+"""Checks that keep artefacts out of the answer: did a cell's chosen trial learn at all, had it converged (its
+validation score, by the rule the search rounds use), was its learning rate (or another searched knob) at the edge
+of the range searched, and is a difference against full fine-tuning larger than the seeds' noise. Pure functions of the trials table (`sweep.report.analysis.trials_table`), so every verdict can be
 recomputed from `results.parquet`.
 
 - The trivial classifier of a split is the best of the classifiers that look at no image: always the majority
@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from sweep.plan.grid import range_edge
+
 Z95 = 1.96
-# Relative fall of the training loss over the last fifth of the epochs above which a curve is still falling.
-NOT_CONVERGED_DROP = 0.10
 MIN_SEEDS_FOR_TESTS = 6  # seed-level tests from here: the first n where 2/2^n, the smallest p n seeds give, < 0.05
 
 
@@ -120,29 +120,28 @@ def cell_verdicts(chosen: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return frame
 
 
-def lr_at_edge(trials: pd.DataFrame, chosen: pd.DataFrame, column: str = "searched.lr") -> pd.Series:
-    """Per chosen trial (indexed by cell_key): 'low' or 'high' when its learning rate is the smallest or largest its
-    cell tried (with at least three tried), else ''."""
+def at_edge(trials: pd.DataFrame, chosen: pd.DataFrame, column: str = "searched.lr") -> pd.Series:
+    """Per chosen trial (indexed by cell_key): 'low' or 'high' when its value of `column` (a searched knob, the
+    learning rate by default) is the smallest or largest its cell tried, else '' (sweep.plan.grid.range_edge, the
+    check the search rounds make: numeric values, more than one tried)."""
     if column not in trials.columns:
-        return pd.Series("", index=chosen["cell_key"])
-    tried = trials.groupby("cell_key")[column].agg(lambda v: sorted(set(pd.to_numeric(v, errors="coerce").dropna())))
-    edges = {}
-    for cell, lr in zip(chosen["cell_key"], pd.to_numeric(chosen[column], errors="coerce"), strict=True):
-        values = tried.get(cell, [])
-        edges[cell] = ("" if len(values) < 3 or math.isnan(lr) else
-                       "low" if np.isclose(lr, values[0]) else "high" if np.isclose(lr, values[-1]) else "")
-    return pd.Series(edges)
+        return pd.Series("", index=chosen["cell_key"], dtype=object)
+    tried = trials.groupby("cell_key")[column].agg(lambda v: list(pd.to_numeric(v, errors="coerce").dropna()))
+    return pd.Series({cell: range_edge(value, tried.get(cell, []))
+                      for cell, value in zip(chosen["cell_key"], pd.to_numeric(chosen[column], errors="coerce"),
+                                             strict=True)}, dtype=object)
 
 
-def still_falling(losses: list[float]) -> bool:
-    """A training-loss curve (one value per epoch) that fell by more than NOT_CONVERGED_DROP of its value over
-    its last fifth (at least the last two epochs)."""
-    losses = [x for x in losses if x == x]
-    if len(losses) < 3:
-        return False
-    back = max(2, math.ceil(len(losses) / 5))
-    start, end = losses[-1 - back], losses[-1]
-    return start > 0 and (start - end) / start > NOT_CONVERGED_DROP
+def knobs_at_edge(trials: pd.DataFrame, chosen: pd.DataFrame) -> pd.Series:
+    """Per chosen trial (indexed by cell_key): its searched knobs other than the learning rate that sit at an edge
+    of what its cell tried, e.g. 'weight_decay high, knobs.r low' ('' for none). Reported, never widened (only the
+    learning rate's range is: sweep/tune/rounds.py)."""
+    columns = sorted(c for c in trials.columns if c.startswith("searched.") and c != "searched.lr")
+    edges = {column: at_edge(trials, chosen, column) for column in columns}
+    return pd.Series({cell: ", ".join(f"{c.removeprefix('searched.')} {e[cell]}" for c, e in edges.items()
+                                      if e.get(cell, ""))
+                      for cell in chosen["cell_key"]}, dtype=object)
+
 
 
 # ---------------------------------------------------------------------------------------------------------------

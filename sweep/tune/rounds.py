@@ -18,17 +18,22 @@ The rules, in the order they are applied to a cell whose round has ended (`next_
    it, one decade further at the cell's own log spacing (grid: the step between its grid points; other samplers:
    its planned trials per decade), inside `lr_limits`, at most `max_extensions` rounds.
 5. **Not converged**: with the range settled, if the chosen trial's best-so-far validation score was still rising
-   over its last epochs (`still_improving`), one more trial runs its configuration with twice the epochs, at most
-   `max_doublings` times. The report's choice (the best by validation) then picks between them.
+   over its last epochs (trainables.contract.still_improving, the definition the report's † uses too), one more
+   trial runs its configuration with twice the epochs, at most `max_doublings` times. The report's choice (the
+   best by validation) then picks between them.
+
+Every other searched numeric knob (weight decay, a LoRA rank searched over a range or numeric choices) gets the
+same edge check as the learning rate (sweep.plan.grid.range_edge): a chosen value at the lowest or highest the cell
+tried is reported (`knob_edges`, `describe`), never extended: the Playbook's advice to widen is about the one
+hyperparameter whose best value moves by decades from one setting to the next.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from sweep.plan.grid import LR, extension_round_size, lr_step, lrs_beyond, trial_key
+from sweep.plan.grid import LR, extension_round_size, lr_step, lrs_beyond, range_edge, trial_key
 from sweep.plan.spec import Dist
 from sweep.tune.state import (
     ROUND_DOUBLING,
@@ -41,11 +46,11 @@ from sweep.tune.state import (
     TrialRecord,
     round_key,
 )
-from trainables.contract import Status, selection_order
+from trainables.contract import SCORE_TOLERANCE, Status, selection_order, still_improving
 
 # Scores (SCORE units: accuracy, F1 ... in [0, 1]) closer than this are equal (the spec's search.flat_tolerance):
-# one point, about the sampling noise of a validation set of a few thousand images.
-FLAT_TOLERANCE = 0.01
+# the contract's, which its not-converged rule (still_improving, imported here for the doubling) uses too.
+FLAT_TOLERANCE = SCORE_TOLERANCE
 
 # A cell's search ends with one of these (CellSearch.edge); the last three leave it at an edge of its range.
 INTERIOR, STABILITY, AT_HIGH, AT_LOW = "interior", "stability", "high", "low"
@@ -76,19 +81,6 @@ def chosen(records: list[TrialRecord], mode: str = "max") -> TrialRecord | None:
                default=None)
 
 
-def still_improving(scores: dict[int, float], tolerance: float = FLAT_TOLERANCE, mode: str = "max") -> bool:
-    """Not converged: the best-so-far validation score (SCORE, one value per epoch) rose by more than `tolerance`
-    over the last fifth of the epochs (at least the last two), as sweep/report/trust.py's still_falling looks
-    at the training loss. Fewer than three epochs: not judged (False)."""
-    sign = 1.0 if mode == "max" else -1.0
-    values = [sign * scores[e] for e in sorted(scores)]
-    if len(values) < 3:
-        return False
-    best = [max(values[: i + 1]) for i in range(len(values))]
-    back = max(2, math.ceil(len(values) / 5))
-    return best[-1] - best[-1 - back] > tolerance
-
-
 def did_not_learn(record: TrialRecord, tolerance: float, mode: str = "max") -> bool:
     """Diverged (FAILED), or its best-so-far score never rose above its first epoch's by more than `tolerance`
     (needs two epochs or more to tell)."""
@@ -103,6 +95,7 @@ def next_round(search: CellSearch, records: list[TrialRecord], state: SweepState
                grid_points: int, sampler: str, base_epochs: int | None = None) -> Round | None:
     """The cell's next round, or None when its search is done; either way its `edge` and `note` say how its
     range stands. `records`: every trial of the cell, all ended."""
+    search.knob_edges = knob_edges(search.rounds[0].space, records, chosen(records, rules.mode))
     if search.rounds[-1].kind != ROUND_DOUBLING:
         direction = _judge_range(search, records, state, cell, rules)
         if direction is not None:
@@ -114,7 +107,7 @@ def next_round(search: CellSearch, records: list[TrialRecord], state: SweepState
     doublings = sum(r.kind == ROUND_DOUBLING for r in search.rounds)
     best = chosen(records, rules.mode)
     if best is None or doublings >= rules.max_doublings or not still_improving(best.scores, rules.flat_tolerance,
-                                                                               rules.mode):
+                                                                               rules.mode == "max"):
         return None
     if best.round < len(search.rounds) and search.rounds[best.round].kind == ROUND_DOUBLING and doublings:
         epochs = search.rounds[best.round].epochs
@@ -125,6 +118,16 @@ def next_round(search: CellSearch, records: list[TrialRecord], state: SweepState
                  why=f"{trial_key(cell, best.index)} still improving at its last epoch: epochs {epochs} -> "
                      f"{2 * epochs}",
                  epochs=2 * epochs, params=dict(best.params))
+
+
+def knob_edges(space: dict[str, Any], records: list[TrialRecord], best: TrialRecord | None) -> dict[str, str]:
+    """Every searched knob but the learning rate whose chosen value (`best`'s) is at an edge of the values the
+    cell's trials tried: name -> "high"/"low" (range_edge: numeric knobs with more than one value tried)."""
+    if best is None:
+        return {}
+    edges = {name: range_edge(best.params.get(name), [r.params[name] for r in records if name in r.params])
+             for name in sorted(space) if name != LR}
+    return {name: edge for name, edge in edges.items() if edge}
 
 
 def _judge_range(search: CellSearch, records: list[TrialRecord], state: SweepState, cell: str,
@@ -142,6 +145,7 @@ def _judge_range(search: CellSearch, records: list[TrialRecord], state: SweepSta
     tol = rules.flat_tolerance
     above = [r for r in records if r.params[LR] > best.params[LR]]
     below = [r for r in records if r.params[LR] < best.params[LR]]
+    side = range_edge(best.params[LR], [r.params[LR] for r in records])
     if above and all(did_not_learn(r, tol, rules.mode) for r in above) and not did_not_learn(best, tol, rules.mode):
         if below:
             search.edge, search.note = STABILITY, STABILITY_NOTE
@@ -149,9 +153,11 @@ def _judge_range(search: CellSearch, records: list[TrialRecord], state: SweepSta
         direction, why = ROUND_LOW, "best at the lowest learning rate tried (larger ones diverged)"
     elif _flat(search, records, state, cell, rules):
         direction, why = ROUND_HIGH, "flat range (scores equal within noise): extended up"
-    elif not above:
+    elif side == AT_HIGH or not (above or below):
+        # One learning rate tried has no edge to be at (range_edge), but nothing says the best is below it either:
+        # as for a flat range, training signal lies up.
         direction, why = ROUND_HIGH, "best at the highest learning rate tried"
-    elif not below:
+    elif side == AT_LOW:
         direction, why = ROUND_LOW, "best at the lowest learning rate tried"
     else:
         search.edge, search.note = INTERIOR, ""
@@ -213,8 +219,8 @@ def _extension(search: CellSearch, records: list[TrialRecord], direction: str, r
 
 
 def describe(search: CellSearch, records: list[TrialRecord]) -> dict[str, str]:
-    """What a person reads about a cell's search: its learning rates tried, its rounds and how its range ended
-    (the launcher's table and the cell's MLflow run)."""
+    """What a person reads about a cell's search: its learning rates tried, its rounds, how its range ended and
+    which other searched knobs ended at an edge (the launcher's table and the cell's MLflow run)."""
     lrs = sorted({r.params[LR] for r in records if LR in r.params})
     parts = [f"lr {lrs[0]:.3g}..{lrs[-1]:.3g}"] if lrs else []
     extensions = [r for r in search.rounds if r.kind in (ROUND_HIGH, ROUND_LOW)]
@@ -227,6 +233,8 @@ def describe(search: CellSearch, records: list[TrialRecord]) -> dict[str, str]:
             parts.append(f"epochs {r.epochs // 2} -> {r.epochs}")
     if search.edge in (STABILITY, AT_HIGH, AT_LOW):
         parts.append(search.note if search.edge == STABILITY else f"at the {search.edge} edge ({search.note})")
+    knobs = search.knob_edges or {}
+    parts += [f"{name} at its {edge} edge" for name, edge in knobs.items()]
     ranges = []
     for r in search.rounds:
         if r.kind == ROUND_DOUBLING:
@@ -240,4 +248,6 @@ def describe(search: CellSearch, records: list[TrialRecord]) -> dict[str, str]:
         "search_ranges": "; ".join(ranges),
         "search_edge": search.edge,
         "search_note": search.note,
+        # The other knobs' edges, e.g. "weight_decay high, knobs.r low" ('' when none is at an edge).
+        "search_knob_edges": ", ".join(f"{name} {edge}" for name, edge in knobs.items()),
     }

@@ -151,7 +151,8 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
                           f"--storage {storage.uri} --resume")
     from sweep.tune.adaptive import added_cells
 
-    trials, planned = trials_table(mlflow_uri, name)
+    # The spec's tolerance: the cell runs' not_converged then says what the search rounds judged.
+    trials, planned = trials_table(mlflow_uri, name, plan.spec.search.flat_tolerance)
     cells = cell_frame(trials, [*plan.cells, *added_cells(plan.cells, planned)], plan.max_epochs)
     if len(cells) and "search" in planned:  # each cell's rounds, as its cell run records them (callbacks.py)
         cells["search"] = cells["cell_key"].map(dict(zip(planned["cell_key"], planned["search"], strict=True)))

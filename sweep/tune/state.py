@@ -103,6 +103,10 @@ class CellSearch:
     done: bool = False  # no more rounds: the cell's trials are all handed out
     announced: int = 0  # rounds after the initial one the progress callback has printed
     recorded: bool = False  # the progress callback has written the cell's search onto its MLflow run
+    # Searched numeric knobs other than the learning rate whose chosen value is the highest or lowest the cell
+    # tried: name -> "high"/"low" (sweep/tune/rounds.py knob_edges; reported, never extended). None: not judged
+    # yet, or a state saved before knobs were checked (a default, not a factory, so such a pickle still loads).
+    knob_edges: dict[str, str] | None = None
 
     @property
     def budget(self) -> int:
