@@ -405,5 +405,6 @@ def test_simulated_sweep_runs_the_rounds_the_dry_run_bounds(tmp_path):
     assert cell.data.tags["search_edge"] == "interior"
     assert ", +2 rounds high, epochs 4 -> 8" in cell.data.tags["search"]
     assert ", +2 rounds high, epochs 4 -> 8" in result.stdout  # the launcher's table too
+    assert "finished 8/8 epochs" in result.stdout and "/4 epochs" in result.stdout  # each trial its own length
     (doubled,) = [r for r in trials if r.data.tags["round_kind"] == "doubling"]
     assert cell.data.tags["chosen_trial"] == doubled.data.tags["trial_key"]  # 8 epochs beat 4 on validation

@@ -99,14 +99,16 @@ class SweepProgress(Callback):
         result = trial.last_result or {}
         epoch = int(result.get(EPOCH, 0) or 0)
         stopped = key in self.state.stopped_early
+        # A trial's own length: an epoch doubling (sweep/tune/rounds.py) runs longer than the sweep's epochs.
+        planned = (trial.config.get("train") or {}).get("epochs") or self.max_t
         if result.get(FAILED):
             verdict = f"FAILED at epoch {epoch}: {result.get(FAILURE_REASON, '')}"
         elif stopped:
-            verdict = f"stopped early after {epoch}/{self.max_t} epochs"
+            verdict = f"stopped early after {epoch}/{planned} epochs"
             if not result.get(REPLAYED):  # a replayed trial's run already says how it ended
                 self._mark_stopped(key, result.get(RUN_ID))
         else:
-            verdict = f"finished {epoch}/{self.max_t} epochs"
+            verdict = f"finished {epoch}/{planned} epochs"
         if result.get(REPLAYED):
             verdict += " before the interruption (replayed from MLflow)"
         self._print(trials, key, trial, verdict, result)
