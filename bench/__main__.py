@@ -16,7 +16,7 @@ import time
 
 import torch
 
-BENCHMARKS = ["data", "trainable", "sweeps", "asha", "scale", "gpu", "cluster", "autoscale", "rounds"]
+BENCHMARKS = ["data", "trainable", "sweeps", "asha", "scale", "gpu", "cluster", "autoscale", "rounds", "estimate"]
 
 
 def machine() -> dict:

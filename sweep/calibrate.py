@@ -1,8 +1,9 @@
-"""`python -m sweep.calibrate`: what a sweep will cost, measured on this machine before it is spent
-(how: sweep/plan/cost.py).
+"""`python -m sweep.calibrate`: what a sweep will cost, measured on this machine before it is spent, and what it
+did cost once it ran (how: sweep/plan/cost.py).
 
     python -m sweep.calibrate --config search_spaces/paper.yaml --arm vit --price-per-hour 3.9 --spot-price-per-hour 1.3
-    python -m sweep.launch --config SPEC --dry-run --calibrate        # the same, after the dry run's grid
+    python -m sweep.launch --config SPEC --dry-run --calibrate --calibration-json estimate.json   # after the grid
+    python -m sweep.calibrate --actual --storage results --name NAME --estimate estimate.json --out cost.json
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep.exit_codes import EXIT_BAD_INPUT
-from sweep.plan.cost import calibrate, most_added_by_rounds, priced, render
+from sweep.plan.cost import actual_cost, calibrate, cost_record, duration, priced, render, worst_case
 from sweep.plan.spec import SpecError
 
 
@@ -66,25 +67,58 @@ def run(plans: list[tuple[Any, str]], args: argparse.Namespace) -> int:
         print(render(calibration, name, costs), flush=True)
         print(render_worst_case(plan, calibration), flush=True)
         report[name] = {"device": calibration.device, "groups": calibration.groups, "cells": calibration.cells,
-                        "totals": {**calibration.totals, **costs}}
+                        "overheads": calibration.overheads, "totals": {**calibration.totals, **costs},
+                        "worst_case": worst_case(plan, calibration.totals)}
     if args.calibration_json:
         Path(args.calibration_json).write_text(json.dumps(report, indent=2))
     return 0
 
 
 def render_worst_case(plan: Any, calibration: Any) -> str:
-    """The most the sweep can cost once it adapts: every search round (a learning-rate range extended past an edge,
-    an epoch doubling) and every added seed run, each extra trial-epoch at the sweep's measured average cost."""
+    """The most the sweep can cost once it adapts (sweep.plan.cost.worst_case), in words."""
     t = calibration.totals
     planned = t["trial_epochs_halving"]
-    _, round_epochs = most_added_by_rounds(plan)
-    seeds = plan.spec.max_seeds / len(plan.spec.initial_seeds)
-    most = round((planned + round_epochs) * seeds)
-    hours = t["device_hours_halving"] * most / planned if planned else 0.0
-    if most == planned:
+    most = worst_case(plan, t)
+    if most["trial_epochs"] == planned:
         return "Worst case: as planned (no search rounds or added seeds can run)"
-    return (f"Worst case, if every search round and added seed runs: {most:,} trial-epochs, about {hours:.2f} "
-            f"device-hours (planned: {planned:,}, {t['device_hours_halving']:.2f})")
+    return (f"Worst case, if every search round and added seed runs: {most['trial_epochs']:,} trial-epochs, about "
+            f"{most['device_hours']:.2f} device-hours and {duration(most['wall_s'])} wall time (planned: "
+            f"{planned:,}, {t['device_hours_halving']:.2f}, {duration(t['wall_s_halving'])})")
+
+
+def run_actual(args: argparse.Namespace) -> int:
+    """`--actual`: the cost record of a finished sweep (printed, and written to --out)."""
+    from sweep.plan.spec import SweepSpec
+    from sweep.store.mlflow_experiment import default_tracking_uri
+    from sweep.store.storage import parse_storage
+    from sweep.tune.run import load_inputs
+
+    if not args.name:
+        raise SpecError("--actual needs --name: the sweep's name, as it was launched")
+    storage = parse_storage(args.storage)
+    inputs = load_inputs(storage, args.name)
+    uri = args.mlflow_uri or inputs.get("mlflow_uri") or default_tracking_uri(storage)
+    actual = actual_cost(uri, args.name)
+    if args.wall_seconds is not None:
+        actual["wall_s"] = args.wall_seconds  # measured around the launcher (e.g. `time`): its start-up included
+    if not args.estimate:
+        print(json.dumps({k: v for k, v in actual.items() if k != "rounds"}, indent=2))
+        return 0
+    try:
+        estimate = json.loads(Path(args.estimate).read_text())
+    except (OSError, ValueError) as e:
+        raise SpecError(f"--estimate {args.estimate}: cannot read it as JSON ({e})") from None
+    record = cost_record(args.name, estimate, actual, SweepSpec.model_validate(inputs["spec"]))
+    r = record["ratios"]
+    print(f"{args.name}: {actual['trial_epochs']:,} trial-epochs in {duration(actual['wall_s'])}; estimate for "
+          f"what ran: {record['estimate_for_what_ran']['trial_epochs']:,} in "
+          f"{duration(record['estimate_for_what_ran']['wall_s'])} (x{r['trial_epochs'] or 0:.2f} trial-epochs, "
+          f"x{r['wall'] or 0:.2f} wall); {actual['rounds_run']} search round(s), {actual['cells_added']} cell(s) "
+          "added with seeds")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,9 +130,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arm", action="append", default=[])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--data-root", default=None)
+    actual = parser.add_argument_group("what a finished sweep cost (--actual)")
+    actual.add_argument("--actual", action="store_true", help="read a finished sweep's cost from its MLflow")
+    actual.add_argument("--storage", default="results", help="where the sweep lives (as given to sweep.launch)")
+    actual.add_argument("--name", default=None, help="the sweep's name")
+    actual.add_argument("--mlflow-uri", default=None, help="its MLflow (default: as it was launched)")
+    actual.add_argument("--estimate", default=None, metavar="PATH",
+                        help="the dry run's --calibration-json, to compare with (without: the actual cost only)")
+    actual.add_argument("--wall-seconds", type=float, default=None,
+                        help="the sweep's wall time measured around the launcher (default: its MLflow sweep run's)")
+    actual.add_argument("--out", default=None, metavar="PATH", help="write the cost record (JSON) here")
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
+        if args.actual:
+            return run_actual(args)
         path = Path(args.config) if args.config else DEFAULT_SPEC
         specs = chosen_arms(load_specs(path, args.overrides), args.arm)
         root = args.data_root or os.environ.get("MEDPEFT_DATA_ROOT")

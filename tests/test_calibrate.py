@@ -1,6 +1,8 @@
 """`python -m sweep.calibrate` (and `sweep.launch --dry-run --calibrate`) on tiny models on the CPU: every group
-measured once and cached, the estimate recomputed from its parts under synchronous halving's exact cost, GPU
-shares from measured memory, and bad input refused before any measurement."""
+measured once and cached, the estimate recomputed from its parts under synchronous halving's exact cost (steps and
+overheads, numbers worked out by hand from sweep/plan/cost.py's formula), GPU shares from measured memory, the
+overheads fitted from a timeline, a finished sweep's cost read back, and bad input refused before any
+measurement."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import pytest
 
 from sweep import calibrate
 from sweep.launch import main as launch_main
-from sweep.plan import cost
+from sweep.plan import cost, overheads
 from sweep.plan.spec import SpecError, load_spec
 from sweep.plan.validate import make_plan
 
@@ -31,9 +33,15 @@ resources: {cpus_per_trial: 1}
 """
 
 
+# The machine's overheads as measured constants (the harness sweep is not run by these tests; its fit is tested
+# on a timeline below).
+OVERHEADS = {"trial_s": 1.0, "pause_s": 3.0, "epoch_s": 0.5, "sweep_s": 20.0, "import_s": 6.0}
+
+
 @pytest.fixture
 def spec_file(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDPEFT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(cost, "measure_overheads", lambda *a, **k: dict(OVERHEADS))
     path = tmp_path / "calib.yaml"
     path.write_text(SPEC)
     return path
@@ -48,7 +56,8 @@ def test_every_group_is_measured_once_and_the_estimate_is_the_sum_of_its_parts(s
     assert set(groups) == {("test_resnet", "linear"), ("test_resnet", "ssf"), ("test_vit", "linear"),
                            ("test_vit", "lora")}  # 8 cells, 4 groups: each fraction shares its group's measurement
     assert all(g["train_images_per_s"] > 0 and g["peak_memory_mb"] > 0 and g["checkpoint_mb"] > 0
-               for g in groups.values())
+               and g["build_s"] > 0 and g["checkpoint_save_s"] > 0 and g["checkpoint_load_s"] > 0
+               and g["threads"] == 1 for g in groups.values())  # one CPU per trial: one thread
     # Recomputed from the measurements: 90 / 30 images, 3 trials, 6 epochs, one rung at 2 (eta 3): 3x2 + 1x4.
     halving, exhaustive = 3 * 2 + 1 * 4, 3 * 6
     total = 0.0
@@ -58,11 +67,15 @@ def test_every_group_is_measured_once_and_the_estimate_is_the_sum_of_its_parts(s
         epoch_s = fraction * 90 / g["train_images_per_s"] + 30 / g["eval_images_per_s"]
         assert cell["epoch_s"] == pytest.approx(epoch_s)
         assert (cell["trial_epochs_halving"], cell["trial_epochs_exhaustive"]) == (halving, exhaustive)
-        assert cell["device_hours_halving"] == pytest.approx(epoch_s * halving / 3600)  # one CPU per trial
+        # The steps' part (one CPU per trial); the rest is overheads (checked by hand in the next test).
+        steps = cell["device_hours_halving"] - cell["overhead_hours_halving"]
+        assert steps == pytest.approx(epoch_s * halving / 3600)
         total += cell["device_hours_halving"]
     assert sum(g["device_hours_halving"] for g in report["groups"].values()) == pytest.approx(total)
     totals = report["totals"]
-    assert totals["device_hours_halving"] == pytest.approx(total)
+    imports = OVERHEADS["import_s"] * totals["slots"] / 3600  # each slot's actor imports once (one CPU each)
+    assert totals["device_hours_halving"] == pytest.approx(total + imports)
+    total += imports
     assert totals["trial_epochs_halving"] == 8 * halving and totals["trial_epochs_exhaustive"] == 8 * exhaustive
     assert totals["cost_on_demand_halving"] == pytest.approx(2 * total)
     assert totals["cost_spot_exhaustive"] == pytest.approx(0.5 * totals["device_hours_exhaustive"])
@@ -120,9 +133,120 @@ def test_the_worst_case_counts_every_search_round_and_added_seed(tmp_path, monke
                                  "search: {sampler: grid, trials_per_cell: 3, extend: false, max_epoch_doublings: 1}\n"
                                  "seeds: {initial: 1, max: 2}"))
     plan = make_plan(load_spec(path), path, None, allow_missing=True)
-    measured = type("Calibration", (), {"totals": {"trial_epochs_halving": 80, "device_hours_halving": 0.5}})()
-    line = calibrate.render_worst_case(plan, measured)
+    totals = {"trial_epochs_halving": 80, "device_hours_halving": 0.5, "wall_s_halving": 1000.0, "serial_s": 200.0}
+    line = calibrate.render_worst_case(plan, type("Calibration", (), {"totals": totals})())
     assert "352 trial-epochs" in line and f"{0.5 * 352 / 80:.2f} device-hours" in line
+    # The wall time past the serial 200 s grows as the trial-epochs: 200 + 800 x 352 / 80 = 3720 s.
+    assert cost.worst_case(plan, totals)["wall_s"] == pytest.approx(3720.0) and "1 h 02 min wall time" in line
+
+
+def test_overheads_count_as_the_formula_says(spec_file):
+    """With fixed measurements, every term of sweep/plan/cost.py's formula, worked out by hand. 8 cells of 3
+    trials, 6 epochs, one rung at 2 (eta 3): E = 3x2 + 1x4 = 10 trial-epochs, R = 1 x (3-1)/3 = 2/3 restores,
+    F = 1 trial predicting at the end. 90 train, 30 val, 30 test images; 45 train and 60 eval images/s; build
+    2 s, checkpoint save 0.5 s, load 0.25 s; 2 slots.
+
+    fraction 1:   epoch 90/45 + 30/60 = 2.5; final 60/60 = 1; start 1 + 2 = 3; per epoch 2.5 + 0.5 + 0.5 = 3.5;
+                  restore 3 + 2 + 0.25 = 5.25  ->  halving 3x3 + 10x3.5 + 2/3x5.25 + 1 = 48.5 s
+    fraction 0.5: epoch 1.5, per epoch 2.5  ->  9 + 25 + 3.5 + 1 = 38.5 s
+    4 cells of each: 348 s; device-hours (348 + 6 s imports x 2 slots) / 3600 = 0.1;
+    wall 20 + 6 + 348/2 + (1 - 1/2) x (4 x 3.5 + 1) = 207.5 s.
+    Exhaustive: 3 x (3 + 1) + 18 x 3.5 = 75 and 12 + 45 = 57 s per cell: 528 s; wall 26 + 264 + 0.5 x 11.5."""
+    plan = make_plan(load_spec(spec_file), spec_file, None, allow_missing=True)
+    group = {"train_images_per_s": 45.0, "eval_images_per_s": 60.0, "build_s": 2.0, "checkpoint_save_s": 0.5,
+             "checkpoint_load_s": 0.25}
+    measured = {cost.group_of(plan.spec, c).key: group for c in plan.cells}
+    sizes = {"synth": {"train": 90, "val": 30, "test": 30}}
+    cells, totals = cost.estimate(plan, measured, sizes, OVERHEADS, slots=2)
+    by_fraction = {c["cell"].split("frac=")[1].split("/")[0]: c for c in cells}
+    assert by_fraction["1"]["seconds_halving"] == pytest.approx(48.5)
+    assert by_fraction["0.5"]["seconds_halving"] == pytest.approx(38.5)
+    assert by_fraction["1"]["restores_halving"] == pytest.approx(2 / 3)
+    assert totals["device_hours_halving"] == pytest.approx(0.1)
+    assert totals["wall_s_halving"] == pytest.approx(207.5)
+    assert totals["device_hours_exhaustive"] == pytest.approx((528 + 12) / 3600)
+    assert totals["wall_s_exhaustive"] == pytest.approx(26 + 264 + 5.75)
+    # Without overheads, what was estimated before: the steps alone, 4 x (2.5 + 1.5) x 10 s.
+    bare = {k: 0.0 for k in OVERHEADS}
+    steps = {k: {**group, "build_s": 0.0, "checkpoint_save_s": 0.0, "checkpoint_load_s": 0.0} for k in measured}
+    sizes_without_test = {"synth": {"train": 90, "val": 30, "test": 0}}
+    _, before = cost.estimate(plan, steps, sizes_without_test, bare, slots=1)
+    assert before["device_hours_halving"] == pytest.approx((160 + 8 * 30 / 60) / 3600)  # + each finisher's val
+
+
+def test_the_harness_constants_come_from_its_timeline():
+    """One slot: A's first epoch, B and C started (1 s each beyond an epoch), A restored at its rung (2 s beyond an
+    epoch) and its last epoch. Every epoch gap is 0.35 s with a 0.05 s sleep: 0.30 s of logging. Counted:
+    3 x 1 + 1 x 2 + 5 epochs x 0.35 = 6.75 s of a 20 s wall: the sweep's own 13.25 s."""
+    e = overheads.Event
+    events = [e(10.0, "A", 1), e(11.35, "B", 1), e(12.70, "C", 1), e(15.05, "A", 2), e(15.40, "A", 3)]
+    fit = overheads.fit_harness(events, wall_s=20.0, sleep_s=0.05)
+    assert fit["epoch_s"] == pytest.approx(0.30) and fit["trial_s"] == pytest.approx(1.0)
+    assert fit["pause_s"] == pytest.approx(2.0) and fit["sweep_s"] == pytest.approx(13.25)
+    assert (fit["trials"], fit["restores"], fit["trial_epochs"]) == (3, 1, 5)
+    no_restore = overheads.fit_harness([*events[:3], e(13.05, "C", 2)], wall_s=20.0, sleep_s=0.05)
+    assert no_restore["pause_s"] == no_restore["trial_s"]  # not seen: counted as a trial's start
+    with pytest.raises(overheads.OverheadError, match="nothing to time"):
+        overheads.fit_harness(events[:1], wall_s=5.0, sleep_s=0.05)
+
+
+SIMULATED = """
+name: costed
+task: simulated
+datasets: [{name: synthetic, id: d0, options: {train: 16, val: 8, test: 8}}]
+backbones: [{name: test_resnet, weights: random}]
+methods: [linear, bitfit]
+seeds: [0]
+image_size: 16
+train: {epochs: 3, epoch_seconds: 0.01, val_images: 10, test_images: 10}
+search: {sampler: grid, trials_per_cell: 3, extend: false, max_epoch_doublings: 0}
+scheduler: {type: halving, grace_period: 1, reduction_factor: 3}
+resources: {cpus_per_trial: 1}
+"""
+
+
+def test_the_cost_of_a_finished_sweep(tmp_path, monkeypatch, capsys):
+    """A simulated sweep of 2 cells x 3 trials, 3 epochs, one rung at 1 (eta 3): 2 x (3 + 1 x 2) = 10 trial-epochs
+    by construction; read back from MLflow, and put beside an estimate in a cost record."""
+    monkeypatch.setenv("MEDPEFT_CACHE_DIR", str(tmp_path / "cache"))
+    spec = tmp_path / "costed.yaml"
+    spec.write_text(SIMULATED)
+    storage = tmp_path / "store"
+    assert launch_main(["--config", str(spec), "--storage", str(storage)]) == 0
+    capsys.readouterr()
+    actual = cost.actual_cost(f"sqlite:///{storage / 'mlflow.db'}", "costed")
+    assert (actual["trials"], actual["trial_epochs"], actual["rounds_run"], actual["cells_added"]) == (6, 10, 0, 0)
+    assert actual["complete"] and actual["wall_s"] > 0 and actual["cells_planned"] == 2
+    estimate = tmp_path / "estimate.json"
+    estimate.write_text(json.dumps({"costed": {"device": "test", "totals": {
+        "trial_epochs_halving": 10, "wall_s_halving": 50.0, "serial_s": 10.0, "device_hours_halving": 0.01,
+        "slots": 2}, "worst_case": {"trial_epochs": 10, "wall_s": 50.0, "device_hours": 0.01}}}))
+    out = tmp_path / "cost.json"
+    assert calibrate.main(["--actual", "--storage", str(storage), "--name", "costed", "--estimate", str(estimate),
+                           "--wall-seconds", "40", "--out", str(out)]) == 0
+    record = cost.check_record(json.loads(out.read_text()), str(out))
+    assert record["estimate_for_what_ran"] == {"trial_epochs": 10, "wall_s": 50.0}
+    assert record["ratios"] == {"trial_epochs": 1.0, "wall": 50.0 / 40.0}
+    assert "10 trial-epochs" in capsys.readouterr().out
+
+
+def test_bad_cost_input_is_explained(tmp_path, capsys):
+    storage = tmp_path / "store"
+    storage.mkdir()
+    assert calibrate.main(["--actual", "--storage", str(storage)]) == 2
+    assert "--actual needs --name" in capsys.readouterr().err
+    assert calibrate.main(["--actual", "--storage", str(storage), "--name", "nothing"]) == 2
+    assert "holds no medpeft-sweep.json" in capsys.readouterr().err
+    with pytest.raises(SpecError, match="has no sweep 'other'"):
+        cost.estimate_entry({"a": {}, "b": {}}, "other")
+    with pytest.raises(SpecError, match="written before wall-time estimates"):
+        cost.estimate_entry({"a": {"totals": {"trial_epochs_halving": 3}}}, "a")
+    with pytest.raises(SpecError, match="not a cost record"):
+        cost.check_record({"sweep": "x"}, "cost.json")
+    with pytest.raises(SpecError, match=r"actual\.wall_s is missing or not a number"):
+        cost.check_record({"schema": cost.COST_RECORD_SCHEMA, "estimate": {"planned": {"wall_s": 1, "trial_epochs": 1}},
+                           "estimate_for_what_ran": {"wall_s": 1, "trial_epochs": 1},
+                           "actual": {"trial_epochs": 1}}, "cost.json")
 
 
 def test_a_capped_training_set_is_estimated_at_its_cap(tmp_path, monkeypatch):

@@ -2,6 +2,10 @@
 a few warm-up and timed training steps and one evaluation pass on synthetic inputs of the right shape, with the
 backbone built from its config (random weights: speed and memory do not depend on the values).
 
+It also times what every trial of the group pays besides its steps: building the model (a trial's start-up, and
+again at every restore after a pause) and writing and reading its checkpoint (every epoch; at every restore).
+On the CPU the steps run with the trial's own threads (`threads`: its CPUs), as a trial sets them.
+
 `sweep.calibrate` turns these measurements into a sweep's device-hours and cost and into GPU shares per trial.
 """
 
@@ -80,13 +84,31 @@ def _unet(backbone: str, weights: str, kwargs: dict[str, Any], method: str, knob
 
 def measure(task: str, backbone: str, weights: str, kwargs: dict[str, Any], method: str, knobs: dict,
             bn_mode: str | None, image_size: int, batch_size: int, steps: int = 5, warmup: int = 2,
-            device: str | torch.device | None = None, amp: bool = True) -> dict[str, Any]:
+            device: str | torch.device | None = None, amp: bool = True, threads: int | None = None) -> dict[str, Any]:
     """Train images/s (`warmup` steps, then `steps` timed), eval images/s (`steps` batches), peak device memory of
-    the training steps, and the size of a checkpoint of what the method trains (weights and AdamW state)."""
+    the training steps, the size of a checkpoint of what the method trains (weights and AdamW state), and the
+    seconds to build the model and to write and read that checkpoint. `threads`: torch's threads meanwhile (a
+    trial on the CPU uses as many as it has CPUs; None: leave them)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _measure(task, backbone, weights, kwargs, method, knobs, bn_mode, image_size, batch_size, steps,
+                        warmup, device, amp)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _measure(task: str, backbone: str, weights: str, kwargs: dict[str, Any], method: str, knobs: dict,
+             bn_mode: str | None, image_size: int, batch_size: int, steps: int, warmup: int, device: torch.device,
+             amp: bool) -> dict[str, Any]:
     build = _unet if task == "t2i" else _classifier
+    started = time.perf_counter()
     model, prepared, batch, loss_of = build(backbone, weights, kwargs, method, knobs, bn_mode, image_size, device)
     optimizer = torch.optim.AdamW(param_groups(model, 1e-4, 0.0))
+    _sync(device)
+    build_seconds = time.perf_counter() - started
     autocast = {"device_type": device.type, "dtype": torch.bfloat16, "enabled": amp and device.type == "cuda"}
     inputs = batch(batch_size)
     if device.type == "cuda":
@@ -125,13 +147,7 @@ def measure(task: str, backbone: str, weights: str, kwargs: dict[str, Any], meth
         _sync(device)
     eval_seconds = (time.perf_counter() - started) / steps
 
-    with tempfile.TemporaryDirectory() as tmp:
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous().cpu() for k, v in trainable_state_dict(model, prepared.bn_mode).items()},
-                  os.path.join(tmp, "trained.safetensors"))
-        torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
-        checkpoint = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp))
+    checkpoint, save_seconds, load_seconds = _checkpoint_timing(model, prepared.bn_mode, optimizer)
     return {
         "device": device_name(device),
         "train_images_per_s": batch_size / train_seconds,
@@ -141,9 +157,37 @@ def measure(task: str, backbone: str, weights: str, kwargs: dict[str, Any], meth
                        "model's (Linux VmHWM since reset)",
         "device_memory_mb": card_mb,
         "checkpoint_mb": checkpoint / 2**20,
+        "build_s": build_seconds,
+        "checkpoint_save_s": save_seconds,
+        "checkpoint_load_s": load_seconds,
+        "threads": torch.get_num_threads(),
         "trainable_params": prepared.trainable_params,
         "steps": steps,
     }
+
+
+def _checkpoint_timing(model, bn_mode: str | None, optimizer) -> tuple[int, float, float]:
+    """(bytes, seconds to write, seconds to read back) of a checkpoint as a trial writes one (trainables.trial:
+    the trained weights twice, the current and the best-validation copy, and the optimizer state)."""
+    from safetensors.torch import load_file, save_file
+
+    from trainables.methods import load_trainable_state
+
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        state = {k: v.contiguous().cpu() for k, v in trainable_state_dict(model, bn_mode).items()}
+        for name in ("trained.safetensors", "best.safetensors"):
+            save_file(state, os.path.join(tmp, name))
+        torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+        saved = time.perf_counter() - started
+        size = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp))
+        started = time.perf_counter()
+        load_trainable_state(model, load_file(os.path.join(tmp, "trained.safetensors")))
+        load_file(os.path.join(tmp, "best.safetensors"))
+        optimizer.load_state_dict(torch.load(os.path.join(tmp, "optimizer.pt"), map_location="cpu",
+                                             weights_only=True))
+        loaded = time.perf_counter() - started
+    return size, saved, loaded
 
 
 def _status_mb(field: str) -> float:

@@ -186,18 +186,12 @@ def storage_reachable(storage: Storage) -> bool:
 def concurrent_trials(plan: Plan) -> int:
     """How many trials the cluster holds at once, for the lightest cell's resources. Tune keeps that many trials
     pending for a custom searcher only when told (otherwise one: slots stay empty between trials)."""
-    import math
-
     import ray
 
+    from sweep.plan.cost import slots_for
+
     available = ray.cluster_resources()
-    slots = []
-    for cell in plan.cells:
-        r = cell.resources
-        per_trial = {"CPU": r.cpus * r.workers, "GPU": r.gpus * r.workers}
-        fits = [available.get(k, 0) / v for k, v in per_trial.items() if v > 0]
-        slots.append(max(1, math.floor(min(fits) + 1e-9)) if fits else 1)
-    return max(slots) if slots else 1
+    return slots_for(plan, available.get("CPU", 0), available.get("GPU", 0))
 
 
 def trial_name(trial) -> str:
