@@ -169,3 +169,34 @@ def test_the_dry_run_says_how_finely_each_test_set_resolves_a_score(capsys, tmp_
     out = capsys.readouterr().out
     assert f"breastmnist: 156 test images, ±{100 * 1.96 * np.sqrt(0.8 * 0.2 / 156):.1f} points" in out
     assert "±6.3 points" in out
+
+
+def test_the_compact_predictions_give_every_interval_the_full_ones_give():
+    """The report's predictions.parquet keeps each chosen trial's predicted class only: a comparison recomputed from
+    it is the one from the logged probabilities, to the last digit (both bootstraps see the same classes)."""
+    from sweep.report import predictions
+    from trainables.contract import PRED_GROUP, PRED_LABEL, PRED_ROW, PRED_SPLIT
+
+    rng = np.random.default_rng(3)
+    images, classes = 120, 3
+    labels = rng.integers(0, classes, images)
+
+    def frame(seed: int) -> pd.DataFrame:
+        probs = np.random.default_rng(seed).dirichlet(np.ones(classes), images + 10)
+        split = ["val"] * 10 + ["test"] * images
+        return pd.DataFrame({PRED_SPLIT: split, PRED_ROW: np.r_[np.arange(1000, 1010), np.arange(images)[::-1]],
+                             PRED_GROUP: "", PRED_LABEL: np.r_[np.zeros(10, int), labels[::-1]],
+                             **{f"prob_{c}": probs[:, c] for c in range(classes)}})
+
+    logged = {f"run{s}": frame(s) for s in range(4)}
+    back = predictions.from_compact(predictions.compact(logged))
+    assert sorted(back) == sorted(logged) and all(len(f) == images for f in back.values())
+    cells = [({0: logged["run0"], 1: logged["run1"]}, {0: logged["run2"], 1: logged["run3"]}),
+             ({0: back["run0"], 1: back["run1"]}, {0: back["run2"], 1: back["run3"]})]
+    full, compacted = (paired_bootstrap(CellPredictions.from_frames(a), CellPredictions.from_frames(b))
+                       for a, b in cells)
+    assert compacted == full
+    # And the observed difference is scikit-learn's macro F1, seed-averaged, from the compact table alone.
+    table = predictions.compact(logged).sort_values(["run_id", PRED_ROW])
+    f1 = {r: f1_score(t[PRED_LABEL], t["predicted"], average="macro") for r, t in table.groupby("run_id", observed=True)}
+    assert compacted["mean_diff"] == pytest.approx(100 * ((f1["run0"] + f1["run1"]) - (f1["run2"] + f1["run3"])) / 2)

@@ -73,7 +73,8 @@ def build(uri: str, sweep: str, out: Path, formats: tuple[str, ...] = FORMATS, l
     files: list[Path] = []
     if "parquet" in formats:
         trials.to_parquet(out / "results.parquet", index=False)
-        files.append(out / "results.parquet")
+        predictions.compact(found).to_parquet(out / predictions.COMPACT, index=False)
+        files += [out / "results.parquet", out / predictions.COMPACT]
     if "csv" in formats:
         trials.to_csv(out / "results.csv", index=False)
         files.append(out / "results.csv")
@@ -96,7 +97,9 @@ def build(uri: str, sweep: str, out: Path, formats: tuple[str, ...] = FORMATS, l
         _reproduction(doc, reproduction.compare(load_reference(reference), scores), load_reference(reference), out,
                       files)
     doc.heading("Raw data")
-    doc.text(f"`results.parquet` / `results.csv`: {RAW_COLUMNS_DOC}. Every number above can be recomputed from it.")
+    doc.text(f"`results.parquet` / `results.csv`: {RAW_COLUMNS_DOC}. Every number above can be recomputed from it, "
+             f"and every comparison interval from it and `{predictions.COMPACT}` (the chosen trials' test predictions: "
+             "run_id, row, group, label, predicted class, classes; sweep.report.predictions.from_compact reads it).")
     if "md" in formats:
         (out / "report.md").write_text(doc.markdown())
         files.append(out / "report.md")
