@@ -24,7 +24,7 @@ from trainables.contract import SCORE
 
 def same_choice(exhaustive: pd.DataFrame, searched: pd.DataFrame) -> tuple[int, int]:
     """Cells where `searched` chose the exhaustive choice or one within 0.5 points of it; cells in all."""
-    from sweep.report.analysis import chosen_trials
+    from sweep.results.table import chosen_trials
 
     best_exhaustive = chosen_trials(exhaustive).set_index("cell_key")
     best_searched = chosen_trials(searched).set_index("cell_key")
@@ -102,7 +102,7 @@ def curves_of(uri: str, runs: pd.DataFrame) -> dict[str, dict[int, dict[str, flo
 
 
 def run(quick: bool = False) -> list[Result]:
-    from sweep.report.analysis import trials_table
+    from sweep.results.table import trials_table
 
     # Full: 8 cells x 8 learning rates x 27 epochs, about the study's length of training; quick: 4 cells x 6 x 9.
     # Linear probing at 32 px keeps the exhaustive run affordable on a CPU. Rungs as in paper.yaml (grace 3,

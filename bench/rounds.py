@@ -52,7 +52,7 @@ def true_best(cell: str) -> float:
 
 
 def run(quick: bool = False) -> list[Result]:
-    from sweep.report.analysis import chosen_trials, trials_table
+    from sweep.results.table import chosen_trials, trials_table
 
     datasets, seeds = (2, 2) if quick else (4, 3)
     with tempfile.TemporaryDirectory(prefix="bench-rounds-") as folder:

@@ -22,6 +22,7 @@ import os
 import re
 import socket
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(launcher_output.banner(note), flush=True)
 
     from sweep.plan.validate import prepare_data
+    from sweep.report.outcome import sweep_outcome
     from sweep.tune.run import StorageLost, run_sweep, save_inputs
 
     try:  # every arm's data, before any arm starts: bad data stops the whole sweep now
@@ -98,12 +100,14 @@ def main(argv: list[str] | None = None) -> int:
             save_inputs(storage, name, plan, sweep.data_root, sweep.mlflow_uri)
         print(f"Sweep {name!r}: {len(plan.cells)} cells, {plan.total_trials} trials -> {storage.join(name)}",
               flush=True)
+        started = time.monotonic()
         try:
-            outcome = run_sweep(plan, name, storage, sweep.mlflow_uri, data, resume=sweep.resume,
-                                address=args.address)
+            parent_run_id = run_sweep(plan, name, storage, sweep.mlflow_uri, data, resume=sweep.resume,
+                                      address=args.address)
         except StorageLost as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_STORAGE
+        outcome = sweep_outcome(plan, name, sweep.mlflow_uri, parent_run_id, started)
         print(launcher_output.summary(plan, name, outcome, storage, sweep.mlflow_uri))
         if not outcome.complete:
             return EXIT_INTERRUPTED

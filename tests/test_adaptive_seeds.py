@@ -1,4 +1,4 @@
-"""Adaptive seeds (`seeds: {initial, max}`): which comparisons get another seed (sweep.report.seeds), and the
+"""Adaptive seeds (`seeds: {initial, max}`): which comparisons get another seed (sweep.results.seeds), and the
 searcher's hook that walks the cells added (sweep.tune.searcher), on simulated predictions written to MLflow by
 our own writers (tests.test_report.fake_sweep), without Ray."""
 
@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sweep.report import analysis, comparisons, predictions
 from sweep.report import build as report
-from sweep.report.seeds import seeds_needed
+from sweep.results import comparisons, predictions, table
+from sweep.results.scores import method_scores
+from sweep.results.seeds import seeds_needed
 from tests.test_report import fake_sweep
 from trainables.simulated import simulated_predictions
 
@@ -29,8 +30,8 @@ def _cell(method: str, seed: int) -> list[dict]:
 
 
 def _decide(uri: str, out, max_seeds: int):
-    trials, cells = analysis.trials_table(uri, "s")
-    chosen = analysis.chosen_trials(trials)
+    trials, cells = table.trials_table(uri, "s")
+    chosen = table.chosen_trials(trials)
     found = predictions.load(uri, chosen["run_id"].tolist(), out)
     return seeds_needed(trials, cells, found, max_seeds), trials, chosen, found
 
@@ -50,7 +51,7 @@ def test_an_undecided_pair_gets_seeds_until_max_and_a_decided_one_gets_none(tmp_
     assert rounds == [[("bitfit", 2), ("full", 2)], [("bitfit", 3), ("full", 3)]]
     assert sorted(trials.groupby("method")["seed"].nunique().items()) == [("bitfit", 4), ("full", 4), ("linear", 2)]
     assert any("still undecided at 4 seeds, the most allowed" in why for why in decision.why)
-    scores = analysis.method_scores(trials)
+    scores = method_scores(trials)
     final = comparisons.compare_cells(chosen, scores, found).set_index(["method", "reference"])
     assert final.loc[("linear", "full"), "verdict"] == "worse" and final.loc[("linear", "full"), "seeds"] == 2
     assert final.loc[("bitfit", "full"), "verdict"] == "undecided" and final.loc[("bitfit", "full"), "seeds"] == 4

@@ -1,6 +1,6 @@
 """The shape the README promises, checked: no import cycle anywhere in the project (imports inside functions
 count: a cycle hidden in a function is still one), `trainables/` never imports `sweep/`, the trial/driver
-contract imports nothing of ours, and the README's map names every module there is."""
+contract imports nothing of ours, `tune/` never imports `report/`, and the README's map names every module there is."""
 
 from __future__ import annotations
 
@@ -89,6 +89,14 @@ def test_no_import_cycles():
 def test_trainables_never_import_sweep():
     graph = import_graph()
     assert not {(m, t) for m, ts in graph.items() for t in ts if m.startswith("trainables") and t.startswith("sweep")}
+
+
+def test_tune_never_imports_report():
+    """The runner ends when Tune's run ends; reading its outcome back is the report's (sweep/report/outcome.py),
+    and what adaptive seeds need of the statistics is in sweep/results/."""
+    graph = import_graph()
+    assert not {(m, t) for m, ts in graph.items() for t in ts
+                if m.startswith("sweep.tune") and t.startswith("sweep.report")}
 
 
 def test_the_contract_imports_nothing_of_ours():

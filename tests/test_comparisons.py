@@ -1,4 +1,4 @@
-"""The paired bootstrap over test images (sweep.report.comparisons), against what is known independently: scikit-learn's
+"""The paired bootstrap over test images (sweep.results.comparisons), against what is known independently: scikit-learn's
 metrics with sample weights, the coverage of its interval in simulations whose true difference is computed from the
 population's confusion rates, and the [min, max] coverage of the old three-seed bootstrap (1 - 2 (1/2)^3 = 75%)."""
 
@@ -10,8 +10,8 @@ import pytest
 from scipy import stats
 from sklearn.metrics import balanced_accuracy_score, f1_score, matthews_corrcoef
 
-from sweep.report import comparisons, trust
-from sweep.report.comparisons import CellPredictions, paired_bootstrap
+from sweep.results import comparisons, trust
+from sweep.results.comparisons import CellPredictions, paired_bootstrap
 
 
 @pytest.mark.parametrize("metric", ["f1", "acc", "balanced_acc", "mcc"])

@@ -12,8 +12,8 @@ import pandas as pd
 from sweep.plan.spec import DEFAULT_SPEC, load_spec
 from sweep.plan.validate import make_plan
 from sweep.report.launcher_output import summary
+from sweep.report.outcome import Outcome
 from sweep.store.storage import parse_storage
-from sweep.tune.run import Outcome
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 STORAGE = "/home/you/medpeft-sweep/results"  # where the README's example ran
@@ -39,7 +39,7 @@ def _row(line: str, columns: list[tuple[int, int]]) -> dict:
     (run, most), (early, trials) = epochs.split("/"), stopped.split("/")
     return {"cell_key": cell, "chosen_trial": f"{cell}/trial=?", "chosen": chosen, "val": float(val),
             "test": float(test), "trivial_val": float(trivial_val), "trivial_test": float(trivial_test),
-            "learned": {"yes": True, "NO": False, "n/a": None}[learned], "trainable_params": _count(trainable),
+            "learned": {"yes": True, "did not learn": False, "n/a": None}[learned], "trainable_params": _count(trainable),
             "total_params": _count(total), "epochs_run": int(run), "epochs_max": int(most),
             "stopped_early": int(early), "trials": int(trials), "failed": 0, "complete": True, "has_result": True}
 

@@ -11,6 +11,7 @@ from scipy import stats
 from sweep.references import load_reference
 from sweep.report import build as report
 from sweep.report import reproduction
+from sweep.results.scores import method_scores
 from tests.conftest import SHARED_DATA, launch, needs_shared_data
 
 
@@ -90,7 +91,7 @@ def test_reference_report_on_a_renamed_real_sweep(renamed_sweep, tmp_path):
     assert "| LoRA has the worst FID (Table 4) | LoRA 410.5 | - | not run |" in findings
     assert (out / "reference-volume.png").stat().st_size > 0
     # the ranks: ours recomputed from the raw rows of the two datasets
-    found = reproduction.compare(load_reference("dutt2024"), report.analysis.method_scores(raw))
+    found = reproduction.compare(load_reference("dutt2024"), method_scores(raw))
     mine = found.ranks[(found.ranks["study_backbone"] == "ResNet50") & (found.ranks["our_datasets"] > 0)]
     assert set(mine["study_method"]) <= {"Full FT", "Linear Probing", "Bias Tuning", "SSF"}
     assert np.isfinite(mine["our_mean_rank"]).all()

@@ -482,7 +482,7 @@ def test_a_rung_and_the_final_choice_break_ties_the_same_way():
     equal scores go to the lower validation loss, then to the lower trial key."""
     import pandas as pd
 
-    from sweep.report.analysis import chosen_trials
+    from sweep.results.table import chosen_trials
 
     sched = halving({"c": 3})
     trials = [StubTrial(str(i), "c") for i in range(3)]

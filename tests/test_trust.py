@@ -1,4 +1,4 @@
-"""The checks that keep artefacts out of the answer (sweep.report.trust), against direct computations: scikit-learn on
+"""The checks that keep artefacts out of the answer (sweep.results.trust), against direct computations: scikit-learn on
 explicit predictions, simulation, scipy's exact tests, and the bootstrap enumerated exhaustively."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
-from sweep.report import trust
+from sweep.results import trust
 
 
 @pytest.mark.parametrize("counts", [[21, 57], [42, 114], [50, 50], [3, 10, 40, 7], [150, 150, 150, 115, 150, 150, 142]])

@@ -241,7 +241,7 @@ class AdaptiveSeeds(_Model):
 
 class ReportSpec(_Model):
     # Region of practical equivalence, in points (percentage points for F1 and accuracies): a comparison whose 95%
-    # interval lies within ±rope is reported 'equivalent' (sweep.report.comparisons).
+    # interval lies within ±rope is reported 'equivalent' (sweep.results.comparisons).
     rope: float = Field(1.0, ge=0)
 
 

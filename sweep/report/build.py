@@ -23,9 +23,13 @@ import pandas as pd
 from sweep.plan.spec import SpecError
 from sweep.references import available as available_references
 from sweep.references import load_reference
-from sweep.report import analysis, comparisons, outcome, plots, predictions, reproduction, trust
+from sweep.report import analysis, outcome, plots, reproduction
 from sweep.report.console_table import count
 from sweep.report.document import Document
+from sweep.results import comparisons, predictions, trust
+from sweep.results.cell_outcome import cell_outcomes
+from sweep.results.scores import method_scores
+from sweep.results.table import cell_status, trials_table
 from sweep.store import mlflow_experiment
 from sweep.store.storage import Storage, parse_storage
 from trainables.contract import SCORE_TOLERANCE
@@ -51,7 +55,7 @@ class Report:
     trials: pd.DataFrame
     scores: pd.DataFrame
     status: pd.DataFrame
-    comparisons: pd.DataFrame  # every comparison stated (sweep.report.comparisons.compare_cells)
+    comparisons: pd.DataFrame  # every comparison stated (sweep.results.comparisons.compare_cells)
 
 
 def build(uri: str, sweep: str, out: Path, formats: tuple[str, ...] = FORMATS, log_to_mlflow: bool = True,
@@ -60,10 +64,10 @@ def build(uri: str, sweep: str, out: Path, formats: tuple[str, ...] = FORMATS, l
     """`adaptive`: (initial, max) of the spec's adaptive seeds, so the report says why a comparison took the seeds
     it took. `tolerance`: the spec's search.flat_tolerance (a not-converged trial is judged as its rounds judged
     it)."""
-    trials, cells = analysis.trials_table(uri, sweep, tolerance)
-    status = analysis.cell_status(trials, cells)
-    scores = analysis.method_scores(trials)
-    chosen = analysis.chosen_trials(trials)
+    trials, cells = trials_table(uri, sweep, tolerance)
+    status = cell_status(trials, cells)
+    chosen = cell_outcomes(trials)
+    scores = method_scores(trials, chosen)
     found = predictions.load(uri, chosen["run_id"].tolist(), out / predictions.CACHE) if len(chosen) else {}
     compared = comparisons.compare_cells(chosen, scores, found, rope)
     if adaptive:
@@ -107,7 +111,7 @@ def build(uri: str, sweep: str, out: Path, formats: tuple[str, ...] = FORMATS, l
         (out / "report.html").write_text(doc.html())
         files.append(out / "report.html")
     if log_to_mlflow:
-        _log(uri, sweep, trials, status, files)
+        _log(uri, sweep, trials, status, chosen, files)
     return Report(files, trials, scores, status, compared)
 
 
@@ -419,11 +423,12 @@ def _reproduction(doc: Document, found: reproduction.Reproduction, reference, ou
                               "fraction of HAM10000's training split")
 
 
-def _log(uri: str, sweep: str, trials: pd.DataFrame, status: pd.DataFrame, files: list[Path]) -> None:
+def _log(uri: str, sweep: str, trials: pd.DataFrame, status: pd.DataFrame, outcomes: pd.DataFrame,
+         files: list[Path]) -> None:
     mlflow = mlflow_experiment.client(uri)
     experiment = mlflow.get_experiment_by_name(sweep)
     parent = mlflow_experiment.runs_by_tag(mlflow, experiment.experiment_id, role="sweep", key="sweep").get(sweep)
-    outcome.record_outcome(uri, trials, status)
+    outcome.record_outcome(uri, trials, status, outcomes=outcomes)
     if parent:
         for path in files:
             mlflow.log_artifact(parent, str(path), artifact_path="report")
@@ -432,12 +437,12 @@ def _log(uri: str, sweep: str, trials: pd.DataFrame, status: pd.DataFrame, files
 def compare(uri_a: str, a: str, uri_b: str, b: str, out: Path, rope: float = comparisons.DEFAULT_ROPE) -> Path:
     """Two sweeps side by side, matched on task, dataset, method and fraction (backbones may differ). Where both
     sides' chosen trials left predictions on the same test images, b against a is a paired bootstrap over them
-    (sweep.report.comparisons), else a per-seed comparison."""
+    (sweep.results.comparisons), else a per-seed comparison."""
     scores, chosen, found = [], [], {}
     for uri, name in ((uri_a, a), (uri_b, b)):
-        trials, _ = analysis.trials_table(uri, name)
-        scores.append(analysis.method_scores(trials))
-        chosen.append(analysis.chosen_trials(trials))
+        trials, _ = trials_table(uri, name)
+        chosen.append(cell_outcomes(trials))
+        scores.append(method_scores(trials, chosen[-1]))
         if len(chosen[-1]):
             found |= predictions.load(uri, chosen[-1]["run_id"].tolist(), out / predictions.CACHE)
     keys = ["task", "dataset", "method", "fraction"]

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import pandas as pd
 
-from sweep.report import trust
-from sweep.report.analysis import chosen_trials
+from sweep.results.cell_outcome import LEARNED_WORDS, cell_outcomes
 from trainables.contract import ENDED, Status
 
 
-def cell_frame(trials: pd.DataFrame, cells: list, max_epochs: int) -> pd.DataFrame:
-    """Per planned cell: the chosen trial's hyperparameters and metrics, and what the scheduler saved."""
-    chosen = trust.add_trivial(chosen_trials(trials)) if len(trials) else pd.DataFrame()
-    verdicts = trust.cell_verdicts(chosen, ["cell_key"]).set_index("cell_key") if len(chosen) else None
-    chosen = chosen.set_index("cell_key") if len(chosen) else chosen
+def cell_frame(trials: pd.DataFrame, cells: list, max_epochs: int, outcomes: pd.DataFrame | None = None
+               ) -> pd.DataFrame:
+    """Per planned cell: the chosen trial's hyperparameters and metrics, and what the scheduler saved.
+    `outcomes`: cell_outcomes(trials), where the caller has it already."""
+    chosen = (cell_outcomes(trials) if outcomes is None else outcomes).set_index("cell_key")
     rows = []
     for cell in cells:
         mine = trials[trials["cell_key"] == cell.key] if len(trials) else trials
-        row: dict[str, Any] = {
+        row: dict[str, object] = {
             "cell_key": cell.key,
             "trials": len(mine),
             "budget": cell.budget,
@@ -33,19 +31,17 @@ def cell_frame(trials: pd.DataFrame, cells: list, max_epochs: int) -> pd.DataFra
         }
         if cell.key in chosen.index:
             best = chosen.loc[cell.key]
-            searched = {k.removeprefix("searched."): v for k, v in best.items()
-                        if k.startswith("searched.") and not (isinstance(v, float) and math.isnan(v))}
             row.update(
                 chosen_trial=best["trial_key"],
-                chosen=", ".join(f"{k}={_short(v)}" for k, v in sorted(searched.items())),
-                chosen_lr=float(searched["lr"]) if "lr" in searched else math.nan,
+                chosen=best["chosen"],
+                chosen_lr=float(best["chosen_lr"]),
                 val=float(best["val_best"]),
                 test=float(best["test_main"]),
                 trainable_params=int(best["trainable_params"]),
                 total_params=int(best["total_params"]),
-                trivial_val=float(verdicts.loc[cell.key, "trivial_val"]),
-                trivial_test=float(verdicts.loc[cell.key, "trivial_test"]),
-                learned=trust.verdict(verdicts.loc[cell.key, "learned"]),
+                trivial_val=float(best["trivial_val"]),
+                trivial_test=float(best["trivial_test"]),
+                learned=best["learned"],
             )
         rows.append(row)
     return pd.DataFrame(rows)
@@ -64,7 +60,7 @@ def format_table(cells: pd.DataFrame, selection) -> str:
             f"{c['val']:.4f}" if has else "-",
             f"{c['test']:.4f}" if has and not math.isnan(c["test"]) else "-",
             _pair(c.get("trivial_val"), c.get("trivial_test")) if has else "-",
-            {None: "n/a", True: "yes", False: "NO"}.get(c.get("learned"), "-") if has else "-",
+            LEARNED_WORDS.get(c.get("learned"), "-") if has else "-",
             f"{count(c['trainable_params'])} / {count(c['total_params'])}{share}" if has else "-",
             f"{c['epochs_run']}/{c['epochs_max']}",
             f"{c['stopped_early']}/{c['trials']}" + (f" ({c['failed']} failed)" if c["failed"] else ""),
@@ -90,13 +86,6 @@ def did_not_learn(cells: pd.DataFrame) -> list[str]:
     if "learned" not in cells:
         return []
     return [key for key, ok in zip(cells["cell_key"], cells["learned"], strict=True) if ok is False]
-
-
-def _short(value: Any) -> str:
-    try:
-        return f"{float(value):.3g}"
-    except (TypeError, ValueError):
-        return str(value)
 
 
 def count(n: float) -> str:

@@ -9,7 +9,7 @@ from sweep.plan.cost import most_added_by_rounds
 from sweep.plan.spec import halving_epochs
 from sweep.plan.validate import ASSUMED_CLASSES, Plan
 from sweep.report.console_table import did_not_learn, format_table
-from sweep.report.trust import sampling_noise
+from sweep.results.trust import sampling_noise
 
 
 def banner(note: str) -> str:

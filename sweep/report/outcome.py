@@ -1,48 +1,69 @@
-"""What a finished (or interrupted) sweep writes back to MLflow, so that its compare view answers "which method won
-here" without our report: each trial's `is_best_in_cell`, each cell's chosen trial with its scores and verdicts."""
+"""What a sweep ended with: the launcher's final table of cells, and what the sweep writes back to MLflow so that
+its compare view answers "which method won here" without our report: each trial's `is_best_in_cell`, each cell's
+chosen trial with its scores and verdicts. Both read each cell's outcome from sweep.results.cell_outcome."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
-from sweep.report import trust
-from sweep.report.analysis import chosen_trials
+import pandas as pd
+
+from sweep.report.console_table import cell_frame
+from sweep.results.cell_outcome import cell_outcomes, learned_word
+from sweep.results.seeds import added_cells
+from sweep.results.table import cell_status, trials_table
 from sweep.store import mlflow_experiment
 from trainables.contract import ENDED
 
 
-def record_outcome(uri: str, trials, status, finished_parent: str | None = None) -> None:
+@dataclass
+class Outcome:
+    complete: bool
+    cells: pd.DataFrame  # sweep.report.console_table.cell_frame: one row per cell, planned or added
+    seconds: float
+
+
+def sweep_outcome(plan, name: str, mlflow_uri: str, parent_run_id: str, started: float) -> Outcome:
+    """Read a sweep's runs back from MLflow after its Tune run ended, write each cell's outcome back to its cell
+    run (closing the parent run when every cell is complete) and return the launcher's table. `started`: when the
+    sweep started (time.monotonic())."""
+    # The spec's tolerance: the cell runs' not_converged then says what the search rounds judged.
+    trials, planned = trials_table(mlflow_uri, name, plan.spec.search.flat_tolerance)
+    outcomes = cell_outcomes(trials)
+    cells = cell_frame(trials, [*plan.cells, *added_cells(plan.cells, planned)], plan.max_epochs, outcomes)
+    if len(cells) and "search" in planned:  # each cell's rounds, as its cell run records them (callbacks.py)
+        cells["search"] = cells["cell_key"].map(dict(zip(planned["cell_key"], planned["search"], strict=True)))
+    complete = bool(len(cells)) and bool(cells["complete"].all())
+    record_outcome(mlflow_uri, trials, cell_status(trials, planned), parent_run_id if complete else None, outcomes)
+    return Outcome(complete, cells, time.monotonic() - started)
+
+
+def record_outcome(uri: str, trials: pd.DataFrame, status: pd.DataFrame, finished_parent: str | None = None,
+                   outcomes: pd.DataFrame | None = None) -> None:
     """What MLflow's compare view needs to answer "which method won here": every ended trial run gets an
     `is_best_in_cell` tag; every cell run its chosen trial, chosen hyperparameters and scores (`chosen_lr`,
-    `val`, `test`). Complete cells (and, when given, the sweep's parent run) are closed."""
+    `val`, `test`). Complete cells (and, when given, the sweep's parent run) are closed. `outcomes`:
+    cell_outcomes(trials), where the caller has it already."""
     from mlflow.entities import Metric, RunTag
 
     mlflow = mlflow_experiment.client(uri)
     for run_id, best, state in zip(trials["run_id"], trials["is_best_in_cell"], trials["status"], strict=True):
         if state in ENDED:
             mlflow.set_tag(run_id, "is_best_in_cell", str(bool(best)).lower())
-    chosen = trust.add_trivial(chosen_trials(trials))
-    verdicts = trust.cell_verdicts(chosen, ["cell_key"]).set_index("cell_key") if len(chosen) else None
-    chosen = chosen.set_index("cell_key")
+    chosen = (cell_outcomes(trials) if outcomes is None else outcomes).set_index("cell_key")
     now = int(time.time() * 1000)
     for cell in status.itertuples():
         tags, metrics = [RunTag("complete", str(bool(cell.complete)).lower())], []
         if cell.cell_key in chosen.index:
             best = chosen.loc[cell.cell_key]
-            searched = {k.removeprefix("searched."): v for k, v in best.items()
-                        if k.startswith("searched.") and v == v}  # v == v: not NaN
-            tags += [RunTag("chosen_trial", best["trial_key"]),
-                     RunTag("chosen", ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                                for k, v in sorted(searched.items())))]
-            verdict = verdicts.loc[cell.cell_key]
-            # "did not learn" where the chosen trial is no better than the trivial classifier (sweep.report.trust).
-            tags += [RunTag("learned", {None: "n/a", True: "yes", False: "did not learn"}[trust.verdict(verdict["learned"])]),
+            tags += [RunTag("chosen_trial", best["trial_key"]), RunTag("chosen", best["chosen"]),
+                     RunTag("learned", learned_word(best["learned"])),
                      RunTag("not_converged", str(bool(best.get("not_converged", False))).lower()),
                      RunTag("lr_at_edge", str(best.get("lr_at_edge", "")) or "no"),
                      RunTag("knobs_at_edge", str(best.get("knobs_at_edge", "")) or "no")]
-            values = {"val": best["val_best"], "test": best["test_main"],
-                      "chosen_lr": searched.get("lr"), "trivial_val": verdict["trivial_val"],
-                      "trivial_test": verdict["trivial_test"]}
+            values = {"val": best["val_best"], "test": best["test_main"], "chosen_lr": best["chosen_lr"],
+                      "trivial_val": best["trivial_val"], "trivial_test": best["trivial_test"]}
             metrics = [Metric(k, float(v), now, 0) for k, v in values.items()
                        if isinstance(v, int | float) and v == v]
         mlflow.log_batch(cell.cell_run_id, metrics=metrics, tags=tags)

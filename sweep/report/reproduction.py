@@ -7,7 +7,7 @@ and each of the study's findings is recomputed from our numbers by the same rule
 own numbers: holds, does not hold, or not run.
 
 Units: the study prints F1 as a fraction (0.94) and FID as is; our report shows F1 in percent, so the published
-values are shown in percent too. Cells that did not learn (sweep.report.trust) are shown but left out of ranks and
+values are shown in percent too. Cells that did not learn (sweep.results.trust) are shown but left out of ranks and
 findings.
 """
 
@@ -58,7 +58,7 @@ def kendall_tau(a: list[float], b: list[float]) -> float:
 
 
 def compare(reference: Reference, scores: pd.DataFrame) -> Reproduction:
-    """Our method scores (sweep.report.analysis.method_scores) against the reference's tables."""
+    """Our method scores (sweep.results.scores.method_scores) against the reference's tables."""
     table = reference.tables
     published = table[table["table"] != "Table 6"].copy()  # Table 6 repeats Table 3's counts, no scores
     published = published[published["value"].notna()]

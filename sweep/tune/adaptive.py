@@ -1,6 +1,6 @@
 """Adaptive seeds while the sweep runs (`seeds: {initial: 3, max: 10}`): when the searcher has handed out every
 planned trial, it asks a `SeedExtender` which cells to add. The extender reads the sweep's results from MLflow,
-asks sweep.report.seeds which comparisons are undecided, and returns every cell added so far (new ones get their
+asks sweep.results.seeds which comparisons are undecided, and returns every cell added so far (new ones get their
 MLflow cell run first). The added cells are new cells of the same Tune experiment, with keys like any other
 (`.../seed=3`), so their trials are resumed, replayed or skipped on `--resume` exactly as the planned ones; and as
 the answer is a function of MLflow's contents, a restarted driver derives the same cells again."""
@@ -12,25 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from sweep.plan.grid import Cell, base_config, with_seed
+from sweep.plan.grid import Cell, base_config
 from sweep.plan.spec import SweepSpec
-from sweep.report import analysis, predictions, seeds
+from sweep.results import predictions, seeds
+from sweep.results.table import chosen_trials, trials_table
 from sweep.store import mlflow_experiment
 from sweep.tune.searcher import CellPlan
 from trainables.contract import Status
-
-
-def added_cells(cells: list[Cell], planned: pd.DataFrame, more: dict[seeds.Line, int] | None = None) -> list[Cell]:
-    """The cells beyond the plan's `cells`: those MLflow's cell runs (`planned`, analysis.trials_table) record,
-    added earlier, and the `more` ({line: seed}) to add now; each as its planned cell with another seed."""
-    lines = {seeds.line_of({"task": c.task, "backbone": c.backbone.key, "dataset": c.dataset.key,
-                            "fraction": c.fraction, "method": c.method.key}): c for c in cells}
-    known = {c.key for c in cells}
-    wanted = {(seeds.line_of(r), int(r["seed"])) for _, r in planned.iterrows() if r["cell_key"] not in known}
-    wanted |= set((more or {}).items())
-    return [with_seed(lines[line], seed) for line, seed in sorted(wanted) if line in lines]
 
 
 @dataclass
@@ -55,16 +43,16 @@ class SeedExtender:
         if not fresh and time.time() - self._last < self.interval_s:
             return self._answer
         self._last = time.time()
-        trials, planned = analysis.trials_table(self.uri, self.sweep)
+        trials, planned = trials_table(self.uri, self.sweep)
         if trials.empty:
             return self._answer
         known = trials["trial_key"].map(ended)
         trials["status"] = known.where(known.notna() & (trials["status"] == Status.RUNNING), trials["status"])
-        chosen = analysis.chosen_trials(trials)
+        chosen = chosen_trials(trials)
         found = predictions.load(self.uri, chosen["run_id"].tolist(), Path(self.cache))
         decision = seeds.seeds_needed(trials, planned, found, self.spec.max_seeds, self.rope)
         self.why = decision.why
-        added = added_cells(self.cells, planned, decision.add)
+        added = seeds.added_cells(self.cells, planned, decision.add)
         tracking = mlflow_experiment.prepare(self.uri, self.sweep, self.artifacts, added,
                                              self.spec.model_dump_json(indent=2))
         before = {c.key for c in self._answer}

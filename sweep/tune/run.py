@@ -1,22 +1,16 @@
-"""Run a planned sweep as one Ray Tune experiment (or resume it), then read the outcome back from MLflow."""
+"""Run a planned sweep as one Ray Tune experiment (or resume it). What it ended with is the report's to read
+(sweep.report.outcome): the run ends when Tune's does."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import time
-from dataclasses import dataclass
 from pathlib import Path
-
-import pandas as pd
 
 from sweep.plan.grid import base_config, with_seed
 from sweep.plan.spec import SpecError
 from sweep.plan.validate import Plan
-from sweep.report import outcome
-from sweep.report.analysis import cell_status, trials_table
-from sweep.report.console_table import cell_frame
 from sweep.store import mlflow_experiment
 from sweep.store.storage import Storage
 from sweep.tune import ray_sessions
@@ -24,13 +18,6 @@ from sweep.tune.storage_watch import StorageWatch
 from trainables.checkpoints import safe_dirname
 
 SWEEP_FILE = "medpeft-sweep.json"  # what the sweep was started with; --resume reads it back
-
-
-@dataclass
-class Outcome:
-    complete: bool
-    cells: pd.DataFrame
-    seconds: float
 
 
 class StorageLost(RuntimeError):
@@ -55,7 +42,8 @@ def load_inputs(storage: Storage, name: str) -> dict:
 
 
 def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared: dict[str, dict], resume: bool,
-              address: str | None) -> Outcome:
+              address: str | None) -> str:
+    """Run (or resume) the sweep's Tune experiment to its end; returns the id of the sweep's MLflow parent run."""
     import ray
     from ray import tune
 
@@ -64,7 +52,6 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
     from sweep.tune.searcher import CellPlan, CellSearcher, SweepState
     from trainables.trainable import run_trial, trial_resources
 
-    started = time.monotonic()
     experiment_dir = storage.join(name)
     artifacts = storage.join("mlartifacts") if storage.remote else Path(storage.join("mlartifacts")).as_uri()
     ids = mlflow_experiment.prepare(mlflow_uri, name, artifacts, plan.cells,
@@ -149,16 +136,7 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
         raise StorageLost(f"storage {storage.uri} stopped answering ({watch.error}). The sweep stopped; every result "
                           f"up to now is kept. Once the storage is back: python -m sweep.launch --name {name} "
                           f"--storage {storage.uri} --resume")
-    from sweep.tune.adaptive import added_cells
-
-    # The spec's tolerance: the cell runs' not_converged then says what the search rounds judged.
-    trials, planned = trials_table(mlflow_uri, name, plan.spec.search.flat_tolerance)
-    cells = cell_frame(trials, [*plan.cells, *added_cells(plan.cells, planned)], plan.max_epochs)
-    if len(cells) and "search" in planned:  # each cell's rounds, as its cell run records them (callbacks.py)
-        cells["search"] = cells["cell_key"].map(dict(zip(planned["cell_key"], planned["search"], strict=True)))
-    complete = bool(len(cells)) and bool(cells["complete"].all())
-    outcome.record_outcome(mlflow_uri, trials, cell_status(trials, planned), ids.parent_run_id if complete else None)
-    return Outcome(complete, cells, time.monotonic() - started)
+    return ids.parent_run_id
 
 
 def adaptive_seeds(plan: Plan, name: str, mlflow_uri: str, artifacts: str, prepared: dict[str, dict],

@@ -1,8 +1,8 @@
 """Adaptive seeds: which comparisons need another seed. A pure function of the trials and cells tables
-(sweep.report.analysis.trials_table) and the chosen trials' predictions, so the driver can ask it again at any time
+(sweep.results.table.trials_table) and the chosen trials' predictions, so the driver can ask it again at any time
 (after a restart too) and get the same answer for the same results.
 
-A comparison (sweep.report.comparisons.compare_cells: each method against full fine-tuning, the best against the
+A comparison (sweep.results.comparisons.compare_cells: each method against full fine-tuning, the best against the
 runner-up) whose cells have ended every planned trial, and whose verdict is 'undecided', gets the next seed for
 both of its cells, until it is decided or has `max` seeds. One with a cell still running waits.
 """
@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from sweep.report import analysis, comparisons
+from sweep.plan.grid import Cell, with_seed
+from sweep.results import comparisons
+from sweep.results.scores import method_scores
+from sweep.results.table import cell_status, chosen_trials
 
 Line = tuple[str, str, str, float, str]  # (task, backbone, dataset, fraction, method): a cell without its seed
 
@@ -35,7 +38,7 @@ def seeds_needed(trials: pd.DataFrame, cells: pd.DataFrame, predictions: dict[st
     decision = SeedDecision()
     if cells.empty:
         return decision
-    status = analysis.cell_status(trials, cells)
+    status = cell_status(trials, cells)
     incomplete = status[~status["complete"]]
     decision.waiting = not incomplete.empty
     busy = {line_of(r) for _, r in incomplete.iterrows()}
@@ -43,8 +46,8 @@ def seeds_needed(trials: pd.DataFrame, cells: pd.DataFrame, predictions: dict[st
     done = trials[trials["cell_key"].isin(status.loc[status["complete"], "cell_key"])]
     if done.empty:
         return decision
-    chosen = analysis.chosen_trials(done)
-    scores = analysis.method_scores(done)
+    chosen = chosen_trials(done)
+    scores = method_scores(done)
     compared = comparisons.compare_cells(chosen, scores, predictions, rope)
     for _, row in compared.iterrows():
         pair = [line_of({**row, "method": m}) for m in (row["method"], row["reference"])]
@@ -62,3 +65,14 @@ def seeds_needed(trials: pd.DataFrame, cells: pd.DataFrame, predictions: dict[st
         decision.why.append(f"{label}: undecided at {taken} seeds (95% CI [{row['ci_low']:+.1f}, "
                             f"{row['ci_high']:+.1f}]), seed {following} added to both")
     return decision
+
+
+def added_cells(cells: list[Cell], planned: pd.DataFrame, more: dict[Line, int] | None = None) -> list[Cell]:
+    """The cells beyond the plan's `cells`: those MLflow's cell runs (`planned`, sweep.results.table.trials_table)
+    record, added earlier, and the `more` ({line: seed}) to add now; each as its planned cell with another seed."""
+    lines = {line_of({"task": c.task, "backbone": c.backbone.key, "dataset": c.dataset.key,
+                      "fraction": c.fraction, "method": c.method.key}): c for c in cells}
+    known = {c.key for c in cells}
+    wanted = {(line_of(r), int(r["seed"])) for _, r in planned.iterrows() if r["cell_key"] not in known}
+    wanted |= set((more or {}).items())
+    return [with_seed(lines[line], seed) for line, seed in sorted(wanted) if line in lines]

@@ -1,6 +1,6 @@
 """Checks that keep artefacts out of the answer: did a cell's chosen trial learn at all, had it converged (its
 validation score, by the rule the search rounds use), was its learning rate (or another searched knob) at the edge
-of the range searched, and is a difference against full fine-tuning larger than the seeds' noise. Pure functions of the trials table (`sweep.report.analysis.trials_table`), so every verdict can be
+of the range searched, and is a difference against full fine-tuning larger than the seeds' noise. Pure functions of the trials table (`sweep.results.table.trials_table`), so every verdict can be
 recomputed from `results.parquet`.
 
 - The trivial classifier of a split is the best of the classifiers that look at no image: always the majority
@@ -12,7 +12,7 @@ recomputed from `results.parquet`.
 - Without per-image predictions (a sweep from before they were logged), PEFT against full fine-tuning is paired by
   seed only (same seed: same data subset and initialisation): the mean of the per-seed differences with a paired
   bootstrap interval over the seeds. With one seed nothing can be told apart, and the verdict says so. The
-  comparisons that count the test images are sweep.report.comparisons.
+  comparisons that count the test images are sweep.results.comparisons.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ on that resample (macro F1 is not a mean of per-image scores), averaged over the
 
 Verdicts: 'better' / 'worse' when the 95% interval excludes zero; 'equivalent' when it lies inside the region of
 practical equivalence (±rope points); 'undecided' otherwise. A seed-level sign test and Wilcoxon test are given
-from sweep.report.trust.MIN_SEEDS_FOR_TESTS seeds on (with n seeds the smallest two-sided p is 2/2^n: 0.25 at 3, 0.031 at 6).
+from sweep.results.trust.MIN_SEEDS_FOR_TESTS seeds on (with n seeds the smallest two-sided p is 2/2^n: 0.25 at 3, 0.031 at 6).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pandas as pd
 from scipy import stats
 
 from sweep.plan.spec import ReportSpec
-from sweep.report import trust
+from sweep.results import trust
 from trainables.contract import PRED_GROUP, PRED_LABEL, PRED_ROW, PRED_SPLIT
 from trainables.predictions import probabilities
 
@@ -184,7 +184,7 @@ def compare_cells(chosen: pd.DataFrame, scores: pd.DataFrame, predictions: dict[
                   rope: float = DEFAULT_ROPE) -> pd.DataFrame:
     """Every comparison the report states, per task, backbone, dataset and fraction: each method against full
     fine-tuning, and the best method against the runner-up (by mean test score among the cells that learned).
-    `chosen`: each cell's chosen trial (analysis.chosen_trials); `scores`: analysis.method_scores; `predictions`:
+    `chosen`: each cell's chosen trial (sweep.results.table.chosen_trials); `scores`: sweep.results.scores.method_scores; `predictions`:
     {run id: predictions table}. A comparison with a cell that did not learn is not made; the verdict says which."""
     rows = []
     learned = scores.set_index([*WHERE, "method"])["learned"] if len(scores) else pd.Series(dtype=object)
@@ -217,7 +217,7 @@ def compare_pair(mine: pd.DataFrame, reference: pd.DataFrame, predictions: dict[
                  rope: float = DEFAULT_ROPE) -> dict[str, object]:
     """One comparison of two cells' chosen trials (one row per seed each; positive: `mine` is better): on the test
     images where every seed of both left predictions on the same images and the metric can be recomputed from
-    them, else on the per-seed test scores (sweep.report.trust.paired_comparison, and the basis says so)."""
+    them, else on the per-seed test scores (sweep.results.trust.paired_comparison, and the basis says so)."""
     test_metric = mine["test_metric"].iloc[0]
     metric = test_metric.rsplit("/", 1)[-1]
     scale = 100.0 if metric in PERCENT_METRICS else 1.0

@@ -1,0 +1,188 @@
+"""A sweep's MLflow runs as two tables: one row per trial, one per planned cell (`trials_table`, the one reader of
+MLflow here), and each cell's chosen trial by the contract's rule. Everything after `trials_table` is a pure function
+of its DataFrames, so every number can be recomputed from `results.parquet`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from sweep.results import trust
+from sweep.store import mlflow_experiment
+from trainables.contract import (
+    CELL_KEY_TAG,
+    ENDED,
+    EPOCH,
+    FAILURE_REASON,
+    ROLE_TAG,
+    SCORE,
+    SCORE_TOLERANCE,
+    STATUS_TAG,
+    TRIAL_KEY_TAG,
+    VAL_BEST_LOSS,
+    Status,
+    selection_order,
+    still_improving,
+)
+
+CELL_FIELDS = ["task", "dataset", "backbone", "method", "fraction", "seed"]
+
+
+def trials_table(uri: str, sweep: str, tolerance: float = SCORE_TOLERANCE) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per trial, one row per planned cell) of a sweep, from MLflow. `tolerance`: the spec's
+    search.flat_tolerance, so a chosen trial is "not converged" here exactly when its search rounds judged it so."""
+    mlflow = mlflow_experiment.client(uri)
+    experiment = mlflow.get_experiment_by_name(sweep)
+    if experiment is None:
+        raise LookupError(f"MLflow at {uri} has no sweep named {sweep!r}")
+    trial_runs = mlflow_experiment.search_all(mlflow, experiment.experiment_id, f"tags.{ROLE_TAG} = 'trial'")
+    cell_runs = mlflow_experiment.search_all(mlflow, experiment.experiment_id, f"tags.{ROLE_TAG} = 'cell'")
+    rows = pd.DataFrame([_trial_row(sweep, run) for run in trial_runs])
+    trials = rows.reindex(columns=[*_TRIAL_COLUMNS, *[c for c in rows.columns if c not in _TRIAL_COLUMNS]])
+    cells = pd.DataFrame([{
+        "cell_key": run.data.tags[CELL_KEY_TAG],
+        "cell_run_id": run.info.run_id,
+        "budget": int(run.data.params.get("budget", 0)),
+        "search": run.data.tags.get("search", ""),  # the cell's search rounds (sweep/tune/rounds.py describe)
+        "search_edge": run.data.tags.get("search_edge", ""),
+        "search_note": run.data.tags.get("search_note", ""),
+        "search_knob_edges": run.data.tags.get("search_knob_edges", ""),
+        **{f: run.data.tags.get(f, "") for f in CELL_FIELDS},
+    } for run in cell_runs])
+    if not cells.empty:
+        cells["fraction"] = cells["fraction"].astype(float)
+        cells["seed"] = cells["seed"].astype(int)
+        cells = cells.sort_values("cell_key").reset_index(drop=True)  # MLflow returns newest first
+    trials = mark_best_in_cell(trials)
+    trials = _with_curve_checks(mlflow, trials, tolerance)
+    return trials.sort_values(["cell_key", "trial_key"]).reset_index(drop=True), cells
+
+
+def _with_curve_checks(mlflow, trials: pd.DataFrame, tolerance: float = SCORE_TOLERANCE) -> pd.DataFrame:
+    """For each cell's chosen trial: was its validation score still improving at its last epochs (the contract's
+    still_improving on its per-epoch SCORE, the selection metric oriented higher-is-better: the rule the search
+    rounds double a trial's epochs by), and are its learning rate and its other searched knobs at the edge of
+    what the cell tried. Only chosen trials' histories are read (one per cell).
+
+    Not the training loss: a loss still falling while the validation score has stopped rising says that more
+    epochs would fit the training set better, not that they would change the choice, and the rounds do not act
+    on it; a † that disagreed with them would say "train longer" where training longer was judged pointless."""
+    trials = trials.copy()
+    trials["not_converged"] = False
+    trials["lr_at_edge"] = ""
+    trials["knobs_at_edge"] = ""
+    chosen = trials[trials["is_best_in_cell"]] if len(trials) else trials
+    for index, run_id in zip(chosen.index, chosen["run_id"], strict=True):
+        # epoch -> SCORE, as the searcher records it (an epoch logged again after a resume counts once).
+        history = {m.step: m.value for m in sorted(mlflow.get_metric_history(run_id, SCORE),
+                                                   key=lambda m: (m.step, m.timestamp))}
+        trials.loc[index, "not_converged"] = still_improving(history, tolerance)
+    if len(chosen):
+        for column, edges in (("lr_at_edge", trust.at_edge(trials, chosen)),
+                              ("knobs_at_edge", trust.knobs_at_edge(trials, chosen))):
+            trials.loc[chosen.index, column] = chosen["cell_key"].map(edges).fillna("").to_numpy()
+    return trials
+
+
+_TRIAL_COLUMNS = [
+    "sweep", "trial_key", "cell_key", "run_id", *CELL_FIELDS, "status", "stopped_early", "failure_reason",
+    "score", "val_metric", "val_best", "val_best_loss", "test_metric", "test_higher_is_better", "test_main",
+    "test_f1", "test_acc", "test_balanced_acc", "test_auroc", "test_mcc", "test_loss", "bn_mode",
+    "counts_val", "counts_test",
+    "trainable_params", "total_params", "trainable_share", "epochs_run", "max_epochs", "wall_seconds",
+    "peak_mem_mb", "cpus", "gpus", "workers",
+]
+
+
+def _trial_row(sweep: str, run) -> dict[str, Any]:
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    val_key = params.get("selection.val", "val/best_acc")
+    test_key = params.get("selection.test", "test/acc")
+    end = run.info.end_time or None
+    row: dict[str, Any] = {
+        "sweep": sweep,
+        "trial_key": tags.get(TRIAL_KEY_TAG),
+        "cell_key": tags.get(CELL_KEY_TAG),
+        "run_id": run.info.run_id,
+        "task": tags.get("task", ""),
+        "dataset": tags.get("dataset", ""),
+        "backbone": tags.get("backbone", ""),
+        "method": tags.get("method", ""),
+        "fraction": float(tags.get("fraction", "nan")),
+        "seed": int(tags.get("seed", -1)),
+        "status": tags.get(STATUS_TAG, Status.RUNNING),
+        "stopped_early": tags.get(STATUS_TAG) == Status.STOPPED_EARLY,
+        "failure_reason": tags.get(FAILURE_REASON, ""),
+        "score": metrics.get(SCORE, math.nan),
+        "val_metric": val_key,
+        "val_best": metrics.get(val_key, math.nan),
+        "val_best_loss": metrics.get(VAL_BEST_LOSS, math.nan),
+        "test_metric": test_key,
+        "test_higher_is_better": params.get("selection.test_higher_is_better", "True") == "True",
+        "test_main": metrics.get(test_key, math.nan),
+        "test_f1": metrics.get("test/f1", math.nan),
+        "test_acc": metrics.get("test/acc", math.nan),
+        "test_balanced_acc": metrics.get("test/balanced_acc", math.nan),
+        "test_auroc": metrics.get("test/auroc", math.nan),
+        "test_mcc": metrics.get("test/mcc", math.nan),
+        "test_loss": metrics.get("test/loss", math.nan),
+        "bn_mode": params.get("method.bn_mode", ""),
+        # Images per class of the validation and test splits: the trivial classifier's scores come from them.
+        "counts_val": params.get("data.counts_val", ""),
+        "counts_test": params.get("data.counts_test", ""),
+        "trainable_params": int(params.get("trainable_params", 0)),
+        "total_params": int(params.get("total_params", 0)),
+        "trainable_share": float(params.get("trainable_share", "nan")),
+        "epochs_run": int(metrics.get(EPOCH, 0)),
+        "max_epochs": int(params.get("train.epochs", 0)),
+        "wall_seconds": (end - run.info.start_time) / 1000 if end else math.nan,
+        "peak_mem_mb": metrics.get("sys/peak_mem_mb", math.nan),
+        "cpus": float(params.get("resources.cpus", "nan")),
+        "gpus": float(params.get("resources.gpus", "nan")),
+        "workers": int(params.get("resources.num_workers", 1)),
+    }
+    for key, value in metrics.items():  # every other test metric too (test/fid, test/kid for text-to-image)
+        if key.startswith("test/"):
+            row.setdefault("test_" + key.removeprefix("test/").replace("/", "_"), value)
+    for key, value in params.items():  # every hyperparameter, searched or fixed, and every method knob
+        if key.startswith(("searched.", "train.", "method.")):
+            row[key] = _number(value)
+    return row
+
+
+def _number(value: str) -> Any:
+    try:
+        return float(value) if any(c in value for c in ".eE") or value.lstrip("-").isdigit() else value
+    except ValueError:
+        return value
+
+
+def chosen_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """Each cell's chosen trial among those that ran to the end, by the contract's rule
+    (trainables.contract.selection_order: the best validation score, whatever the task; ties to the lower
+    validation loss, then the lower trial key). Test metrics play no part."""
+    finished = trials[(trials["status"] == Status.FINISHED) & trials["score"].notna()]
+    order = pd.Series([selection_order(*row) for row in zip(finished["score"], finished["val_best_loss"],
+                                                            finished["trial_key"], strict=True)],
+                      index=finished.index, dtype=object)
+    ordered = finished.loc[sorted(finished.index, key=lambda i: (finished.at[i, "cell_key"], order[i]))]
+    return ordered.groupby("cell_key", sort=True).head(1).reset_index(drop=True)
+
+
+def mark_best_in_cell(trials: pd.DataFrame) -> pd.DataFrame:
+    trials = trials.copy()
+    trials["is_best_in_cell"] = trials["run_id"].isin(chosen_trials(trials)["run_id"]) if len(trials) else []
+    return trials
+
+
+def cell_status(trials: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """Per planned cell: trials ended vs budget, and whether it has a chosen trial."""
+    ended = trials[trials["status"].isin(ENDED)].groupby("cell_key").size()
+    chosen = set(chosen_trials(trials)["cell_key"])
+    status = cells.copy()
+    status["ended"] = status["cell_key"].map(ended).fillna(0).astype(int)
+    status["complete"] = status["ended"] >= status["budget"]
+    status["has_result"] = status["cell_key"].isin(chosen)
+    return status
