@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from sweep.report import analysis, comparisons, predictions
+from sweep.results import comparisons, predictions
+from sweep.results.table import chosen_trials
 
 STUDY = Path(__file__).resolve().parent.parent / "docs" / "results" / "cnn-study"
 COLUMNS = ["backbone", "dataset", "fraction", "method", "against", "seeds", "test images", "Δ", "95% CI", "P(better)"]
@@ -36,7 +37,7 @@ def report_comparisons() -> pd.DataFrame:
 def study():
     trials = pd.read_parquet(STUDY / "results.parquet")
     found = predictions.from_compact(pd.read_parquet(STUDY / predictions.COMPACT))
-    return analysis.chosen_trials(trials), found, report_comparisons()
+    return chosen_trials(trials), found, report_comparisons()
 
 
 def test_every_chosen_trial_left_its_predictions(study):

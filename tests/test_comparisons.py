@@ -174,7 +174,7 @@ def test_the_dry_run_says_how_finely_each_test_set_resolves_a_score(capsys, tmp_
 def test_the_compact_predictions_give_every_interval_the_full_ones_give():
     """The report's predictions.parquet keeps each chosen trial's predicted class only: a comparison recomputed from
     it is the one from the logged probabilities, to the last digit (both bootstraps see the same classes)."""
-    from sweep.report import predictions
+    from sweep.results import predictions
     from trainables.contract import PRED_GROUP, PRED_LABEL, PRED_ROW, PRED_SPLIT
 
     rng = np.random.default_rng(3)
