@@ -121,7 +121,8 @@ def test_best_in_cell_is_chosen_on_validation_only(tmp_path):
     assert best.loc["full", "test_acc"] == 0.50 and best.loc["full", "searched.lr"] == 1e-3
     assert best.loc["lora", "test_acc"] == 0.99
     text = (tmp_path / "out" / "report.md").read_text()
-    assert "| full | 50.0 |" in text and "**99.0**" in text
+    # Both chose the larger of the two learning rates their cell tried: at its edge (‡).
+    assert "| full | 50.0‡ |" in text and "**99.0**‡" in text
     tags = {r.data.tags["trial_key"]: r.data.tags["is_best_in_cell"]
             for r in MlflowClient(uri).search_runs([tracking.experiment_id], "tags.role = 'trial'")}
     assert sorted(tags.values()) == ["false", "false", "true", "true"]
