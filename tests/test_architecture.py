@@ -103,6 +103,25 @@ def test_the_contract_imports_nothing_of_ours():
     assert import_graph()["trainables.contract"] == set()
 
 
+def test_no_run_record_key_is_written_as_a_string_outside_the_contract():
+    """A run-record key (trainables.contract.RUN_RECORD_KEYS) written as a literal outside the contract is a second
+    spelling the writer and the reader no longer share."""
+    from trainables.contract import RUN_RECORD_KEYS
+
+    keys = set(RUN_RECORD_KEYS)
+    found = []
+    for name, path in modules().items():
+        if name == "trainables.contract" or not name.startswith(("sweep", "trainables")):
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+                      and node.body and isinstance(node.body[0], ast.Expr)}
+        found += [f"{name}:{node.lineno} {node.value!r}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and node.value in keys and id(node) not in docstrings]
+    assert not found, f"run-record keys written as literals (use trainables.contract's names): {found}"
+
+
 def readme_map() -> str:
     text = (REPO / "README.md").read_text()
     return text[text.index("## How it is built"):text.index("## Tests")]

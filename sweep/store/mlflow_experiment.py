@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from sweep.plan.grid import Cell
-from trainables.contract import CELL_KEY_TAG, ROLE_TAG
+from trainables.contract import BUDGET_PARAM, CELL_FIELD_TAGS, CELL_KEY_TAG, DATA_FALLBACK_TAG, ROLE_TAG
 
 ROLE = ROLE_TAG  # the tag saying what a run of the experiment stands for (contract)
 
@@ -185,7 +185,7 @@ def prepare(uri: str, sweep: str, artifact_root: str, cells: list[Cell], spec_te
         mlflow.log_batch(parent, params=_params({"cells": len(cells), "trials": sum(c.budget for c in cells)}))
     for note in notes:
         if "SYNTHETIC" in note:
-            mlflow.set_tag(parent, "data_fallback", "synthetic")
+            mlflow.set_tag(parent, DATA_FALLBACK_TAG, "synthetic")
     cell_runs = {}
     for cell in cells:
         run_id = existing.get(cell.key)
@@ -195,17 +195,13 @@ def prepare(uri: str, sweep: str, artifact_root: str, cells: list[Cell], spec_te
                 "mlflow.parentRunId": parent,
                 "sweep": sweep,
                 CELL_KEY_TAG: cell.key,
-                "task": cell.task,
-                "dataset": cell.dataset.key,
-                "backbone": cell.backbone.key,
-                "method": cell.method.key,
-                "fraction": str(cell.fraction),
-                "seed": str(cell.seed),
-                **({"data_fallback": "synthetic"} if cell.tags.get("fallback_from") else {}),
+                **dict(zip(CELL_FIELD_TAGS, (cell.task, cell.dataset.key, cell.backbone.key, cell.method.key,
+                                             str(cell.fraction), str(cell.seed)), strict=True)),
+                **({DATA_FALLBACK_TAG: "synthetic"} if cell.tags.get("fallback_from") else {}),
             }
             run_id = mlflow.create_run(experiment_id, run_name=cell.key, tags=tags).info.run_id
             space = {name: dist.model_dump(exclude_none=True) for name, dist in cell.space.items()}
-            mlflow.log_batch(run_id, params=_params({"budget": cell.budget, "space": space}))
+            mlflow.log_batch(run_id, params=_params({BUDGET_PARAM: cell.budget, "space": space}))
         cell_runs[cell.key] = run_id
     return Tracking(uri, experiment_id, parent, cell_runs)
 

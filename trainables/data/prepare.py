@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from trainables.config import DataConfig
+from trainables.contract import DATA_SOURCE_PARAM, counts_param
 from trainables.data.base import SPLITS, DatasetError, Source, get_source
 from trainables.data.cache import ImageCache, corrupt_images, image_cache, open_cache
 from trainables.data.manifest import Manifest, build_manifest, default_cache_dir, read_manifest
@@ -118,7 +119,7 @@ def load_splits(cfg: DataConfig, seed: int) -> SplitData:
     splits = {"train": train[keep], "val": frame[frame["split"] == "val"], "test": frame[frame["split"] == "test"]}
     data = {name: _split(cache.images, rows) for name, rows in splits.items()}
     params = {
-        "data.source": describe,
+        DATA_SOURCE_PARAM: describe,
         "data.classes": str(len(manifest.classes)),
         "data.max_train_images": str(cfg.max_train_images or ""),
         "data.manifest_hash": manifest.hash,
@@ -128,7 +129,7 @@ def load_splits(cfg: DataConfig, seed: int) -> SplitData:
         **{f"data.n_{s}": str(len(data[s])) for s in SPLITS},
         # Images per class in each split: what the report's trivial classifier (majority class / chance) is
         # computed from, on the same metric as the trials.
-        **{f"data.counts_{s}": json.dumps(np.bincount(splits[s]["label"], minlength=len(manifest.classes)).tolist())
+        **{counts_param(s): json.dumps(np.bincount(splits[s]["label"], minlength=len(manifest.classes)).tolist())
            for s in SPLITS},
     }
     return SplitData(manifest.classes, data["train"], data["val"], data["test"], params, manifest)
