@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     for note in dict.fromkeys(note for s in sweeps for note in s.plan.notes):
         print(launcher_output.banner(note), flush=True)
 
-    from sweep.plan.validate import prepare_data
+    from sweep.plan.datasets import prepare_data
     from sweep.report.outcome import sweep_outcome
     from sweep.tune.run import StorageLost, run_sweep, save_inputs
 
