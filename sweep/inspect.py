@@ -85,7 +85,8 @@ def markdown() -> str:
 def study_markdown() -> list[str]:
     """The study's methods as search_spaces/paper.yaml sets them up, beside the counts the study prints."""
     from sweep.plan.spec import SPACES_DIR
-    from sweep.references import count_table, load_reference
+    from sweep.plan.study_counts import count_table
+    from sweep.references import load_reference
 
     reference = load_reference("dutt2024")
     rows = count_table(reference, SPACES_DIR / "paper.yaml")

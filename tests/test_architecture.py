@@ -99,6 +99,23 @@ def test_tune_never_imports_report():
                 if m.startswith("sweep.tune") and t.startswith("sweep.report")}
 
 
+def test_references_are_data_and_import_nothing_of_ours():
+    """sweep/references/ holds published studies and their loader; probing our models for them is sweep/plan's."""
+    graph = import_graph()
+    assert not {(m, t) for m, ts in graph.items() for t in ts if m.startswith("sweep.references")}
+
+
+def test_no_runtime_module_imports_the_tests():
+    """What sweep/, trainables/ and bench/ need of a helper the tests share lives there, not in tests/."""
+    found = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                       else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            found += [f"{name} imports {t}" for t in targets if t == "tests" or t.startswith("tests.")]
+    assert not found, found
+
+
 def test_the_contract_imports_nothing_of_ours():
     assert import_graph()["trainables.contract"] == set()
 
