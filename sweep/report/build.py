@@ -96,7 +96,7 @@ def build(uri: str, sweep: str, out: Path, formats: tuple[str, ...] = FORMATS, l
     doc.heading("Raw data")
     doc.text(f"`results.parquet` / `results.csv`: {RAW_COLUMNS_DOC}. Every number above can be recomputed from it, "
              f"and every comparison interval from it and `{predictions.COMPACT}` (the chosen trials' test predictions: "
-             "run_id, row, group, label, predicted class, classes; sweep.report.predictions.from_compact reads it).")
+             "run_id, row, group, label, predicted class, classes; sweep.results.predictions.from_compact reads it).")
     if "md" in formats:
         (out / "report.md").write_text(doc.markdown())
         files.append(out / "report.md")

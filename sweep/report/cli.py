@@ -16,8 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from sweep.errors import InputError
 from sweep.exit_codes import EXIT_BAD_INPUT
-from sweep.plan.spec import SpecError
 from sweep.references import available as available_references
 from sweep.report.build import FORMATS, build, compare
 from sweep.report.console_table import count
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         storage = parse_storage(args.storage)
-    except SpecError as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
