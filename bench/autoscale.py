@@ -1,4 +1,4 @@
-"""Ray's real autoscaler on this machine (tests/autoscaling_cluster.py: cluster.yaml's node types under the fake
+"""Ray's real autoscaler on this machine (bench/autoscaling_cluster.py: cluster.yaml's node types under the fake
 multinode provider, autoscaler v2, the simulated task): a sweep of 8 half-GPU trials on a cluster that starts with
 no worker; once trials run, the busiest `gpu_small_spot` node is killed without notice, as a spot instance goes.
 
@@ -17,7 +17,7 @@ from bench.common import Result
 
 
 def run(quick: bool = False) -> list[Result]:
-    from tests.autoscaling_cluster import NODE_TYPE, redone_epochs, replacement_first_epoch_s, spot_loss_sweep
+    from bench.autoscaling_cluster import NODE_TYPE, redone_epochs, replacement_first_epoch_s, spot_loss_sweep
 
     epochs = 6 if quick else 10
     with tempfile.TemporaryDirectory() as tmp:

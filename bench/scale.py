@@ -83,7 +83,7 @@ def sweep_span(storage: Path) -> tuple[int, float, int, int]:
 
 
 def run(quick: bool = False) -> list[Result]:
-    from tests.ray_processes import kill_new_ray_processes, ray_processes
+    from bench.ray_processes import kill_new_ray_processes, ray_processes
 
     datasets, fractions = (7, 1) if quick else (7, 5)
     cells = 2 * 10 * datasets * fractions

@@ -62,7 +62,7 @@ def slot_efficiency(quick: bool) -> list[Result]:
 def resume_cost(quick: bool) -> list[Result]:
     from mlflow import MlflowClient
 
-    from tests.ray_processes import kill_new_ray_processes, ray_processes
+    from bench.ray_processes import kill_new_ray_processes, ray_processes
 
     with tempfile.TemporaryDirectory() as tmp:
         args = ["--storage", tmp, "--name", "killed", *data_args(), "--set", "methods=[linear, bitfit]",

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sweep.errors import InputError
 from sweep.exit_codes import EXIT_BAD_INPUT
 from sweep.plan.cost import actual_cost, calibrate, cost_record, duration, priced, render, worst_case
 from sweep.plan.spec import SpecError
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         root = args.data_root or os.environ.get("MEDPEFT_DATA_ROOT")
         plans = [(make_plan(spec, path, root, allow_missing=True), spec.name) for spec in specs]
         return run(plans, args)
-    except SpecError as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

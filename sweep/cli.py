@@ -19,7 +19,7 @@ from pathlib import Path
 # subcommand -> (module whose main(argv) runs it, one line of help)
 COMMANDS = {
     "launch": ("sweep.launch", "plan a sweep and run it (or --dry-run, --resume)"),
-    "report": ("sweep.report.build", "the report of a sweep, read from MLflow"),
+    "report": ("sweep.report.cli", "the report of a sweep, read from MLflow"),
     "inspect": ("sweep.inspect", "what the registries hold: methods, parameter counts, a dataset"),
     "calibrate": ("sweep.calibrate", "measure a sweep's cost on this machine before spending it"),
 }

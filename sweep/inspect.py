@@ -85,7 +85,8 @@ def markdown() -> str:
 def study_markdown() -> list[str]:
     """The study's methods as search_spaces/paper.yaml sets them up, beside the counts the study prints."""
     from sweep.plan.spec import SPACES_DIR
-    from sweep.references import count_table, load_reference
+    from sweep.plan.study_counts import count_table
+    from sweep.references import load_reference
 
     reference = load_reference("dutt2024")
     rows = count_table(reference, SPACES_DIR / "paper.yaml")
@@ -112,26 +113,18 @@ def dataset_report(name: str, root: str | None, options: dict[str, Any], fractio
                    image_size: int, cache_dir: str | None, on_duplicate: str = "error") -> dict[str, Any]:
     """Everything about a dataset as the sweep would use it. Decodes every image (builds the image cache), so an
     unreadable file is found here; raises DatasetError for any problem."""
-    import time
-
     import numpy as np
 
     from trainables.config import DataConfig
-    from trainables.data import open_source, prepare_cache, prepare_manifest
-    from trainables.data.cache import cache_path
-    from trainables.data.prepare import drop_corrupt
+    from trainables.data.prepare import prepare_dataset
     from trainables.data.splits import fraction_mask, fraction_ranks
 
     cfg = DataConfig(name=name, root=root, options=options, fraction=fraction, image_size=image_size,
                      cache_dir=cache_dir, on_duplicate=on_duplicate)
-    source = open_source(cfg)
-    manifest = prepare_manifest(cfg, source)
+    # Every undecodable image is an error here, whatever the dataset's on_corrupt: this report is where it is found.
+    dataset = prepare_dataset(cfg, on_corrupt="error")
+    source, manifest, cache = dataset.source, dataset.manifest, dataset.cache
     frame = manifest.frame
-    cached_before = cache_path(manifest, image_size, source.channels, cache_dir).is_file()
-    started = time.monotonic()
-    cache = prepare_cache(cfg, source, manifest)
-    build_seconds = time.monotonic() - started
-    drop_corrupt(frame.assign(row=range(len(frame))), cache, "error", source.name)
 
     train = frame["split"] == "train"
     labels = frame.loc[train, "label"].to_numpy()
@@ -161,7 +154,7 @@ def dataset_report(name: str, root: str | None, options: dict[str, Any], fractio
         "fraction_counts": {c: int((in_fraction["label"] == i).sum()) for i, c in enumerate(manifest.classes)},
         "notes": manifest.notes,
         "cache": {"path": str(cache.path), "image_size": image_size, "channels": source.channels,
-                  "was_cached": cached_before, "build_seconds": round(build_seconds, 2),
+                  "was_cached": dataset.cache_was_ready, "build_seconds": round(dataset.cache_seconds, 2),
                   "megabytes": round(cache.images.nbytes / 2**20, 1)},
         "unreadable": list(cache.errors.values()),
         "check": bool(np.all(groups <= 1)) if len(groups) else True,

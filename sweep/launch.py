@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweep.exit_codes import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_STORAGE
+from sweep.errors import InputError
+from sweep.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED_CELLS, EXIT_INTERRUPTED, EXIT_STORAGE
 from sweep.plan.spec import NAME_PATTERN, SpecError
 
 ADDRESS_TIMEOUT_S = 5  # a cluster's head answers a connection at once; a wrong address never does
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet()
     try:
         sweeps = _setup(args)
-    except SpecError as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
@@ -77,20 +78,20 @@ def main(argv: list[str] | None = None) -> int:
             print()
             try:
                 return calibrate.run([(s.plan, s.name) for s in sweeps], args)
-            except SpecError as e:
+            except InputError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return EXIT_BAD_INPUT
         return 0
     for note in dict.fromkeys(note for s in sweeps for note in s.plan.notes):
         print(launcher_output.banner(note), flush=True)
 
-    from sweep.plan.validate import prepare_data
+    from sweep.plan.datasets import prepare_data
     from sweep.report.outcome import sweep_outcome
     from sweep.tune.run import StorageLost, run_sweep, save_inputs
 
     try:  # every arm's data, before any arm starts: bad data stops the whole sweep now
         prepared = [prepare_data(s.plan, s.storage, log=lambda line: print(line, flush=True)) for s in sweeps]
-    except SpecError as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     code = 0
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         if empty:
             print(f"error: {len(empty)} cell(s) of {name!r} ended with every trial failed (first: {empty[0]}); the "
                   "error.txt paths above say why", file=sys.stderr)
-            code = 1
+            code = EXIT_FAILED_CELLS
     return code
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ray_processes import kill_new_ray_processes, ray_processes
+from bench.ray_processes import kill_new_ray_processes, ray_processes
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

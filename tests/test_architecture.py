@@ -99,8 +99,44 @@ def test_tune_never_imports_report():
                 if m.startswith("sweep.tune") and t.startswith("sweep.report")}
 
 
+def test_references_are_data_and_import_nothing_of_ours():
+    """sweep/references/ holds published studies and their loader; probing our models for them is sweep/plan's."""
+    graph = import_graph()
+    assert not {(m, t) for m, ts in graph.items() for t in ts if m.startswith("sweep.references")}
+
+
+def test_no_runtime_module_imports_the_tests():
+    """What sweep/, trainables/ and bench/ need of a helper the tests share lives there, not in tests/."""
+    found = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                       else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            found += [f"{name} imports {t}" for t in targets if t == "tests" or t.startswith("tests.")]
+    assert not found, found
+
+
 def test_the_contract_imports_nothing_of_ours():
     assert import_graph()["trainables.contract"] == set()
+
+
+def test_no_run_record_key_is_written_as_a_string_outside_the_contract():
+    """A run-record key (trainables.contract.RUN_RECORD_KEYS) written as a literal outside the contract is a second
+    spelling the writer and the reader no longer share."""
+    from trainables.contract import RUN_RECORD_KEYS
+
+    keys = set(RUN_RECORD_KEYS)
+    found = []
+    for name, path in modules().items():
+        if name == "trainables.contract" or not name.startswith(("sweep", "trainables")):
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+                      and node.body and isinstance(node.body[0], ast.Expr)}
+        found += [f"{name}:{node.lineno} {node.value!r}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and node.value in keys and id(node) not in docstrings]
+    assert not found, f"run-record keys written as literals (use trainables.contract's names): {found}"
 
 
 def readme_map() -> str:

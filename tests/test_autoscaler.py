@@ -1,6 +1,6 @@
 """Ray's real autoscaler (v2, as `ray up` runs it) scaling cluster.yaml's GPU node type on one machine, a spot worker
 lost without notice and replaced, the sweep finishing as if nothing happened, and the idle workers removed
-(tests/autoscaling_cluster.py: the fake multinode provider, its nodes local raylets; the trials the simulated task,
+(bench/autoscaling_cluster.py: the fake multinode provider, its nodes local raylets; the trials the simulated task,
 one second per epoch)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from tests.autoscaling_cluster import NODE_TYPE, redone_epochs, spot_loss_sweep
+from bench.autoscaling_cluster import NODE_TYPE, redone_epochs, spot_loss_sweep
 
 # Outside the default suite: the replacement is only needed (and launched) while trials still wait after Ray has
 # declared the lost node dead (5 health checks 3 s apart), so the sweep must outlast that: 113 s at best on this

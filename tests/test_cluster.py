@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from bench.ray_processes import kill_new_ray_processes, ray_processes
 from tests import servers
 from tests.conftest import LaunchedSweep, launch
-from tests.ray_processes import kill_new_ray_processes, ray_processes
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from bench.ray_processes import kill_new_ray_processes, new_ray_processes, ray_processes
 from tests.conftest import SHARED_DATA, LaunchedSweep, launch
-from tests.ray_processes import kill_new_ray_processes, new_ray_processes, ray_processes
 from trainables.simulated import curve
 
 pytestmark = pytest.mark.slow

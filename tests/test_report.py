@@ -19,6 +19,7 @@ from PIL import Image
 from sweep.plan.grid import base_config, expand, with_searched
 from sweep.plan.spec import SweepSpec, load_method_spaces
 from sweep.report import build as report
+from sweep.report import cli as report_cli
 from sweep.store import mlflow_experiment
 from sweep.store.mlflow_experiment import Tracking
 from tests.conftest import needs_shared_data
@@ -169,7 +170,7 @@ def test_compare_two_sweeps(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     fake_sweep(uri, "a", {("d", "lora", 1.0, 0): [{"lr": 1e-3, "val": 0.9, "test": 0.80}]})
     fake_sweep(uri, "b", {("d", "lora", 1.0, 0): [{"lr": 1e-3, "val": 0.9, "test": 0.85}]})
-    assert report.main(["--compare", "a", "b", "--mlflow-uri", uri, "--out", str(tmp_path / "cmp")]) == 0
+    assert report_cli.main(["--compare", "a", "b", "--mlflow-uri", uri, "--out", str(tmp_path / "cmp")]) == 0
     text = (tmp_path / "cmp" / "compare-a-b.md").read_text()
     assert "| d | 1 | lora | 80.0 | 85.0 | +5.0 |" in text
     assert "cannot tell (one seed) | seeds only (no per-image predictions) |" in text
@@ -186,7 +187,7 @@ def test_compare_two_sweeps_on_the_same_test_images(tmp_path):
         right = rng.random(400) < share
         fake_sweep(uri, name, {("d", "lora", 1.0, 0): [{"lr": 1e-3, "val": 0.9, "test": right.mean(),
                                                          "predictions": _predictions(labels, right, groups)}]})
-    assert report.main(["--compare", "a", "b", "--mlflow-uri", uri, "--out", str(tmp_path / "cmp")]) == 0
+    assert report_cli.main(["--compare", "a", "b", "--mlflow-uri", uri, "--out", str(tmp_path / "cmp")]) == 0
     text = (tmp_path / "cmp" / "compare-a-b.md").read_text()
     assert "| better | test images and seeds |" in text
 
@@ -194,7 +195,7 @@ def test_compare_two_sweeps_on_the_same_test_images(tmp_path):
 @needs_shared_data
 def test_quickstart_report_files_and_numbers(quickstart, tmp_path):
     storage, _ = quickstart
-    assert report.main(["--name", "quickstart", "--storage", str(storage), "--out", str(tmp_path / "r")]) == 0
+    assert report_cli.main(["--name", "quickstart", "--storage", str(storage), "--out", str(tmp_path / "r")]) == 0
     out = tmp_path / "r"
     for name in ("results.parquet", "results.csv", "report.md", "report.html",
                  "volume-tf_efficientnet_lite0-breastmnist.png", "pareto-tf_efficientnet_lite0-breastmnist.png"):
@@ -242,7 +243,7 @@ def test_quickstart_report_files_and_numbers(quickstart, tmp_path):
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it as root)")
 def test_html_report_renders_in_headless_chromium(quickstart, tmp_path):
     storage, _ = quickstart
-    report.main(["--name", "quickstart", "--storage", str(storage), "--out", str(tmp_path / "r"), "--format", "html"])
+    report_cli.main(["--name", "quickstart", "--storage", str(storage), "--out", str(tmp_path / "r"), "--format", "html"])
     page = (tmp_path / "r" / "report.html").as_uri()
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from sweep.references import load_reference
-from sweep.report import build as report
+from sweep.report import cli as report_cli
 from sweep.report import reproduction
 from sweep.results.scores import method_scores
 from tests.conftest import SHARED_DATA, launch, needs_shared_data
@@ -69,7 +69,7 @@ resources: {cpus_per_trial: 1}
 @needs_shared_data
 def test_reference_report_on_a_renamed_real_sweep(renamed_sweep, tmp_path):
     out = tmp_path / "r"
-    assert report.main(["--name", "renamed", "--storage", str(renamed_sweep), "--out", str(out),
+    assert report_cli.main(["--name", "renamed", "--storage", str(renamed_sweep), "--out", str(out),
                         "--reference", "dutt2024"]) == 0
     text = (out / "report.md").read_text()
     section = text.split("## Reproduction of Dutt et al. 2024")[1]

@@ -16,7 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sweep.references import PrintedCount, count_table, load_reference, study_settings
+from sweep.plan.study_counts import count_table, study_settings
+from sweep.references import PrintedCount, load_reference
 from trainables.backbones import build_backbone
 from trainables.methods import prepare_model
 from trainables.probe import probe

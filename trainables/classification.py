@@ -26,7 +26,16 @@ from torch import nn
 
 from trainables.backbones import build_backbone
 from trainables.config import TrialConfig
-from trainables.contract import EPOCH, SCORE, VAL_BEST_LOSS, Selection
+from trainables.contract import (
+    EPOCH,
+    PEAK_MEM,
+    SCORE,
+    TRAIN_LOSS,
+    VAL_BEST_LOSS,
+    Selection,
+    test_metric,
+    val_best,
+)
 from trainables.data import Batches, ImageSplit, load_splits
 from trainables.devices import ddp, device_for, peak_memory_mb
 from trainables.methods import (
@@ -135,7 +144,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     with trial.latest_checkpoint() as checkpoint:
         if checkpoint is not None:
             progress, best_state = load_training_state(checkpoint, model, optimizer, schedule, Progress)
-    selection = Selection(f"val/best_{train.select_metric}", f"test/{train.select_metric}")
+    selection = Selection(val_best(train.select_metric), test_metric(train.select_metric))
     params = run_params(cfg, train, prepared, data.params, info.weight_source, selection,
                         **{"train.class_weights_used": json.dumps([round(w, 4) for w in weights]) if weights else "none"})
     if trial.start(params, run_tags(cfg, data.params), progress.epoch):
@@ -172,9 +181,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
             metrics = {
                 EPOCH: epoch,
-                "train/loss": loss_sum / max(seen, 1),
+                TRAIN_LOSS: loss_sum / max(seen, 1),
                 **{f"val/{k}": v for k, v in val.items()},
-                f"val/best_{train.select_metric}": progress.best,
+                val_best(train.select_metric): progress.best,
                 VAL_BEST_LOSS: progress.best_val_loss,
                 SCORE: progress.best,
                 "best_epoch": progress.best_epoch,
@@ -183,12 +192,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "train/accumulation_steps": math.ceil(train.batch_size / micro),
                 "time/epoch_s": time.perf_counter() - started,
                 "time/train_images_per_s": seen * world / max(train_seconds, 1e-9),
-                "sys/peak_mem_mb": peak_memory_mb(device),
+                PEAK_MEM: peak_memory_mb(device),
             }
             last = epoch == train.epochs
             if last:  # test metrics of the best-validation weights, reported with the last epoch
                 load_trainable_state(model, best_state)
-                metrics.update({f"test/{k}": v for k, v in log_predictions(trial, evaluate, model, data).items()})
+                metrics.update({test_metric(k): v for k, v in log_predictions(trial, evaluate, model, data).items()})
             trial.end_epoch(epoch, metrics, last, save=partial(
                 save_training_state, model=model, bn_mode=bn_mode, optimizer=optimizer, schedule=schedule,
                 progress=progress, best_state=best_state))

@@ -1,6 +1,7 @@
 """The contract between a trial and the sweep's driver, in one place: what a trial reports to Tune every epoch,
-the tags and statuses its MLflow run carries, the rule its cell's trials are ranked by, and when a trial had not
-converged.
+the tags and statuses its MLflow run carries, the run record the report reads back (params, tags, metrics,
+artifact), the exception a trial ends with when its node is drained, the rule its cell's trials are ranked by, and
+when a trial had not converged.
 
 Both sides use these names (trainables/ writes them, sweep/ reads them), so a misspelt key is an AttributeError
 at import instead of a rung that waits for ever. This module imports nothing of ours: anything may import it.
@@ -16,9 +17,9 @@ from enum import StrEnum
 # -- what a trial reports to Tune each epoch -------------------------------------------------------------------
 
 EPOCH = "epoch"  # epochs completed: the time attribute of the per-cell schedulers
-# The task's selection metric oriented so that higher is better (best-so-far validation accuracy for
-# classification, minus the best validation denoising loss for text-to-image): the searcher and the schedulers
-# compare trials on it, whatever the task.
+# The task's selection metric oriented so that higher is better (the best-so-far validation score the task is
+# chosen on: val/best_f1 for classification, minus the best validation denoising loss for text-to-image): the
+# searcher and the schedulers compare trials on it, whatever the task.
 SCORE = "score"
 VAL_BEST_LOSS = "val/best_loss"  # best validation loss so far: breaks ties in SCORE
 FAILED = "failed"  # 1 on the report of a trial that ended as failed (diverged); SCORE is NaN there
@@ -40,6 +41,68 @@ CELL_KEY_TAG = "cell_key"
 ROUND_TAG = "round"
 ROUND_KIND_TAG = "round_kind"
 ROUND_DOUBLING = "doubling"  # a round whose one trial runs longer than max_t: no scheduler stops it
+
+
+# -- the run record: what the report reads back from a trial's (and a cell's) MLflow run -----------------------
+
+# Params of a trial run (trainables/trial.py run_params; trainables/simulated.py writes the same keys).
+SELECTION_VAL_PARAM = "selection.val"  # the metric the cell's trials are chosen on (a validation metric name)
+SELECTION_TEST_PARAM = "selection.test"  # the test metric reported beside it
+SELECTION_TEST_HIGHER_PARAM = "selection.test_higher_is_better"
+TRAINABLE_PARAMS_PARAM = "trainable_params"
+TOTAL_PARAMS_PARAM = "total_params"
+TRAINABLE_SHARE_PARAM = "trainable_share"
+BN_MODE_PARAM = "method.bn_mode"  # how the method treats BatchNorm statistics
+EPOCHS_PARAM = "train.epochs"
+WORKERS_PARAM = "resources.num_workers"
+CPUS_PARAM = "resources.cpus"
+GPUS_PARAM = "resources.gpus"
+
+
+def counts_param(split: str) -> str:
+    """The param holding a split's images per class (a JSON list): the trivial classifier's scores come from it."""
+    return f"data.counts_{split}"
+
+
+COUNTS_VAL_PARAM = counts_param("val")
+COUNTS_TEST_PARAM = counts_param("test")
+DATA_SOURCE_PARAM = "data.source"  # what data was really read (a synthetic fallback names itself here)
+# Every searched value, every train: setting and every method knob, as "<prefix><name>".
+SEARCHED_PREFIX = "searched."
+TRAIN_PREFIX = "train."
+METHOD_PREFIX = "method."
+BUDGET_PARAM = "budget"  # a cell run's: its planned trials
+
+# Tags of trial and cell runs: the fields of the cell a run belongs to (reports group by them).
+CELL_FIELD_TAGS = ("task", "dataset", "backbone", "method", "fraction", "seed")
+DATA_FALLBACK_TAG = "data_fallback"  # on runs that trained on synthetic data because the real data was absent
+
+# Metrics of a trial run (besides the report keys above, logged every epoch).
+TEST_PREFIX = "test/"  # every test metric: test/<name>, logged with the last epoch
+
+
+def test_metric(name: str) -> str:
+    """'acc' -> 'test/acc'."""
+    return TEST_PREFIX + name
+
+
+def val_best(name: str) -> str:
+    """'acc' -> 'val/best_acc': the best-so-far validation value of a metric, the one a trial is chosen on."""
+    return f"val/best_{name}"
+
+
+VAL_BEST_ACC = val_best("acc")
+TEST_ACC = test_metric("acc")
+# A classifier's test metrics the report's table keeps a column for (others are kept too, by their prefix).
+TEST_METRICS = tuple(test_metric(m) for m in ("f1", "acc", "balanced_acc", "auroc", "mcc", "loss"))
+TEST_LOSS = test_metric("loss")
+TRAIN_LOSS = "train/loss"  # mean training loss of the epoch
+PEAK_MEM = "sys/peak_mem_mb"  # the trial's peak device (or process) memory
+
+class NodeDraining(RuntimeError):
+    """The node a trial's attempt runs on is being drained (a cloud's preemption notice): the attempt ends right
+    after checkpointing and reporting an epoch, and the trial continues from that checkpoint on another node. The
+    trial raises it; the driver (sweep/tune/callbacks.py) does not count it as a failure."""
 
 
 class Status(StrEnum):
@@ -67,6 +130,15 @@ PRED_ROW = "row"
 PRED_GROUP = "group"
 PRED_LABEL = "label"
 PRED_PROB_PREFIX = "prob_"
+
+# The run record's names that say by their form that they are a run's keys: nothing in sweep/ or trainables/
+# writes them as a string literal but this module (tests/test_architecture.py checks).
+RUN_RECORD_KEYS = (
+    SELECTION_VAL_PARAM, SELECTION_TEST_PARAM, SELECTION_TEST_HIGHER_PARAM, BN_MODE_PARAM, EPOCHS_PARAM,
+    WORKERS_PARAM, CPUS_PARAM, GPUS_PARAM, COUNTS_VAL_PARAM, COUNTS_TEST_PARAM, DATA_SOURCE_PARAM, SEARCHED_PREFIX,
+    TRAIN_PREFIX, METHOD_PREFIX, VAL_BEST_ACC, TEST_PREFIX, *TEST_METRICS, TRAIN_LOSS, PEAK_MEM, VAL_BEST_LOSS,
+    PREDICTIONS_ARTIFACT,
+)
 
 
 # -- which trial of a cell is best -------------------------------------------------------------------------------

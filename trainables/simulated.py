@@ -23,7 +23,23 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from trainables.config import TrialConfig
-from trainables.contract import EPOCH, PRED_LABEL, SCORE, VAL_BEST_LOSS
+from trainables.contract import (
+    EPOCH,
+    EPOCHS_PARAM,
+    PRED_LABEL,
+    SCORE,
+    SEARCHED_PREFIX,
+    SELECTION_TEST_PARAM,
+    SELECTION_VAL_PARAM,
+    TEST_ACC,
+    TOTAL_PARAMS_PARAM,
+    TRAIN_LOSS,
+    TRAIN_PREFIX,
+    TRAINABLE_PARAMS_PARAM,
+    VAL_BEST_ACC,
+    VAL_BEST_LOSS,
+    test_metric,
+)
 from trainables.metrics import classification_metrics
 from trainables.predictions import predictions_frame, probabilities
 from trainables.session import current_session
@@ -95,9 +111,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if checkpoint is not None:
             state = json.loads((checkpoint / "state.json").read_text())
             best, start = state["best"], state["epoch"]
-    params = {"task": cfg.task, "method": cfg.method.name, "train.lr": train.lr, "train.epochs": train.epochs,
-              "selection.val": "val/best_acc", "selection.test": "test/acc",
-              **{f"searched.{k}": v for k, v in cfg.searched.items()}, "trainable_params": 1, "total_params": 1}
+    params = {"task": cfg.task, "method": cfg.method.name, TRAIN_PREFIX + "lr": train.lr, EPOCHS_PARAM: train.epochs,
+              SELECTION_VAL_PARAM: VAL_BEST_ACC, SELECTION_TEST_PARAM: TEST_ACC,
+              **{SEARCHED_PREFIX + k: v for k, v in cfg.searched.items()}, TRAINABLE_PARAMS_PARAM: 1,
+              TOTAL_PARAMS_PARAM: 1}
     tags = run_tags(cfg, {})  # as a training trial's: its dataset tag is the spec's id, as its cell's
     if trial.start(params, tags, start):
         return
@@ -106,7 +123,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             time.sleep(train.epoch_seconds)
             acc = min(1.0, curve(cfg.tracking.cell_key, train.lr, epoch) + train.method_effect.get(cfg.method.name, 0.0))
             best = max(best, acc)
-            metrics = {EPOCH: epoch, "train/loss": 1 - acc, "val/acc": acc, "val/best_acc": best,
+            metrics = {EPOCH: epoch, TRAIN_LOSS: 1 - acc, "val/acc": acc, VAL_BEST_ACC: best,
                        VAL_BEST_LOSS: 1 - best, SCORE: best}
             last = epoch == train.epochs
             if last:
@@ -126,4 +143,4 @@ def log_predictions(trial: Trial, cfg: TrialConfig, train: SimulatedTrain, best:
     test = simulated_predictions(dataset, "test", train.test_images, best - 0.01, key, train.image_noise)
     trial.log_predictions(pd.concat([val, test], ignore_index=True))
     logits = np.log(probabilities(test))
-    return {f"test/{k}": v for k, v in classification_metrics(logits, test[PRED_LABEL].to_numpy()).items()}
+    return {test_metric(k): v for k, v in classification_metrics(logits, test[PRED_LABEL].to_numpy()).items()}

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from trainables.contract import Selection
+from trainables.contract import TEST_ACC, VAL_BEST_ACC, Selection, test_metric, val_best
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def _classification() -> Task:
     from trainables.probe import probe
 
     return Task("classification", "cls", train_loop_per_worker, ClassificationTrain, ("vit", "cnn"),
-                lambda t: Selection(f"val/best_{t.select_metric}", f"test/{t.select_metric}"), probe,
+                lambda t: Selection(val_best(t.select_metric), test_metric(t.select_metric)), probe,
                 lambda name, weights, kwargs: check_weights(name, weights), needs_classes=True)
 
 
@@ -51,7 +51,7 @@ def _simulated() -> Task:
     from trainables.simulated import SimulatedTrain, train_loop_per_worker
 
     return Task("simulated", "sim", train_loop_per_worker, SimulatedTrain, ("vit", "cnn"),
-                lambda t: Selection("val/best_acc", "test/acc"), probe,
+                lambda t: Selection(VAL_BEST_ACC, TEST_ACC), probe,
                 lambda name, weights, kwargs: check_weights(name, weights))
 
 

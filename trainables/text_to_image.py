@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from trainables.config import TrialConfig
-from trainables.contract import EPOCH, SCORE, VAL_BEST_LOSS, Selection
+from trainables.contract import EPOCH, PEAK_MEM, SCORE, TEST_LOSS, TRAIN_LOSS, VAL_BEST_LOSS, Selection
 from trainables.data import ImageSplit, SplitData, check_captions, load_splits
 from trainables.data.manifest import default_cache_dir
 from trainables.devices import ddp, device_for, peak_memory_mb
@@ -216,14 +216,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             progress.epoch = epoch
             metrics = {
                 EPOCH: epoch,
-                "train/loss": loss_sum / max(seen, 1),
+                TRAIN_LOSS: loss_sum / max(seen, 1),
                 "val/loss": val_loss,
                 VAL_BEST_LOSS: progress.best,
                 SCORE: -progress.best,  # the sweep compares higher-is-better scores
                 "best_epoch": progress.best_epoch,
                 "lr": schedule.get_last_lr()[0],
                 "time/epoch_s": time.perf_counter() - started,
-                "sys/peak_mem_mb": peak_memory_mb(device),
+                PEAK_MEM: peak_memory_mb(device),
             }
             last = epoch == train.epochs
             if last and rank == 0:  # with the best-validation weights: samples, FID, KID
@@ -349,7 +349,7 @@ def evaluate(unet: nn.Module, parts: DiffusionParts, data: SplitData, embeddings
     return {
         "test/fid": fid(real_features, fake_features),
         "test/kid": kid(real_features, fake_features, subset_size=train.kid_subset_size),
-        "test/loss": validation_loss(unet, parts, encoded, embeddings, train=train, device=device,
+        TEST_LOSS: validation_loss(unet, parts, encoded, embeddings, train=train, device=device,
                                      precision=precision),
         "test/generated": float(len(fake)),
     }

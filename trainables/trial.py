@@ -15,14 +15,31 @@ from typing import Any, TypeVar
 from trainables.checkpoints import CheckpointStore
 from trainables.config import TrialConfig
 from trainables.contract import (
+    BN_MODE_PARAM,
+    CELL_FIELD_TAGS,
+    CPUS_PARAM,
+    DATA_FALLBACK_TAG,
+    DATA_SOURCE_PARAM,
     EPOCH,
     FAILED,
     FAILURE_REASON,
+    GPUS_PARAM,
+    METHOD_PREFIX,
     PREDICTIONS_ARTIFACT,
     REPLAYED,
     REPLAYED_STOPPED_EARLY,
     RUN_ID,
     SCORE,
+    SEARCHED_PREFIX,
+    SELECTION_TEST_HIGHER_PARAM,
+    SELECTION_TEST_PARAM,
+    SELECTION_VAL_PARAM,
+    TOTAL_PARAMS_PARAM,
+    TRAIN_PREFIX,
+    TRAINABLE_PARAMS_PARAM,
+    TRAINABLE_SHARE_PARAM,
+    WORKERS_PARAM,
+    NodeDraining,
     Selection,
     Status,
 )
@@ -103,19 +120,19 @@ def run_params(cfg: TrialConfig, train, prepared, data_params: dict[str, str], w
         "backbone": cfg.backbone.name,
         "backbone.weights": weight_source,
         "method": cfg.method.name,
-        **{f"method.{k}": v for k, v in prepared.knobs.items()},
-        "method.bn_mode": prepared.bn_mode,
-        "trainable_params": prepared.trainable_params,
-        "total_params": prepared.total_params,
-        "trainable_share": f"{prepared.trainable_params / prepared.total_params:.6f}",
-        "selection.val": selection.val,
-        "selection.test": selection.test,
-        "selection.test_higher_is_better": selection.test_higher_is_better,
-        **{f"train.{k}": v for k, v in train.model_dump().items()},
-        **{f"searched.{k}": v for k, v in cfg.searched.items()},
-        "resources.num_workers": cfg.resources.num_workers,
-        "resources.cpus": cfg.resources.cpus,
-        "resources.gpus": cfg.resources.gpus,
+        **{METHOD_PREFIX + k: v for k, v in prepared.knobs.items()},
+        BN_MODE_PARAM: prepared.bn_mode,
+        TRAINABLE_PARAMS_PARAM: prepared.trainable_params,
+        TOTAL_PARAMS_PARAM: prepared.total_params,
+        TRAINABLE_SHARE_PARAM: f"{prepared.trainable_params / prepared.total_params:.6f}",
+        SELECTION_VAL_PARAM: selection.val,
+        SELECTION_TEST_PARAM: selection.test,
+        SELECTION_TEST_HIGHER_PARAM: selection.test_higher_is_better,
+        **{TRAIN_PREFIX + k: v for k, v in train.model_dump().items()},
+        **{SEARCHED_PREFIX + k: v for k, v in cfg.searched.items()},
+        WORKERS_PARAM: cfg.resources.num_workers,
+        CPUS_PARAM: cfg.resources.cpus,
+        GPUS_PARAM: cfg.resources.gpus,
         "versions": f"torch {torch.__version__}",
         **extra,
     }
@@ -124,17 +141,12 @@ def run_params(cfg: TrialConfig, train, prepared, data_params: dict[str, str], w
 def run_tags(cfg: TrialConfig, data_params: dict[str, str]) -> dict[str, str]:
     """The tags reports group by. `dataset` is the spec's id for it (two csv datasets stay apart), or what was
     really used when the sweep fell back to synthetic data."""
-    dataset = data_params.get("data.source", cfg.data.name) if cfg.data.fallback_from else (cfg.data.id or cfg.data.name)
-    tags = {"task": cfg.task, "dataset": dataset, "backbone": cfg.backbone.key, "method": cfg.method.key,
-            "fraction": str(cfg.data.fraction), "seed": str(cfg.seed)}
+    dataset = data_params.get(DATA_SOURCE_PARAM, cfg.data.name) if cfg.data.fallback_from else (cfg.data.id or cfg.data.name)
+    fields = (cfg.task, dataset, cfg.backbone.key, cfg.method.key, str(cfg.data.fraction), str(cfg.seed))
+    tags = dict(zip(CELL_FIELD_TAGS, fields, strict=True))
     if cfg.data.fallback_from:
-        tags["data_fallback"] = f"synthetic data: {cfg.data.fallback_from} was not found"
+        tags[DATA_FALLBACK_TAG] = f"synthetic data: {cfg.data.fallback_from} was not found"
     return tags
-
-
-class NodeDraining(RuntimeError):
-    """The node this attempt runs on is being drained (a cloud's preemption notice): the attempt ends right after
-    checkpointing and reporting an epoch, and the trial continues from that checkpoint on another node."""
 
 
 def node_draining() -> bool:

@@ -449,14 +449,15 @@ def actual_cost(uri: str, sweep: str) -> dict:
     last trial's end while it is not closed; a resumed sweep's wall time includes the time it stood still), the
     trial-epochs its trials trained (each trial run's last logged epoch: a resumed trial continues its run),
     its rounds (each cell's round 0 and the search rounds it added), and the cells added with seeds."""
+    from sweep.errors import StorageError
     from sweep.store import mlflow_experiment
-    from trainables.contract import CELL_KEY_TAG, EPOCH, ROLE_TAG, ROUND_KIND_TAG, ROUND_TAG
+    from trainables.contract import CELL_KEY_TAG, EPOCH, EPOCHS_PARAM, ROLE_TAG, ROUND_KIND_TAG, ROUND_TAG
 
     mlflow = mlflow_experiment.client(uri)
     experiment = mlflow.get_experiment_by_name(sweep)
     if experiment is None:
-        raise SpecError(f"MLflow at {uri} has no sweep named {sweep!r} (give --name as the sweep was launched, and "
-                        "its --storage or --mlflow-uri)")
+        raise StorageError(f"MLflow at {uri} has no sweep named {sweep!r} (give --name as the sweep was launched, and "
+                           "its --storage or --mlflow-uri)")
 
     def runs(role: str) -> list:
         return mlflow_experiment.search_all(mlflow, experiment.experiment_id, f"tags.{ROLE_TAG} = '{role}'")
@@ -479,7 +480,7 @@ def actual_cost(uri: str, sweep: str) -> dict:
                                                                                                   "initial"),
                                         "trials": 0, "max_epochs": 0, "trial_epochs": 0})
         entry["trials"] += 1
-        entry["max_epochs"] = max(entry["max_epochs"], int(run.data.params.get("train.epochs", 0)))
+        entry["max_epochs"] = max(entry["max_epochs"], int(run.data.params.get(EPOCHS_PARAM, 0)))
         entry["trial_epochs"] += trained
     added_rounds = [r for r in rounds.values() if r["round"] > 0]
     kinds = sorted({r["kind"] for r in added_rounds})

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sweep.errors import InputError
+
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 DEFAULT_SPEC = SPACES_DIR / "quickstart.yaml"
 DEFAULT_METHOD_SPACES = SPACES_DIR / "methods.yaml"
@@ -25,8 +27,9 @@ DEFAULT_METHOD_SPACES = SPACES_DIR / "methods.yaml"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
-class SpecError(ValueError):
-    """Bad sweep input (spec, data, weights, storage). The CLI prints it and exits with code 2."""
+class SpecError(InputError):
+    """A bad sweep spec, or data or weights it names that are not usable. The CLI prints it and exits with code 2
+    (storage and MLflow problems are sweep.errors.StorageError)."""
 
 
 class _Model(BaseModel):

@@ -7,7 +7,7 @@ be loaded, and every dataset's files are where its layout says (a dataset that c
 MedMNIST, may do so; or the spec allows the synthetic fallback). With `gpus_per_trial: auto` it also sets each
 cell's GPU share from the calibration cache, calibrating (and adding to that cache) when this machine has the
 sweep's GPU. Whether the storage is writable is checked by sweep.store.storage (`preflight`), not here.
-`prepare_data`, run after the plan, does write: each dataset's manifest and image cache (uploaded to remote
+`prepare_data` (sweep/plan/datasets.py), run after the plan, does write: each dataset's manifest and image cache (uploaded to remote
 storage when there is one).
 """
 
@@ -292,67 +292,3 @@ def _check_backbones_and_methods(spec: SweepSpec, plan: Plan, task, allow_missin
         except WeightsError as e:
             (plan.missing if allow_missing else problems).append(str(e))
     return problems
-
-
-def prepare_data(plan: Plan, storage=None, log=print) -> dict[str, dict]:
-    """Build every dataset's manifest and image cache here, before any trial starts: corrupt images, labels
-    outside the class list, images in two splits, a class missing from a split and a data fraction that leaves a
-    class without training images stop the sweep now, and trials on this machine find the cache ready. A dataset
-    refused leaves no file behind: its manifest is written last, and an image cache with undecodable images only
-    when the dataset skips them. With remote storage both files are uploaded to its cache/ folder, from which
-    other nodes fetch them instead of reading the raw dataset. Returns, per dataset key, what trials are told
-    (`data.prepared`)."""
-    import time
-
-    from sweep.plan.grid import data_config
-    from trainables.config import DataConfig
-    from trainables.data import (
-        DatasetError,
-        check_captions,
-        check_classes,
-        open_source,
-        prepare_cache,
-        prepare_manifest,
-    )
-    from trainables.data.manifest import save_manifest
-    from trainables.data.prepare import check_fractions, drop_corrupt
-    from trainables.tasks import get_task
-
-    task = get_task(plan.spec.task)
-    prepared: dict[str, dict] = {}
-    for cell in plan.cells:
-        if cell.dataset.key in prepared:
-            continue
-        cfg = DataConfig.model_validate(data_config(cell.dataset, plan.spec.image_size))
-        started = time.monotonic()
-        try:
-            source = open_source(cfg)
-            manifest = prepare_manifest(cfg, source, write=False)
-            if task.needs_captions:
-                check_captions(manifest, cell.dataset.key)
-            if task.needs_classes:
-                check_classes(manifest, cell.dataset.key)
-            check_fractions(manifest.frame, cfg, manifest.classes, plan.spec.fractions, cell.dataset.key)
-            cache = prepare_cache(cfg, source, manifest)
-            kept = drop_corrupt(manifest.frame.assign(row=range(len(manifest.frame))), cache, cfg.on_corrupt,
-                                source.name)
-            if cache.errors:  # fewer images once the undecodable ones are skipped
-                check_fractions(kept, cfg, manifest.classes, plan.spec.fractions, cell.dataset.key)
-            save_manifest(manifest)
-        except DatasetError as e:
-            raise SpecError(str(e)) from None
-        counts = manifest.frame["split"].value_counts()
-        notes = "".join(f", {k.replace('_', ' ')}: {v}" for k, v in manifest.notes.items())
-        skipped = f", {len(cache.errors)} unreadable images skipped" if cache.errors else ""
-        remote = None
-        if storage is not None and storage.remote:
-            remote = storage.join("cache")
-            for kind, path in (("manifests", manifest.path), ("images", cache.path)):
-                if not storage.exists(f"{remote}/{kind}/{path.name}"):
-                    storage.upload(path, f"{remote}/{kind}/{path.name}")
-        prepared[cell.dataset.key] = {"manifest": manifest.path.name, "images": cache.path.name,
-                                      "source": source.describe(), "remote": remote}
-        log(f"Data {cell.dataset.key}: {counts.get('train', 0)} train / {counts.get('val', 0)} val / "
-            f"{counts.get('test', 0)} test images, manifest {manifest.hash}{notes}{skipped}, "
-            f"{plan.spec.image_size}px cache ready ({time.monotonic() - started:.1f}s)")
-    return prepared

@@ -1,7 +1,7 @@
-"""`python -m sweep.report`: see sweep/report/build.py."""
+"""`python -m sweep.report`: see sweep/report/cli.py."""
 
 import sys
 
-from sweep.report.build import main
+from sweep.report.cli import main
 
 sys.exit(main())

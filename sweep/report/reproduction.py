@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from sweep.references import Reference
+from sweep.report import plots
+from sweep.report.document import Document
 
 # The study's classification tables and the one for text-to-image, by backbone.
 CLASSIFICATION_TABLES = ("Table 2", "Table 3", "Table 5")
@@ -210,3 +213,59 @@ def _findings(cells: pd.DataFrame, ranks: pd.DataFrame) -> pd.DataFrame:
 def _step(fractions: list[float], value: float) -> int:
     """Index of `value` among the fractions (0 for 'never ahead')."""
     return 0 if not value else 1 + min(range(len(fractions)), key=lambda i: abs(fractions[i] - value))
+
+
+def section(doc: Document, found: Reproduction, reference: Reference, out: Path, files: list[Path]) -> None:
+    """The report's reproduction section: the study's numbers beside ours, findings, and its Figure 1 beside ours."""
+    cells = found.cells
+    main = cells[cells["table"] != "Figure 1"]
+    ran = main[main["ours"].notna()]
+    doc.heading(f"Reproduction of {reference.short} (--reference {reference.name})")
+    doc.text(f"{reference.citation} Each cell: ours / published (difference, ours minus published); F1 in percent "
+             f"(the study prints it as a fraction), FID as printed. {len(ran)} of {len(main)} cells of the study's "
+             "tables were run in this sweep. Cells marked (did not learn) are left out of the ranks and findings.")
+    for (table, backbone), part in main.groupby(["table", "study_backbone"], sort=False):
+        if part["ours"].isna().all():
+            continue
+        columns = list(dict.fromkeys(part["study_dataset"] + part["fraction"].map(
+            lambda f: "" if f == 1.0 else f" ({f:g})")))
+        rows = []
+        for method, mine in part.groupby("study_method", sort=False):
+            row = {"method": method}
+            for r in mine.itertuples(index=False):
+                column = r.study_dataset + ("" if r.fraction == 1.0 else f" ({r.fraction:g})")
+                row[column] = (f"- / {r.published:.1f}" if math.isnan(r.ours) else
+                               f"{r.ours:.1f} / {r.published:.1f} ({r.difference:+.1f})"
+                               + (" (did not learn)" if r.learned is False else ""))
+            rows.append(row)
+        doc.heading(f"{table}, {backbone}", level=3)
+        doc.table(pd.DataFrame(rows, columns=["method", *columns]).fillna("-"))
+    missing = main[main["ours"].isna()]
+    if len(missing):
+        doc.heading("Not run here", level=3)
+        doc.bullets([f"{table}, {backbone}: {len(part)} cells ({', '.join(dict.fromkeys(part['study_method']))} "
+                     f"on {', '.join(dict.fromkeys(part['study_dataset']))})"
+                     for (table, backbone), part in missing.groupby(["table", "study_backbone"], sort=False)])
+    doc.heading("Method ranks (mean of the per-dataset ranks, 1 = best, as the study ranks them)", level=3)
+    ranks = found.ranks[found.ranks["our_datasets"] > 0]
+    if len(ranks):
+        doc.table(pd.DataFrame({"backbone": ranks["study_backbone"], "method": ranks["study_method"],
+                                "study": ranks["study_mean_rank"].map(lambda v: f"{v:.2f}"),
+                                "ours": ranks["our_mean_rank"].map(lambda v: f"{v:.2f}"),
+                                "datasets (ours)": ranks["our_datasets"]}))
+        doc.text("Kendall's tau between the study's order of the methods and ours, per dataset (1: the same order, "
+                 "-1: reversed; over the methods we ran that learned):")
+        doc.table(pd.DataFrame({"backbone": found.taus["study_backbone"], "dataset": found.taus["study_dataset"],
+                                "methods": found.taus["methods"],
+                                "tau": found.taus["tau"].map(lambda v: "-" if math.isnan(v) else f"{v:+.2f}")}))
+    else:
+        doc.text("No method of the study was run here on any of its datasets.")
+    doc.heading("The study's findings, on our numbers", level=3)
+    doc.table(pd.DataFrame({"finding": found.findings["finding"], "study": found.findings["study"],
+                            "ours": found.findings["ours"], "verdict": found.findings["verdict"]}))
+    if len(found.volume):
+        name = "reference-volume.png"
+        plots.study_volume(found.volume, out / name, "HAM10000")
+        files.append(out / name)
+        doc.image(out / name, "The study's Figure 1 (dashed) and ours (solid, where run): test F1 against the "
+                              "fraction of HAM10000's training split")

@@ -13,6 +13,7 @@ import pandas as pd
 
 from sweep.results import trust
 from sweep.results.table import chosen_trials
+from trainables.contract import SEARCHED_PREFIX
 
 # The one vocabulary of the learned-verdict, wherever it is printed or tagged.
 LEARNED_WORDS: dict[bool | None, str] = {True: "yes", False: "did not learn", None: "n/a"}
@@ -25,8 +26,8 @@ def learned_word(value: Any) -> str:
 def searched_values(trial: Mapping[str, Any]) -> dict[str, Any]:
     """The values a trial's cell searched over ({'lr': 0.001, ...}), from its `searched.*` columns; a column the
     trial's cell did not search is NaN there and left out."""
-    return {k.removeprefix("searched."): v for k, v in trial.items()
-            if k.startswith("searched.") and not (isinstance(v, float) and math.isnan(v))}
+    return {k.removeprefix(SEARCHED_PREFIX): v for k, v in trial.items()
+            if k.startswith(SEARCHED_PREFIX) and not (isinstance(v, float) and math.isnan(v))}
 
 
 def format_value(value: Any) -> str:

@@ -28,7 +28,8 @@ from trainables.contract import (
 from trainables.predictions import probabilities
 
 CACHE = "predictions"  # folder of the report's output: <run id>.parquet per trial read
-COMPACT = "predictions.parquet"  # beside results.parquet: the chosen trials' test predictions
+# Beside results.parquet: the chosen trials' test predictions, under the name each trial's own artifact has.
+COMPACT = PREDICTIONS_ARTIFACT
 RUN_ID, PREDICTED, CLASSES = "run_id", "predicted", "classes"
 
 

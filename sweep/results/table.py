@@ -12,22 +12,45 @@ import pandas as pd
 from sweep.results import trust
 from sweep.store import mlflow_experiment
 from trainables.contract import (
+    BN_MODE_PARAM,
+    BUDGET_PARAM,
+    CELL_FIELD_TAGS,
     CELL_KEY_TAG,
+    COUNTS_TEST_PARAM,
+    COUNTS_VAL_PARAM,
+    CPUS_PARAM,
     ENDED,
     EPOCH,
+    EPOCHS_PARAM,
     FAILURE_REASON,
+    GPUS_PARAM,
+    METHOD_PREFIX,
+    PEAK_MEM,
     ROLE_TAG,
     SCORE,
     SCORE_TOLERANCE,
+    SEARCHED_PREFIX,
+    SELECTION_TEST_HIGHER_PARAM,
+    SELECTION_TEST_PARAM,
+    SELECTION_VAL_PARAM,
     STATUS_TAG,
+    TEST_ACC,
+    TEST_METRICS,
+    TEST_PREFIX,
+    TOTAL_PARAMS_PARAM,
+    TRAIN_PREFIX,
+    TRAINABLE_PARAMS_PARAM,
+    TRAINABLE_SHARE_PARAM,
     TRIAL_KEY_TAG,
+    VAL_BEST_ACC,
     VAL_BEST_LOSS,
+    WORKERS_PARAM,
     Status,
     selection_order,
     still_improving,
 )
 
-CELL_FIELDS = ["task", "dataset", "backbone", "method", "fraction", "seed"]
+CELL_FIELDS = list(CELL_FIELD_TAGS)  # the cell-field columns of both tables: the runs' tags of the same names
 
 
 def trials_table(uri: str, sweep: str, tolerance: float = SCORE_TOLERANCE) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -44,7 +67,7 @@ def trials_table(uri: str, sweep: str, tolerance: float = SCORE_TOLERANCE) -> tu
     cells = pd.DataFrame([{
         "cell_key": run.data.tags[CELL_KEY_TAG],
         "cell_run_id": run.info.run_id,
-        "budget": int(run.data.params.get("budget", 0)),
+        "budget": int(run.data.params.get(BUDGET_PARAM, 0)),
         "search": run.data.tags.get("search", ""),  # the cell's search rounds (sweep/tune/rounds.py describe)
         "search_edge": run.data.tags.get("search_edge", ""),
         "search_note": run.data.tags.get("search_note", ""),
@@ -98,8 +121,8 @@ _TRIAL_COLUMNS = [
 
 def _trial_row(sweep: str, run) -> dict[str, Any]:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-    val_key = params.get("selection.val", "val/best_acc")
-    test_key = params.get("selection.test", "test/acc")
+    val_key = params.get(SELECTION_VAL_PARAM, VAL_BEST_ACC)
+    test_key = params.get(SELECTION_TEST_PARAM, TEST_ACC)
     end = run.info.end_time or None
     row: dict[str, Any] = {
         "sweep": sweep,
@@ -120,36 +143,36 @@ def _trial_row(sweep: str, run) -> dict[str, Any]:
         "val_best": metrics.get(val_key, math.nan),
         "val_best_loss": metrics.get(VAL_BEST_LOSS, math.nan),
         "test_metric": test_key,
-        "test_higher_is_better": params.get("selection.test_higher_is_better", "True") == "True",
+        "test_higher_is_better": params.get(SELECTION_TEST_HIGHER_PARAM, "True") == "True",
         "test_main": metrics.get(test_key, math.nan),
-        "test_f1": metrics.get("test/f1", math.nan),
-        "test_acc": metrics.get("test/acc", math.nan),
-        "test_balanced_acc": metrics.get("test/balanced_acc", math.nan),
-        "test_auroc": metrics.get("test/auroc", math.nan),
-        "test_mcc": metrics.get("test/mcc", math.nan),
-        "test_loss": metrics.get("test/loss", math.nan),
-        "bn_mode": params.get("method.bn_mode", ""),
+        **{_test_column(key): metrics.get(key, math.nan) for key in TEST_METRICS},
+        "bn_mode": params.get(BN_MODE_PARAM, ""),
         # Images per class of the validation and test splits: the trivial classifier's scores come from them.
-        "counts_val": params.get("data.counts_val", ""),
-        "counts_test": params.get("data.counts_test", ""),
-        "trainable_params": int(params.get("trainable_params", 0)),
-        "total_params": int(params.get("total_params", 0)),
-        "trainable_share": float(params.get("trainable_share", "nan")),
+        "counts_val": params.get(COUNTS_VAL_PARAM, ""),
+        "counts_test": params.get(COUNTS_TEST_PARAM, ""),
+        "trainable_params": int(params.get(TRAINABLE_PARAMS_PARAM, 0)),
+        "total_params": int(params.get(TOTAL_PARAMS_PARAM, 0)),
+        "trainable_share": float(params.get(TRAINABLE_SHARE_PARAM, "nan")),
         "epochs_run": int(metrics.get(EPOCH, 0)),
-        "max_epochs": int(params.get("train.epochs", 0)),
+        "max_epochs": int(params.get(EPOCHS_PARAM, 0)),
         "wall_seconds": (end - run.info.start_time) / 1000 if end else math.nan,
-        "peak_mem_mb": metrics.get("sys/peak_mem_mb", math.nan),
-        "cpus": float(params.get("resources.cpus", "nan")),
-        "gpus": float(params.get("resources.gpus", "nan")),
-        "workers": int(params.get("resources.num_workers", 1)),
+        "peak_mem_mb": metrics.get(PEAK_MEM, math.nan),
+        "cpus": float(params.get(CPUS_PARAM, "nan")),
+        "gpus": float(params.get(GPUS_PARAM, "nan")),
+        "workers": int(params.get(WORKERS_PARAM, 1)),
     }
     for key, value in metrics.items():  # every other test metric too (test/fid, test/kid for text-to-image)
-        if key.startswith("test/"):
-            row.setdefault("test_" + key.removeprefix("test/").replace("/", "_"), value)
+        if key.startswith(TEST_PREFIX):
+            row.setdefault(_test_column(key), value)
     for key, value in params.items():  # every hyperparameter, searched or fixed, and every method knob
-        if key.startswith(("searched.", "train.", "method.")):
+        if key.startswith((SEARCHED_PREFIX, TRAIN_PREFIX, METHOD_PREFIX)):
             row[key] = _number(value)
     return row
+
+
+def _test_column(metric: str) -> str:
+    """'test/balanced_acc' -> 'test_balanced_acc': a test metric's column of the trials table."""
+    return "test_" + metric.removeprefix(TEST_PREFIX).replace("/", "_")
 
 
 def _number(value: str) -> Any:

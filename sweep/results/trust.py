@@ -25,6 +25,7 @@ import pandas as pd
 from scipy import stats
 
 from sweep.plan.grid import range_edge
+from trainables.contract import SEARCHED_PREFIX
 
 Z95 = 1.96
 MIN_SEEDS_FOR_TESTS = 6  # seed-level tests from here: the first n where 2/2^n, the smallest p n seeds give, < 0.05
@@ -136,9 +137,9 @@ def knobs_at_edge(trials: pd.DataFrame, chosen: pd.DataFrame) -> pd.Series:
     """Per chosen trial (indexed by cell_key): its searched knobs other than the learning rate that sit at an edge
     of what its cell tried, e.g. 'weight_decay high, knobs.r low' ('' for none). Reported, never widened (only the
     learning rate's range is: sweep/tune/rounds.py)."""
-    columns = sorted(c for c in trials.columns if c.startswith("searched.") and c != "searched.lr")
+    columns = sorted(c for c in trials.columns if c.startswith(SEARCHED_PREFIX) and c != "searched.lr")
     edges = {column: at_edge(trials, chosen, column) for column in columns}
-    return pd.Series({cell: ", ".join(f"{c.removeprefix('searched.')} {e[cell]}" for c, e in edges.items()
+    return pd.Series({cell: ", ".join(f"{c.removeprefix(SEARCHED_PREFIX)} {e[cell]}" for c, e in edges.items()
                                       if e.get(cell, ""))
                       for cell in chosen["cell_key"]}, dtype=object)
 

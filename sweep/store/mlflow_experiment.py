@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from sweep.plan.grid import Cell
-from trainables.contract import CELL_KEY_TAG, ROLE_TAG
+from trainables.contract import BUDGET_PARAM, CELL_FIELD_TAGS, CELL_KEY_TAG, DATA_FALLBACK_TAG, ROLE_TAG
 
 ROLE = ROLE_TAG  # the tag saying what a run of the experiment stands for (contract)
 
@@ -85,22 +85,22 @@ _PACKAGES = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "pym
 
 
 def check_tracking_uri(uri: str) -> None:
-    """Raise SpecError unless MLflow can open `uri`: a known scheme, its database driver installed, a server that
+    """Raise StorageError unless MLflow can open `uri`: a known scheme, its database driver installed, a server that
     answers, a sqlite file whose folder can be created. Called before anything is written."""
     import importlib.util
 
-    from sweep.plan.spec import SpecError
+    from sweep.errors import StorageError
 
     parsed = urlparse(uri)
     scheme, _, driver = parsed.scheme.partition("+")
     if scheme not in TRACKING_SCHEMES:
         known = "; ".join(TRACKING_SCHEMES.values())
-        raise SpecError(f"--mlflow-uri {uri!r}: MLflow cannot track to {parsed.scheme or 'a plain path'!r} URIs. "
+        raise StorageError(f"--mlflow-uri {uri!r}: MLflow cannot track to {parsed.scheme or 'a plain path'!r} URIs. "
                         f"Use one of: {known}")
     driver = driver or _DRIVERS.get(scheme, "")
     module = {"mysqldb": "MySQLdb"}.get(driver, driver)
     if scheme in _DRIVERS and not importlib.util.find_spec(module):
-        raise SpecError(f"--mlflow-uri {uri!r}: its database driver {driver!r} is not installed: pip install "
+        raise StorageError(f"--mlflow-uri {uri!r}: its database driver {driver!r} is not installed: pip install "
                         f"{_PACKAGES.get(driver, driver)}" + (" (or name the driver you have, e.g. "
                                                                "postgresql+psycopg2://...)" if scheme == "postgresql"
                                                                else ""))
@@ -110,7 +110,7 @@ def check_tracking_uri(uri: str) -> None:
         folder = Path(uri.removeprefix("sqlite:///")).parent
         existing = next((p for p in [folder, *folder.parents] if p.exists()), None)
         if existing is None or not os.access(existing, os.W_OK):
-            raise SpecError(f"--mlflow-uri {uri!r}: {folder} cannot be created or written")
+            raise StorageError(f"--mlflow-uri {uri!r}: {folder} cannot be created or written")
     if scheme in ("http", "https"):
         import urllib.error
         import urllib.request
@@ -119,7 +119,7 @@ def check_tracking_uri(uri: str) -> None:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S * 2) as response:
                 response.read(64)
         except (urllib.error.URLError, OSError, ValueError) as e:
-            raise SpecError(f"--mlflow-uri {uri!r}: no MLflow tracking server answers there ({e}); start one "
+            raise StorageError(f"--mlflow-uri {uri!r}: no MLflow tracking server answers there ({e}); start one "
                             "(mlflow server --host 127.0.0.1 --port 5000 ...) or give another URI") from None
 
 
@@ -128,12 +128,12 @@ def _probe_database(uri: str, host: str, port: int) -> None:
     minutes, and come after the sweep's folder has been created."""
     import socket
 
-    from sweep.plan.spec import SpecError
+    from sweep.errors import StorageError
 
     try:
         socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
     except OSError as e:
-        raise SpecError(f"--mlflow-uri {uri!r}: no database answers at {host}:{port} ({e.strerror or e}); start it, "
+        raise StorageError(f"--mlflow-uri {uri!r}: no database answers at {host}:{port} ({e.strerror or e}); start it, "
                         "or fix the host and port in --mlflow-uri (or leave it out for a sqlite file in the "
                         "storage)") from None
 
@@ -185,7 +185,7 @@ def prepare(uri: str, sweep: str, artifact_root: str, cells: list[Cell], spec_te
         mlflow.log_batch(parent, params=_params({"cells": len(cells), "trials": sum(c.budget for c in cells)}))
     for note in notes:
         if "SYNTHETIC" in note:
-            mlflow.set_tag(parent, "data_fallback", "synthetic")
+            mlflow.set_tag(parent, DATA_FALLBACK_TAG, "synthetic")
     cell_runs = {}
     for cell in cells:
         run_id = existing.get(cell.key)
@@ -195,17 +195,13 @@ def prepare(uri: str, sweep: str, artifact_root: str, cells: list[Cell], spec_te
                 "mlflow.parentRunId": parent,
                 "sweep": sweep,
                 CELL_KEY_TAG: cell.key,
-                "task": cell.task,
-                "dataset": cell.dataset.key,
-                "backbone": cell.backbone.key,
-                "method": cell.method.key,
-                "fraction": str(cell.fraction),
-                "seed": str(cell.seed),
-                **({"data_fallback": "synthetic"} if cell.tags.get("fallback_from") else {}),
+                **dict(zip(CELL_FIELD_TAGS, (cell.task, cell.dataset.key, cell.backbone.key, cell.method.key,
+                                             str(cell.fraction), str(cell.seed)), strict=True)),
+                **({DATA_FALLBACK_TAG: "synthetic"} if cell.tags.get("fallback_from") else {}),
             }
             run_id = mlflow.create_run(experiment_id, run_name=cell.key, tags=tags).info.run_id
             space = {name: dist.model_dump(exclude_none=True) for name, dist in cell.space.items()}
-            mlflow.log_batch(run_id, params=_params({"budget": cell.budget, "space": space}))
+            mlflow.log_batch(run_id, params=_params({BUDGET_PARAM: cell.budget, "space": space}))
         cell_runs[cell.key] = run_id
     return Tracking(uri, experiment_id, parent, cell_runs)
 

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from sweep.plan.spec import SpecError
+from sweep.errors import StorageError
 
 
 @dataclass(frozen=True)
@@ -73,12 +73,12 @@ def parse_storage(value: str | None) -> Storage:
         return Storage(str(Path(value).expanduser().resolve()))
     parsed = urlparse(value)
     if parsed.scheme != "s3":
-        raise SpecError(f"storage {value!r}: only local folders and s3://bucket/prefix are supported")
+        raise StorageError(f"storage {value!r}: only local folders and s3://bucket/prefix are supported")
     if parsed.username or parsed.password or "@" in parsed.netloc:
-        raise SpecError("storage URIs must not carry credentials: put them in the environment (AWS_ACCESS_KEY_ID, "
+        raise StorageError("storage URIs must not carry credentials: put them in the environment (AWS_ACCESS_KEY_ID, "
                         "AWS_SECRET_ACCESS_KEY, AWS_PROFILE) or use an instance profile")
     if len(parsed.netloc) < 3:
-        raise SpecError(f"storage {value!r}: S3 bucket names have at least 3 characters")
+        raise StorageError(f"storage {value!r}: S3 bucket names have at least 3 characters")
     return Storage(f"s3://{parsed.netloc}{parsed.path.rstrip('/')}")
 
 
@@ -88,17 +88,17 @@ def s3_endpoint() -> str | None:
 
 def _preflight_local(path: Path) -> None:
     if path.exists() and not path.is_dir():
-        raise SpecError(f"storage {path} exists and is not a folder; pass --storage DIR")
+        raise StorageError(f"storage {path} exists and is not a folder; pass --storage DIR")
     probe = path
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
-        raise SpecError(f"storage {path} cannot be created: {probe} is a file; pass --storage DIR")
+        raise StorageError(f"storage {path} cannot be created: {probe} is a file; pass --storage DIR")
     try:
         with tempfile.NamedTemporaryFile(dir=probe, prefix=".medpeft-write-probe-"):
             pass
     except OSError as e:
-        raise SpecError(f"storage {path} is not writable ({probe}: {e.strerror}); pass --storage DIR") from None
+        raise StorageError(f"storage {path} is not writable ({probe}: {e.strerror}); pass --storage DIR") from None
 
 
 def _preflight_s3(uri: str) -> None:
@@ -116,17 +116,17 @@ def _preflight_s3(uri: str) -> None:
         client.put_object(Bucket=bucket, Key=key, Body=b"")
         client.delete_object(Bucket=bucket, Key=key)
     except errors.NoCredentialsError:
-        raise SpecError(f"storage {uri}: no AWS credentials; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
+        raise StorageError(f"storage {uri}: no AWS credentials; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
                         "AWS_PROFILE, or run where an instance profile grants S3 access") from None
     except errors.EndpointConnectionError as e:
-        raise SpecError(f"storage {uri}: cannot reach S3{where} ({e}); check AWS_ENDPOINT_URL_S3 and the "
+        raise StorageError(f"storage {uri}: cannot reach S3{where} ({e}); check AWS_ENDPOINT_URL_S3 and the "
                         "network") from None
     except errors.ClientError as e:
         code = e.response.get("Error", {}).get("Code", "")
         if code in ("404", "NoSuchBucket"):
-            raise SpecError(f"storage {uri}: bucket {bucket!r} does not exist{where}; create it "
+            raise StorageError(f"storage {uri}: bucket {bucket!r} does not exist{where}; create it "
                             f"(aws s3 mb s3://{bucket}) or fix --storage") from None
         if code in ("403", "AccessDenied"):
-            raise SpecError(f"storage {uri}: the credentials in use may not write to bucket {bucket!r}; grant "
+            raise StorageError(f"storage {uri}: the credentials in use may not write to bucket {bucket!r}; grant "
                             "s3:PutObject/GetObject/DeleteObject/ListBucket on it") from None
-        raise SpecError(f"storage {uri}: {code or e}") from None
+        raise StorageError(f"storage {uri}: {code or e}") from None

@@ -34,7 +34,7 @@ def node_lost(error: BaseException | None) -> bool:
     not of its own code (that arrives as a RayTaskError)."""
     from ray.exceptions import ActorUnavailableError, NodeDiedError, RayActorError, RayTaskError
 
-    from trainables.trial import NodeDraining
+    from trainables.contract import NodeDraining
 
     if isinstance(error, NodeDiedError | ActorUnavailableError):
         return True

@@ -8,8 +8,8 @@ import logging
 import os
 from pathlib import Path
 
+from sweep.errors import StorageError
 from sweep.plan.grid import base_config, with_seed
-from sweep.plan.spec import SpecError
 from sweep.plan.validate import Plan
 from sweep.store import mlflow_experiment
 from sweep.store.storage import Storage
@@ -37,7 +37,7 @@ def save_inputs(storage: Storage, name: str, plan: Plan, data_root: str | None, 
 def load_inputs(storage: Storage, name: str) -> dict:
     path = storage.join(name, SWEEP_FILE)
     if not storage.exists(path):
-        raise SpecError(f"{storage.join(name)} holds no {SWEEP_FILE}: it was not started by sweep.launch")
+        raise StorageError(f"{storage.join(name)} holds no {SWEEP_FILE}: it was not started by sweep.launch")
     return json.loads(storage.read_text(path))
 
 

@@ -35,9 +35,6 @@ class Manifest:
     path: Path | None = None
     notes: dict[str, str] = field(default_factory=dict)  # what was dropped and why, for the run's params
 
-    def split(self, name: str) -> pd.DataFrame:
-        return self.frame[self.frame["split"] == name]
-
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("MEDPEFT_CACHE_DIR") or Path.home() / ".cache" / "medpeft-sweep")

@@ -1,4 +1,6 @@
-"""From a dataset config to what a training loop indexes: one path for every dataset.
+"""From a dataset config to what a training loop indexes: one path for every dataset, and one pipeline
+(`prepare_dataset`) that the driver's data preparation (sweep/plan/datasets.py), `python -m sweep.inspect dataset`
+and a trial without the driver's prepared files all run.
 
 manifest (split fixed by `split_seed`) -> image cache at the training resolution (memory-mapped) -> corrupt
 images handled per `on_corrupt` -> nested, stratified fraction of the training split (seeded by the cell's seed).
@@ -10,6 +12,8 @@ import fcntl
 import json
 import os
 import tempfile
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +22,10 @@ import pandas as pd
 import torch
 
 from trainables.config import DataConfig
+from trainables.contract import DATA_SOURCE_PARAM, counts_param
 from trainables.data.base import SPLITS, DatasetError, Source, get_source
-from trainables.data.cache import ImageCache, corrupt_images, image_cache, open_cache
-from trainables.data.manifest import Manifest, build_manifest, default_cache_dir, read_manifest
+from trainables.data.cache import ImageCache, cache_path, corrupt_images, image_cache, open_cache
+from trainables.data.manifest import Manifest, build_manifest, default_cache_dir, read_manifest, save_manifest
 from trainables.data.splits import fraction_mask
 
 
@@ -73,6 +78,45 @@ def prepare_cache(cfg: DataConfig, source: Source | None = None, manifest: Manif
                        on_corrupt=cfg.on_corrupt)
 
 
+@dataclass
+class PreparedDataset:
+    """A dataset checked and ready to index: its manifest (written), its image cache, and the manifest's rows that
+    can be read (`row`: the image's row in the cache; undecodable images dropped where the dataset skips them)."""
+
+    source: Source
+    manifest: Manifest
+    cache: ImageCache
+    rows: pd.DataFrame
+    cache_was_ready: bool  # the image cache was there before (nothing decoded)
+    cache_seconds: float  # spent opening or building the image cache
+
+
+def prepare_dataset(cfg: DataConfig, source: Source | None = None, check: Callable[[Manifest], None] | None = None,
+                    fractions: Sequence[float] = (), on_corrupt: str | None = None, label: str | None = None
+                    ) -> PreparedDataset:
+    """The one data preparation pipeline: the manifest, `check` on it (the task's class or caption checks), every
+    data fraction keeping training images of every class, the image cache, the images it could not decode handled
+    per `on_corrupt` (the config's unless given) and the fractions checked again without them; the manifest is
+    written last, so a dataset refused leaves no manifest behind. `label`: what the fraction errors call the
+    dataset (the spec's key; its source's name by default). Raises DatasetError."""
+    source = source or open_source(cfg)
+    manifest = prepare_manifest(cfg, source, write=False)
+    if check is not None:
+        check(manifest)
+    rows = manifest.frame.assign(row=np.arange(len(manifest.frame)))
+    if fractions:
+        check_fractions(rows, cfg, manifest.classes, list(fractions), label or source.name)
+    was_ready = cache_path(manifest, cfg.image_size, source.channels, cfg.cache_dir).is_file()
+    started = time.monotonic()
+    cache = prepare_cache(cfg, source, manifest)
+    seconds = time.monotonic() - started
+    kept = usable_rows(rows, cache, on_corrupt or cfg.on_corrupt, source.name)
+    if fractions and len(kept) < len(rows):  # fewer images once the undecodable ones are skipped
+        check_fractions(kept, cfg, manifest.classes, list(fractions), label or source.name)
+    save_manifest(manifest)
+    return PreparedDataset(source, manifest, cache, kept, was_ready, seconds)
+
+
 def prepared(cfg: DataConfig) -> tuple[Manifest, ImageCache] | None:
     """The manifest and image cache the driver prepared, from this machine's cache or downloaded from the sweep's
     storage (so nodes need not hold the raw dataset); None when the config names none."""
@@ -103,22 +147,23 @@ def _download(uri: str, path: Path) -> None:
 
 
 def load_splits(cfg: DataConfig, seed: int) -> SplitData:
+    """A trial's splits: from the manifest and image cache the driver prepared where there are some, else through
+    prepare_dataset here."""
     found = prepared(cfg)
     if found is not None:
         (manifest, cache), describe = found, cfg.prepared.get("source", cfg.name)
+        frame = usable_rows(manifest.frame.assign(row=np.arange(len(manifest.frame))), cache, cfg.on_corrupt,
+                            cfg.name)
     else:
-        source = open_source(cfg)
-        manifest = prepare_manifest(cfg, source)
-        cache = prepare_cache(cfg, source, manifest)
-        describe = source.describe()
-    frame = manifest.frame.assign(row=np.arange(len(manifest.frame)))
-    frame = drop_corrupt(frame, cache, cfg.on_corrupt, cfg.name)
+        dataset = prepare_dataset(cfg)
+        manifest, cache, frame, describe = (dataset.manifest, dataset.cache, dataset.rows,
+                                            dataset.source.describe())
     train = training_pool(frame, cfg, manifest.classes)
     keep = fraction_mask(train["label"].to_numpy(), cfg.fraction, seed, manifest.classes)
     splits = {"train": train[keep], "val": frame[frame["split"] == "val"], "test": frame[frame["split"] == "test"]}
     data = {name: _split(cache.images, rows) for name, rows in splits.items()}
     params = {
-        "data.source": describe,
+        DATA_SOURCE_PARAM: describe,
         "data.classes": str(len(manifest.classes)),
         "data.max_train_images": str(cfg.max_train_images or ""),
         "data.manifest_hash": manifest.hash,
@@ -128,7 +173,7 @@ def load_splits(cfg: DataConfig, seed: int) -> SplitData:
         **{f"data.n_{s}": str(len(data[s])) for s in SPLITS},
         # Images per class in each split: what the report's trivial classifier (majority class / chance) is
         # computed from, on the same metric as the trials.
-        **{f"data.counts_{s}": json.dumps(np.bincount(splits[s]["label"], minlength=len(manifest.classes)).tolist())
+        **{counts_param(s): json.dumps(np.bincount(splits[s]["label"], minlength=len(manifest.classes)).tolist())
            for s in SPLITS},
     }
     return SplitData(manifest.classes, data["train"], data["val"], data["test"], params, manifest)
@@ -156,7 +201,9 @@ def check_fractions(frame: pd.DataFrame, cfg: DataConfig, classes: list[str], fr
             raise DatasetError(f"dataset {dataset!r}: {e}") from None
 
 
-def drop_corrupt(frame: pd.DataFrame, cache: ImageCache, on_corrupt: str, name: str) -> pd.DataFrame:
+def usable_rows(frame: pd.DataFrame, cache: ImageCache, on_corrupt: str, name: str) -> pd.DataFrame:
+    """The rows of `frame` (with its `row` column: the image's row in the cache) whose images the cache could
+    decode; with on_corrupt 'error', an undecodable image is a DatasetError naming the files."""
     if not cache.errors:
         return frame
     if on_corrupt == "error":

@@ -2,7 +2,7 @@ from torch import nn
 
 from trainables.backbones import BackboneInfo
 from trainables.methods.registry import register_method
-from trainables.methods.unet_parts import train_biases
+from trainables.methods.selectors import train_biases
 
 
 @register_method("bias", families=("cnn", "unet"),

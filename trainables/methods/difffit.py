@@ -16,7 +16,7 @@ from torch import nn
 
 from trainables.backbones import BackboneInfo
 from trainables.methods.registry import register_method
-from trainables.methods.unet_parts import train_biases, train_norms
+from trainables.methods.selectors import train_biases, train_norms
 
 
 def _scale_output(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@ from torch import nn
 
 from trainables.backbones import BackboneInfo
 from trainables.methods.registry import register_method
-from trainables.methods.unet_parts import train_norms
+from trainables.methods.selectors import train_norms
 
 
 @register_method("norm", families=("unet",), reference="norm tuning (GroupNorm/LayerNorm affine), as in Dutt et al. 2024")

@@ -32,7 +32,7 @@ def dense_convs(model: nn.Module, head: str | None) -> list[str]:
 
 def default_targets(model: nn.Module, info: BackboneInfo) -> Any:
     if info.family == "unet":
-        from trainables.methods.unet_parts import ATTENTION_PROJECTIONS
+        from trainables.methods.selectors import ATTENTION_PROJECTIONS
 
         return ATTENTION_PROJECTIONS
     return VIT_TARGETS if info.family == "vit" else dense_convs(model, info.head)

@@ -2,7 +2,7 @@ from torch import nn
 
 from trainables.backbones import BackboneInfo
 from trainables.methods.registry import register_method
-from trainables.methods.unet_parts import train_attention
+from trainables.methods.selectors import train_attention
 
 
 @register_method("attention", families=("unet",),

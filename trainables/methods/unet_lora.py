@@ -5,7 +5,7 @@ from torch import nn
 from trainables.backbones import BackboneInfo
 from trainables.methods.peft_tools import inject, merge_peft
 from trainables.methods.registry import register_method
-from trainables.methods.unet_parts import ATTENTION_PROJECTIONS
+from trainables.methods.selectors import ATTENTION_PROJECTIONS
 
 
 @register_method(

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.ray_processes import processes as _processes
+from bench.ray_processes import processes as _processes
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"

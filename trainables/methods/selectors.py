@@ -1,6 +1,6 @@
-"""What the U-Net methods select: biases (also what `bitfit` and `bias` train in ViTs and CNNs), norm layers, and
-the transformer (attention) blocks of a diffusers UNet2DConditionModel. Each selector makes its parameters
-trainable; the methods are unions of them."""
+"""The parameter selectors methods are unions of: every bias (what `bitfit` and `bias` train in every family:
+ViTs, CNNs and U-Nets), every norm layer, and the transformer (attention) blocks of a diffusers
+UNet2DConditionModel. Each selector makes its parameters trainable."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from torch import nn
 ATTENTION_PROJECTIONS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
-def train_biases(unet: nn.Module) -> None:
-    for name, param in unet.named_parameters():
+def train_biases(model: nn.Module) -> None:
+    for name, param in model.named_parameters():
         if name.endswith("bias"):
             param.requires_grad_(True)
 
 
-def train_norms(unet: nn.Module) -> None:
-    for module in unet.modules():
+def train_norms(model: nn.Module) -> None:
+    for module in model.modules():
         if isinstance(module, nn.GroupNorm | nn.LayerNorm):
             module.requires_grad_(True)
 
