@@ -1,13 +1,6 @@
-"""A sweep's runs in MLflow become the study's tables and plots (`python -m sweep.report`, sweep/report/cli.py).
-
-    python -m sweep.report --name quickstart                       # -> results/quickstart/report/
-    python -m sweep.report --name paper --format md,html --out out/
-    python -m sweep.report --compare vit-sweep resnet-sweep        # two sweeps side by side
-
-Writes results.parquet / results.csv (one row per trial), report.md and a self-contained report.html (tables,
-figures embedded), the PNG figures, and logs them all as artifacts of the sweep's parent MLflow run. Works on a
-sweep that is still running or was interrupted: the report says which cells are incomplete.
-"""
+"""A sweep's runs in MLflow become the study's tables and plots: `build` writes results.parquet / results.csv, the
+compact predictions, report.md / report.html and the PNG figures, and logs them to the sweep's parent MLflow run.
+How to run it: sweep/report/cli.py (`python -m sweep.report`)."""
 
 from __future__ import annotations
 
