@@ -80,7 +80,7 @@ def test_no_seed_beyond_max(tmp_path):
     assert any("still undecided at 2 seeds" in why for why in decision.why)
 
 
-def test_the_extender_derives_the_same_added_cells_after_a_restart(tmp_path):
+def test_the_extender_derives_the_same_added_cells_after_a_restart(tmp_path, capsys):
     """sweep.tune.adaptive.SeedExtender reads the results from MLflow: a fresh one (a restarted driver) returns the
     cells added so far, the ones already run included, and one seed more only where still undecided."""
     from sweep.plan.grid import expand
@@ -101,7 +101,10 @@ def test_the_extender_derives_the_same_added_cells_after_a_restart(tmp_path):
 
     first = [c.key for c in extender()({}, True)]
     assert first == ["cls/d/bb/bitfit/frac=1/seed=2", "cls/d/bb/full/frac=1/seed=2"]
+    assert "seed 2 added to both" in capsys.readouterr().out
     assert [c.key for c in extender()({}, True)] == first  # asked again: the same, no duplicates
+    # The restarted driver has no new reason (the added cells have not run yet): it says what it continues.
+    assert capsys.readouterr().out == "[adaptive seeds] 2 cell(s) added before the restart, continued\n"
     plan = extender()({}, True)[0]
     assert plan.base_config["tracking"]["cell_key"] == plan.key and plan.budget == 1
     fake_sweep(uri, "s", {("d", m, 1.0, 2): _cell(m, 2) for m in ("bitfit", "full")})

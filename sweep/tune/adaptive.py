@@ -57,9 +57,12 @@ class SeedExtender:
                                              self.spec.model_dump_json(indent=2))
         before = {c.key for c in self._answer}
         self._answer = [CellPlan(c.key, c.space, c.budget, self._config(c, tracking)) for c in added]
-        if any(c.key not in before for c in self._answer):
-            # What the progress shows: why the sweep grows (the trials' own lines count on past the plan).
-            print("[adaptive seeds] " + "\n[adaptive seeds] ".join(decision.why), flush=True)
+        new = [c for c in self._answer if c.key not in before]
+        if new:
+            # What the progress shows: why the sweep grows (the trials' own lines count on past the plan). After a
+            # restart the cells added before it come back from MLflow with no new reason: say so, not an empty line.
+            lines = decision.why or [f"{len(new)} cell(s) added before the restart, continued"]
+            print("[adaptive seeds] " + "\n[adaptive seeds] ".join(lines), flush=True)
         return self._answer
 
     def _config(self, cell: Cell, tracking) -> dict[str, Any]:
