@@ -198,3 +198,15 @@ def test_a_sweep_adds_seeds_where_undecided_and_resume_repeats_none(tmp_path):
     assert seeds == {"full": {0, 1, 2, 3}, "bitfit": {0, 1, 2, 3}, "linear": {0, 1}}
     assert all(r.data.tags["status"] == "finished" for r in runs)
     assert resumed.returncode == 0
+
+
+def test_a_pair_with_a_seed_on_one_side_only_gets_that_seed_on_the_other(tmp_path):
+    """A comparison counts the seeds both of its cells have: bitfit with seeds 0-2 against full with 0-1 is paired on
+    two, so the next seed is full's seed 2 (not seed 3 for both, and not 'the most allowed' counted on bitfit's 3)."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    cells = {("d", m, 1.0, s): _cell(m, s) for m in ACCURACY for s in (0, 1)}
+    cells[("d", "bitfit", 1.0, 2)] = _cell("bitfit", 2)
+    fake_sweep(uri, "s", cells)
+    decision, *_ = _decide(uri, tmp_path / "cache", max_seeds=3)
+    assert decision.add == {("classification", "bb", "d", 1.0, "full"): 2}
+    assert any("undecided at 2 paired seeds" in why and "seed 2 added to full" in why for why in decision.why)

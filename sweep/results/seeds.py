@@ -53,17 +53,23 @@ def seeds_needed(trials: pd.DataFrame, cells: pd.DataFrame, predictions: dict[st
         pair = [line_of({**row, "method": m}) for m in (row["method"], row["reference"])]
         if row["verdict"] != "undecided" or any(line in busy for line in pair):
             continue
-        taken = max(len(seeds.get(line, [])) for line in pair)
+        # A comparison is paired: it counts the seeds both cells have. One side may have more (a seed added for
+        # another comparison of that method), so the next seed is the first the pair does not share, given to
+        # whichever side lacks it.
+        paired = set.intersection(*(set(seeds.get(line, [])) for line in pair))
+        taken = len(paired)
         label = f"{row['backbone']} {row['dataset']} {row['fraction']:g}: {row['method']} vs {row['reference']}"
         if taken >= max_seeds:
             decision.why.append(f"{label}: still undecided at {taken} seeds, the most allowed")
             continue
-        following = max(max(seeds.get(line, [-1])) for line in pair) + 1
-        for line in pair:
-            if following not in seeds.get(line, []):
-                decision.add[line] = max(decision.add.get(line, following), following)
-        decision.why.append(f"{label}: undecided at {taken} seeds (95% CI [{row['ci_low']:+.1f}, "
-                            f"{row['ci_high']:+.1f}]), seed {following} added to both")
+        following = next(s for s in range(max_seeds + max(max(seeds.get(line, [0])) for line in pair) + 1)
+                         if s not in paired)
+        lacking = [line for line in pair if following not in seeds.get(line, [])]
+        for line in lacking:
+            decision.add[line] = max(decision.add.get(line, following), following)
+        to = "both" if len(lacking) == 2 else lacking[0][-1]
+        decision.why.append(f"{label}: undecided at {taken} paired seeds (95% CI [{row['ci_low']:+.1f}, "
+                            f"{row['ci_high']:+.1f}]), seed {following} added to {to}")
     return decision
 
 
