@@ -58,7 +58,7 @@ class SeedExtender:
         before = {c.key for c in self._answer}
         self._answer = [CellPlan(c.key, c.space, c.budget, self._config(c, tracking)) for c in added]
         if any(c.key not in before for c in self._answer):
-            # What the progress shows: why the sweep grows (the trials' own lines count on past the plan).
+            # What the progress shows: why the sweep grows (its [k/total] counts the added cells' trials).
             print("[adaptive seeds] " + "\n[adaptive seeds] ".join(decision.why), flush=True)
         return self._answer
 
