@@ -44,8 +44,9 @@ def quickstart(quick: bool) -> list[Result]:
         started = time.perf_counter()
         launch("--storage", str(storage), *args)
         wall = time.perf_counter() - started
-        actual = cost.actual_cost(f"sqlite:///{storage / 'mlflow.db'}", "quickstart") | {"wall_s": wall}
         spec = SweepSpec.model_validate(load_inputs(parse_storage(str(storage)), "quickstart")["spec"])
+        actual = cost.actual_cost(f"sqlite:///{storage / 'mlflow.db'}", "quickstart", spec.initial_seeds) | {
+            "wall_s": wall}
         calibration = json.loads(estimate.read_text())
     record = cost.cost_record("quickstart", calibration, actual, spec)
     totals = cost.estimate_entry(calibration, "quickstart")["totals"]

@@ -99,7 +99,8 @@ def run_actual(args: argparse.Namespace) -> int:
     storage = parse_storage(args.storage)
     inputs = load_inputs(storage, args.name)
     uri = args.mlflow_uri or inputs.get("mlflow_uri") or default_tracking_uri(storage)
-    actual = actual_cost(uri, args.name)
+    spec = SweepSpec.model_validate(inputs["spec"])
+    actual = actual_cost(uri, args.name, spec.initial_seeds)
     if args.wall_seconds is not None:
         actual["wall_s"] = args.wall_seconds  # measured around the launcher (e.g. `time`): its start-up included
     if not args.estimate:
@@ -109,13 +110,14 @@ def run_actual(args: argparse.Namespace) -> int:
         estimate = json.loads(Path(args.estimate).read_text())
     except (OSError, ValueError) as e:
         raise SpecError(f"--estimate {args.estimate}: cannot read it as JSON ({e})") from None
-    record = cost_record(args.name, estimate, actual, SweepSpec.model_validate(inputs["spec"]))
+    record = cost_record(args.name, estimate, actual, spec)
     r = record["ratios"]
     print(f"{args.name}: {actual['trial_epochs']:,} trial-epochs in {duration(actual['wall_s'])}; estimate for "
           f"what ran: {record['estimate_for_what_ran']['trial_epochs']:,} in "
           f"{duration(record['estimate_for_what_ran']['wall_s'])} (x{r['trial_epochs'] or 0:.2f} trial-epochs, "
           f"x{r['wall'] or 0:.2f} wall); {actual['rounds_run']} search round(s), {actual['cells_added']} cell(s) "
-          "added with seeds")
+          "added with seeds" + (f" ({actual['cells_added_not_run']} more added but not run: the sweep stopped before "
+                                "them; not in the estimate)" if actual["cells_added_not_run"] else ""))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(record, indent=2) + "\n")

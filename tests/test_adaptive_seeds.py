@@ -155,6 +155,36 @@ def test_the_searcher_walks_added_cells_waits_while_trials_run_and_resumes_witho
     assert resumed.suggest("last") == Searcher.FINISHED
 
 
+def test_the_progress_counts_the_trials_of_added_cells(capsys):
+    """Two planned cells of 2 trials: the progress says [k/4] until the searcher walks the two cells adaptive seeds
+    add (2 trials each), then [k/8]: the lines do not count on past their total."""
+    from types import SimpleNamespace
+
+    from sweep.plan.spec import Dist
+    from sweep.tune.callbacks import SweepProgress
+    from sweep.tune.searcher import CellPlan, CellSearcher, SweepState
+
+    def plan(key: str) -> CellPlan:
+        return CellPlan(key, {"lr": Dist(low=1e-4, high=1e-2)}, 2, {"train": {}, "tracking": {"cell_key": key}})
+
+    state = SweepState()
+    planned = [plan("a/seed=0"), plan("b/seed=0")]
+    searcher = CellSearcher(cells=planned, state=state, metric="score",
+                            extend=lambda ended, fresh: [plan("a/seed=1"), plan("b/seed=1")] if len(ended) == 4 else [])
+    progress = SweepProgress(state, "sqlite://", "0", 4, "score", 4, frozenset(c.key for c in planned))
+    for i in range(4):
+        searcher.suggest(f"t{i}")
+    assert progress.expected() == 4
+    for i in range(4):
+        searcher.on_trial_complete(f"t{i}", {"score": 0.5})
+    searcher.suggest("t4")  # every planned trial ended: the extender adds two cells, the searcher walks them
+    assert progress.expected() == 8
+    ended = [SimpleNamespace(trial_id=f"t{i}", status="TERMINATED", config={"searched": {"lr": 1e-3}})
+             for i in range(5)]
+    progress._print(ended, "a/seed=1/trial=0", ended[4], "finished 4/4 epochs", {})
+    assert capsys.readouterr().out.startswith("[5/8] a/seed=1/trial=0")
+
+
 ADAPTIVE_SPEC = """name: adapt
 task: simulated
 datasets: [{name: synthetic, id: a}]

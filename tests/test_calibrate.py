@@ -214,7 +214,7 @@ def test_the_cost_of_a_finished_sweep(tmp_path, monkeypatch, capsys):
     storage = tmp_path / "store"
     assert launch_main(["--config", str(spec), "--storage", str(storage)]) == 0
     capsys.readouterr()
-    actual = cost.actual_cost(f"sqlite:///{storage / 'mlflow.db'}", "costed")
+    actual = cost.actual_cost(f"sqlite:///{storage / 'mlflow.db'}", "costed", [0])
     assert (actual["trials"], actual["trial_epochs"], actual["rounds_run"], actual["cells_added"]) == (6, 10, 0, 0)
     assert actual["complete"] and actual["wall_s"] > 0 and actual["cells_planned"] == 2
     estimate = tmp_path / "estimate.json"
@@ -228,6 +228,43 @@ def test_the_cost_of_a_finished_sweep(tmp_path, monkeypatch, capsys):
     assert record["estimate_for_what_ran"] == {"trial_epochs": 10, "wall_s": 50.0}
     assert record["ratios"] == {"trial_epochs": 1.0, "wall": 50.0 / 40.0}
     assert "10 trial-epochs" in capsys.readouterr().out
+
+
+def test_added_seeds_count_only_where_their_cells_ran(tmp_path, monkeypatch, capsys):
+    """A sweep stopped right after adaptive seeds asked for more: planned seeds 0 and 1 of full and lora ran, then
+    seed 2 of full ran while seed 2 of lora and seed 3 of both were registered (their MLflow cell runs exist, as the
+    seed extender makes them before any trial) but never started. One trial per cell of 4 epochs, which no
+    scheduler stops (a lone trial always goes on): 5 cells ran, 5 x 4 = 20 trial-epochs trained and estimated; one
+    cell added ran, three did not; full took three seeds."""
+    from sweep.tune import run as tune_run
+    from tests.test_report import fake_sweep
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    trial = [{"lr": 1e-3, "val": 0.8, "test": 0.8}]
+    fake_sweep(uri, "s", {("d", m, 1.0, seed): trial for m in ("full", "lora") for seed in (0, 1)})
+    fake_sweep(uri, "s", {("d", "full", 1.0, 2): trial})
+    fake_sweep(uri, "s", {("d", "lora", 1.0, 2): [], ("d", "full", 1.0, 3): [], ("d", "lora", 1.0, 3): []}, budget=1)
+    actual = cost.actual_cost(uri, "s", initial_seeds=[0, 1])
+    assert (actual["cells_planned"], actual["cells_added"], actual["cells_added_not_run"]) == (4, 1, 3)
+    assert (actual["trials"], actual["trial_epochs"], actual["most_seeds_per_comparison"]) == (5, 20, 3)
+    assert sorted(r["cell"] for r in actual["rounds"]) == [f"cls/d/bb/{m}/frac=1/seed={s}" for m, s in (
+        ("full", 0), ("full", 1), ("full", 2), ("lora", 0), ("lora", 1))]
+    estimate = tmp_path / "estimate.json"
+    estimate.write_text(json.dumps({"s": {"device": "test", "totals": {
+        "trial_epochs_halving": 16, "wall_s_halving": 50.0, "serial_s": 10.0, "device_hours_halving": 0.01,
+        "slots": 2}, "worst_case": {"trial_epochs": 32, "wall_s": 90.0, "device_hours": 0.02}}}))
+    spec = tmp_path / "spec.json"
+    monkeypatch.setattr(tune_run, "load_inputs", lambda storage, name: {
+        "mlflow_uri": uri, "spec": {"name": "s", "datasets": [{"name": "d"}], "backbones": [{"name": "bb", "weights": "random"}],
+                                    "methods": ["full", "lora"], "seeds": {"initial": 2, "max": 4}}})
+    assert calibrate.main(["--actual", "--storage", str(tmp_path), "--name", "s", "--estimate", str(estimate),
+                           "--wall-seconds", "40", "--out", str(spec)]) == 0
+    record = cost.check_record(json.loads(spec.read_text()), str(spec))
+    # The estimate for what ran: the planned 16 trial-epochs' wall time scaled by 20 / 16 past the serial part.
+    assert record["estimate_for_what_ran"] == {"trial_epochs": 20, "wall_s": 10.0 + 40.0 * 20 / 16}
+    assert record["actual"]["cells_added"] == 1
+    printed = capsys.readouterr().out
+    assert "1 cell(s) added with seeds (3 more added but not run: the sweep stopped before them" in printed
 
 
 def test_bad_cost_input_is_explained(tmp_path, capsys):

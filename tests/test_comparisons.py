@@ -142,7 +142,8 @@ def test_the_old_three_seed_bootstrap_covers_75_percent_where_seeds_are_the_only
 
 def test_across_five_datasets_the_best_possible_p_is_0_0625_and_the_diagram_is_drawn(tmp_path):
     """Method a ahead of b on all five datasets, b ahead of c on all five: exact two-sided Wilcoxon p = 2/2^5."""
-    from sweep.report import plots
+    from sweep.report import sections
+    from sweep.report.document import Document
 
     rows = []
     for i, dataset in enumerate("vwxyz"):
@@ -156,19 +157,32 @@ def test_across_five_datasets_the_best_possible_p_is_0_0625_and_the_diagram_is_d
     # Holm over the three pairs, each p = 0.0625: 3p, 2p, p, made monotone: all 0.1875 (capped at 1).
     assert ranking.holm.loc["a", "b"] == pytest.approx(min(1, 3 * 0.0625))
     assert (ranking.holm.to_numpy() == ranking.holm.to_numpy().T).all()
-    path = plots.critical_difference(ranking.ranks, ranking.holm, tmp_path / "cd.png", "t")
-    assert path.stat().st_size > 1000
+    # The report's section says so, and draws the diagram.
+    doc, files = Document("t"), []
+    sections.across_datasets(doc, pd.DataFrame(rows), tmp_path, files)
+    text = doc.markdown()
+    assert "With 5 datasets the smallest two-sided p any such test can give is 0.0625: a ranking over so few " \
+           "datasets is descriptive, not a finding." in text
+    assert "**a** ranks first" in text and "ahead of b (2.00) on 5 of 5 datasets" in text
+    (path,) = files
+    assert path.name == "cd-bb-1.png" and path.stat().st_size > 1000
 
 
 def test_the_dry_run_says_how_finely_each_test_set_resolves_a_score(capsys, tmp_path):
     """The default sweep's BreastMNIST (shipped): its published test split has 156 images, where a score of 0.8
-    has a 95% half-width of 1.96 sqrt(0.8 x 0.2 / 156) = 6.3 points."""
+    has a 95% half-width of 1.96 sqrt(0.8 x 0.2 / 156) = 6.3 points. With adaptive seeds (3, up to 10) the cost is a
+    range: the quickstart's 2 fractions x 4 methods x 3 seeds x 3 trials x 6 epochs = 432 trial-epochs at most as
+    planned, and 10/3 of it if every comparison takes all ten seeds."""
     from sweep.launch import main
 
-    assert main(["--storage", str(tmp_path / "store"), "--dry-run"]) == 0
+    assert main(["--storage", str(tmp_path / "store"), "--dry-run", "--set", "seeds={initial: 3, max: 10}"]) == 0
     out = capsys.readouterr().out
     assert f"breastmnist: 156 test images, ±{100 * 1.96 * np.sqrt(0.8 * 0.2 / 156):.1f} points" in out
     assert "±6.3 points" in out
+    trials = 2 * 4 * 3 * 3
+    assert f"Cost: at most {trials * 6:,} trial-epochs" in out
+    assert (f"up to 10: the cost is between the above and 3.33 times it (at most {trials * 6 * 10 // 3:,} "
+            f"trial-epochs, {trials * 10 // 3:,} trials)") in out
 
 
 def test_the_compact_predictions_give_every_interval_the_full_ones_give():

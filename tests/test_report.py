@@ -41,7 +41,8 @@ COLUMNS = ["sweep", "trial_key", "cell_key", "run_id", "task", "dataset", "backb
 EPOCHS = 4  # every fake trial's train.epochs
 
 
-def fake_sweep(uri: str, name: str, cells: dict[tuple, list[dict]], budget: int | None = None) -> Tracking:
+def fake_sweep(uri: str, name: str, cells: dict[tuple, list[dict]], budget: int | None = None,
+               backbone: str = "bb") -> Tracking:
     """A sweep's MLflow experiment, written by our own writers: the cells planned from a spec (sweep.plan.grid),
     the experiment, parent run and cell runs by the driver (sweep.store.mlflow_experiment.prepare), and each trial
     by the worker's loop (trainables.trial.Trial: its run opened with run_params and run_tags, one log per epoch,
@@ -50,7 +51,8 @@ def fake_sweep(uri: str, name: str, cells: dict[tuple, list[dict]], budget: int 
     `cells` maps (dataset, method, fraction, seed) keys to their trials: `lr`, `val` (its validation score) and
     optionally `test`, `loss` (validation loss, 0.5), `params` (trainable, 1000 of 100,000), `counts_val` /
     `counts_test` (images per class), `curve` (training loss per epoch), `scores` (the best-so-far validation
-    score per epoch; default `val` at every epoch), `searched` (other searched hyperparameters), `predictions` (the per-image predictions artifact's table) and `status` ("running": interrupted before its last epoch). Every cell has `budget` trials planned (default: as many as it has)."""
+    score per epoch; default `val` at every epoch), `searched` (other searched hyperparameters), `predictions` (the per-image predictions artifact's table) and `status` ("running": interrupted before its last epoch). Every cell has `budget` trials planned (default: as many as it has). All on one
+    `backbone`; call it again with another to add another backbone's cells to the same sweep."""
     task = get_task("classification")
     keys = list(cells)
     sizes = {len(trials) for trials in cells.values()}
@@ -61,7 +63,7 @@ def fake_sweep(uri: str, name: str, cells: dict[tuple, list[dict]], budget: int 
 
     spec = SweepSpec.model_validate({
         "name": name, "task": task.name, "datasets": [{"name": d} for d in axis(0)],
-        "backbones": [{"name": "bb", "weights": "random"}], "methods": axis(1), "fractions": axis(2),
+        "backbones": [{"name": backbone, "weights": "random"}], "methods": axis(1), "fractions": axis(2),
         "seeds": axis(3), "train": {"epochs": EPOCHS, "select_metric": "acc"},
         "search": {"sampler": "random", "trials_per_cell": budget or sizes.pop()},
     })
@@ -190,6 +192,32 @@ def test_compare_two_sweeps_on_the_same_test_images(tmp_path):
     assert report_cli.main(["--compare", "a", "b", "--mlflow-uri", uri, "--out", str(tmp_path / "cmp")]) == 0
     text = (tmp_path / "cmp" / "compare-a-b.md").read_text()
     assert "| better | test images and seeds |" in text
+
+
+def test_compare_two_sweeps_of_two_backbones_pairs_each_backbone_with_itself(tmp_path):
+    """Sweeps a and b both ran backbones x and y on the same 400 test images (one seed): b is 20 points ahead on x
+    and 20 behind on y. Each backbone is compared with the same one of the other sweep: two rows, better and
+    worse (pairing on dataset and method alone gave four rows, each pooling both backbones' seeds)."""
+    rng = np.random.default_rng(5)
+    labels = (rng.random(400) < 0.5).astype(int)
+    groups = np.array([""] * 400)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    shares = {("a", "x"): 0.7, ("a", "y"): 0.9, ("b", "x"): 0.9, ("b", "y"): 0.7}
+    means = {}
+    for (name, backbone), share in shares.items():
+        right = rng.random(400) < share
+        means[name, backbone] = 100 * right.mean()
+        fake_sweep(uri, name, {("d", "lora", 1.0, 0): [{"lr": 1e-3, "val": 0.9, "test": right.mean(),
+                                                         "predictions": _predictions(labels, right, groups)}]},
+                   backbone=backbone)
+    assert report_cli.main(["--compare", "a", "b", "--mlflow-uri", uri, "--out", str(tmp_path / "cmp")]) == 0
+    rows = [line for line in (tmp_path / "cmp" / "compare-a-b.md").read_text().splitlines()
+            if line.startswith(("| x ", "| y "))]
+    assert len(rows) == 2
+    for row, backbone, verdict in zip(rows, "xy", ("better", "worse"), strict=True):
+        a, b = means["a", backbone], means["b", backbone]
+        assert row.startswith(f"| {backbone} | d | 1 | lora | {a:.1f} | {b:.1f} | {b - a:+.1f} |")
+        assert f"| {verdict} | test images and seeds |" in row
 
 
 @needs_shared_data

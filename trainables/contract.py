@@ -74,7 +74,8 @@ METHOD_PREFIX = "method."
 BUDGET_PARAM = "budget"  # a cell run's: its planned trials
 
 # Tags of trial and cell runs: the fields of the cell a run belongs to (reports group by them).
-CELL_FIELD_TAGS = ("task", "dataset", "backbone", "method", "fraction", "seed")
+SEED_TAG = "seed"  # the last field: a cell's seed (adaptive seeds add cells that differ from a planned one only here)
+CELL_FIELD_TAGS = ("task", "dataset", "backbone", "method", "fraction", SEED_TAG)
 DATA_FALLBACK_TAG = "data_fallback"  # on runs that trained on synthetic data because the real data was absent
 
 # Metrics of a trial run (besides the report keys above, logged every epoch).

@@ -51,6 +51,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -444,14 +445,25 @@ def most_added_by_rounds(plan) -> tuple[int, int]:
     return trials + cells * search.max_epoch_doublings, trials * plan.max_epochs + cells * doubled
 
 
-def actual_cost(uri: str, sweep: str) -> dict:
+def actual_cost(uri: str, sweep: str, initial_seeds: Collection[int]) -> dict:
     """What a sweep cost, from its MLflow experiment: wall seconds from its sweep run's start to its end (the
     last trial's end while it is not closed; a resumed sweep's wall time includes the time it stood still), the
     trial-epochs its trials trained (each trial run's last logged epoch: a resumed trial continues its run),
-    its rounds (each cell's round 0 and the search rounds it added), and the cells added with seeds."""
+    its rounds (each cell's round 0 and the search rounds it added), and the cells adaptive seeds added (a seed
+    outside the spec's `initial_seeds`). An added cell counts as run when it has a trial run: the seed extender
+    registers a cell's MLflow run before any of its trials starts, so a sweep stopped right after asking for more
+    seeds has cell runs that cost nothing (`cells_added_not_run`)."""
     from sweep.errors import StorageError
     from sweep.store import mlflow_experiment
-    from trainables.contract import CELL_KEY_TAG, EPOCH, EPOCHS_PARAM, ROLE_TAG, ROUND_KIND_TAG, ROUND_TAG
+    from trainables.contract import (
+        CELL_KEY_TAG,
+        EPOCH,
+        EPOCHS_PARAM,
+        ROLE_TAG,
+        ROUND_KIND_TAG,
+        ROUND_TAG,
+        SEED_TAG,
+    )
 
     mlflow = mlflow_experiment.client(uri)
     experiment = mlflow.get_experiment_by_name(sweep)
@@ -485,16 +497,21 @@ def actual_cost(uri: str, sweep: str) -> dict:
     added_rounds = [r for r in rounds.values() if r["round"] > 0]
     kinds = sorted({r["kind"] for r in added_rounds})
     planned_cells = int(parent.data.params.get("cells", len(cells)))
-    lines: dict[str, set] = {}
+    ran = {run.data.tags.get(CELL_KEY_TAG, "") for run in trials}
+    initial = {str(seed) for seed in initial_seeds}
+    added = [run for run in cells if run.data.tags.get(SEED_TAG, "") not in initial]
+    added_ran = sum(run.data.tags.get(CELL_KEY_TAG, "") in ran for run in added)
+    lines: dict[str, set] = {}  # a cell's line (its key without the seed) -> the seeds that ran
     for run in cells:
-        lines.setdefault(run.data.tags.get(CELL_KEY_TAG, "").rsplit("/seed=", 1)[0], set()).add(
-            run.data.tags.get("seed", ""))
+        key = run.data.tags.get(CELL_KEY_TAG, "")
+        if key in ran:
+            lines.setdefault(key.rsplit("/seed=", 1)[0], set()).add(run.data.tags.get(SEED_TAG, ""))
     return {"wall_s": (end - parent.info.start_time) / 1000, "complete": complete,
             "started": _iso(parent.info.start_time), "ended": _iso(end),
             "trials": len(trials), "trial_epochs": epochs,
             "rounds_run": len(added_rounds), "rounds_by_kind": {k: sum(r["kind"] == k for r in added_rounds)
                                                                 for k in kinds},
-            "cells_planned": planned_cells, "cells_added": max(0, len(cells) - planned_cells),
+            "cells_planned": planned_cells, "cells_added": added_ran, "cells_added_not_run": len(added) - added_ran,
             "most_seeds_per_comparison": max((len(s) for s in lines.values()), default=0),
             "rounds": sorted(rounds.values(), key=lambda r: (r["cell"], r["round"]))}
 

@@ -113,9 +113,10 @@ def _log(uri: str, sweep: str, trials: pd.DataFrame, status: pd.DataFrame, outco
 
 
 def compare(uri_a: str, a: str, uri_b: str, b: str, out: Path, rope: float = comparisons.DEFAULT_ROPE) -> Path:
-    """Two sweeps side by side, matched on task, dataset, method and fraction (backbones may differ). Where both
-    sides' chosen trials left predictions on the same test images, b against a is a paired bootstrap over them
-    (sweep.results.comparisons), else a per-seed comparison."""
+    """Two sweeps side by side, matched on task, dataset, method and fraction, and on the backbone unless each
+    sweep has one (then the backbones may differ: that is the comparison). Where both sides' chosen trials left
+    predictions on the same test images, b against a is a paired bootstrap over them (sweep.results.comparisons),
+    else a per-seed comparison."""
     scores, chosen, found = [], [], {}
     for uri, name in ((uri_a, a), (uri_b, b)):
         trials, _ = trials_table(uri, name)
@@ -123,15 +124,19 @@ def compare(uri_a: str, a: str, uri_b: str, b: str, out: Path, rope: float = com
         scores.append(method_scores(trials, chosen[-1]))
         if len(chosen[-1]):
             found |= predictions.load(uri, chosen[-1]["run_id"].tolist(), out / predictions.CACHE)
-    keys = ["task", "dataset", "method", "fraction"]
+    # Sweeps with several backbones each: a cell of one is paired with the same backbone's of the other (matching
+    # on the rest alone would pool two backbones' seeds into one side of a comparison).
+    by_backbone = any(s["backbone"].nunique() > 1 for s in scores)
+    keys = ["task", *(["backbone"] if by_backbone else []), "dataset", "method", "fraction"]
     merged = scores[0].merge(scores[1], on=keys, how="outer", suffixes=("_a", "_b")).sort_values(keys)
     paired = []
     for row in merged.itertuples(index=False):
-        mine, reference = ((c[(c["task"] == row.task) & (c["dataset"] == row.dataset) & (c["method"] == row.method)
-                              & (c["fraction"] == row.fraction)]) for c in (chosen[1], chosen[0]))
+        mine, reference = (c[(c[keys] == pd.Series({k: getattr(row, k) for k in keys})).all(axis=1)]
+                           for c in (chosen[1], chosen[0]))
         paired.append(comparisons.compare_pair(mine, reference, found, rope) if len(mine) and len(reference)
                       else {"ci_low": math.nan, "ci_high": math.nan, "verdict": "-", "basis": "-"})
     table = pd.DataFrame({
+        **({"backbone": merged["backbone"]} if by_backbone else {}),
         "dataset": merged["dataset"], "fraction": merged["fraction"].map(lambda f: f"{f:g}"),
         "method": merged["method"],
         a: merged["mean_a"].map(lambda v: "-" if pd.isna(v) else f"{v:.1f}"),
@@ -145,7 +150,8 @@ def compare(uri_a: str, a: str, uri_b: str, b: str, out: Path, rope: float = com
     doc = Document(f"Sweeps {a!r} and {b!r} compared")
     doc.text(f"Test metric of each cell's validation-chosen trial, mean over seeds (accuracies in percent). Backbones: "
              f"{a}: {', '.join(sorted(scores[0]['backbone'].unique()))}; "
-             f"{b}: {', '.join(sorted(scores[1]['backbone'].unique()))}. The interval and verdict of b against a: a "
+             f"{b}: {', '.join(sorted(scores[1]['backbone'].unique()))}"
+             f"{' (each backbone against the same one)' if by_backbone else ''}. The interval and verdict of b against a: a "
              "paired bootstrap over the test images pooled over seeds where both left per-image predictions on the "
              f"same images, else over the seeds alone ('on' says which); equivalent within ±{rope:g} points.")
     doc.table(table)

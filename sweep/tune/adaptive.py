@@ -59,7 +59,7 @@ class SeedExtender:
         self._answer = [CellPlan(c.key, c.space, c.budget, self._config(c, tracking)) for c in added]
         new = [c for c in self._answer if c.key not in before]
         if new:
-            # What the progress shows: why the sweep grows (the trials' own lines count on past the plan). After a
+            # What the progress shows: why the sweep grows (its [k/total] counts the added cells' trials). After a
             # restart the cells added before it come back from MLflow with no new reason: say so, not an empty line.
             lines = decision.why or [f"{len(new)} cell(s) added before the restart, continued"]
             print("[adaptive seeds] " + "\n[adaptive seeds] ".join(lines), flush=True)

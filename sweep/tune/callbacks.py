@@ -85,9 +85,17 @@ class NodeLossIsNotAFailure(Callback):
 
 
 class SweepProgress(Callback):
-    def __init__(self, state: SweepState, uri: str, experiment_id: str, total: int, metric: str, max_t: int) -> None:
+    """One line per trial that ends, `[done/total]`: `total` is the planned trials (of the `planned` cells) and,
+    as soon as the searcher knows them, the trials the sweep added since: search rounds beyond a cell's first
+    and every trial of a cell adaptive seeds added."""
+
+    planned: frozenset[str] = frozenset()  # a progress pickled before it knew its planned cells (an older sweep)
+
+    def __init__(self, state: SweepState, uri: str, experiment_id: str, total: int, metric: str, max_t: int,
+                 planned: frozenset[str] = frozenset()) -> None:
         self.state, self.uri, self.experiment_id = state, uri, experiment_id
         self.total, self.metric, self.max_t = total, metric, max_t
+        self.planned = planned
         self._client = None
         self._ended: set[str] | None = None  # ids of ended trials, counted from Tune's list once, then kept
 
@@ -152,9 +160,17 @@ class SweepProgress(Callback):
         score = result.get(self.metric)
         score_text = f"  {self.metric}={score:.4f}" if isinstance(score, float) else ""
         seconds = float(result.get("time_total_s", 0.0) or 0.0)
-        total = max(self.total, done)
+        total = max(self.expected(), done)
         print(f"[{done:>{len(str(total))}}/{total}] {key}  {searched}  {verdict}{score_text}  ({seconds:.0f}s)",
               file=sys.stdout, flush=True)
+
+    def expected(self) -> int:
+        """The trials the sweep will have run, as far as the searcher knows now (it records every cell it walks,
+        added ones included, in the shared state with its rounds; a planned cell's first round is in `total`)."""
+        if not self.planned:  # without the planned cells, the added ones cannot be told apart: the plan alone
+            return self.total
+        return self.total + sum(search.budget - (search.rounds[0].size if key in self.planned else 0)
+                                for key, search in self.state.search.items())
 
     def _mark_stopped(self, trial_key: str, run_id: str | None) -> None:
         from mlflow import MlflowClient

@@ -100,7 +100,7 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
 
                 scheduler = FIFOScheduler()
             progress = SweepProgress(state, mlflow_uri, ids.experiment_id, plan.total_trials, plan.selection.val,
-                                     plan.max_epochs)
+                                     plan.max_epochs, frozenset(c.key for c in plan.cells))
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
