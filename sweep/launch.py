@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     for sweep, data in zip(sweeps, prepared, strict=True):
         plan, name, storage = sweep.plan, sweep.name, sweep.storage
         if not sweep.resume:
-            save_inputs(storage, name, plan, sweep.data_root, sweep.mlflow_uri)
+            save_inputs(storage, name, plan, sweep.data_root, sweep.mlflow_uri, args.overrides)
         print(f"Sweep {name!r}: {len(plan.cells)} cells, {plan.total_trials} trials -> {storage.join(name)}",
               flush=True)
         started = time.monotonic()
@@ -161,11 +161,15 @@ def _setup(args: argparse.Namespace) -> list[Setup]:
         if resume:
             _check_name(storage, name, "", resume=True)
             inputs = load_inputs(storage, name)
-            if args.config and not _same_spec_file(args.config, inputs["spec_path"]):
+            started = SweepSpec.model_validate(inputs["spec"])
+            if args.config and not _same_spec(args.config, spec.arm, inputs.get("overrides") or [], started):
+                changed = " as it was then (the file has changed since)" if _same_path(args.config,
+                                                                                      inputs["spec_path"]) else ""
                 raise SpecError(f"--config {args.config} cannot change a sweep on --resume: {name!r} was started "
-                                f"with {inputs['spec_path']} and continues as it was started. Leave --config out to "
-                                f"continue it, or start {args.config} as a new sweep with --name NEW_NAME")
-            spec, path = SweepSpec.model_validate(inputs["spec"]), Path(inputs["spec_path"])
+                                f"with {inputs['spec_path']}{changed} and continues as it was started. Leave "
+                                f"--config out to continue it, or start {args.config} as a new sweep with --name "
+                                "NEW_NAME")
+            spec, path = started, Path(inputs["spec_path"])
             mlflow_uri = without_credentials(args.mlflow_uri or inputs["mlflow_uri"])
             root = args.data_root or inputs["data_root"]
         else:
@@ -204,13 +208,22 @@ def check_ray_address(address: str | None, environment: str | None) -> None:
                         f"(ray start --head --port {port}) or fix {where}; leave it out for a local Ray") from None
 
 
-def _same_spec_file(given: str, started_with: str) -> bool:
-    """The spec a sweep was started with, named again (or an identical copy of it)."""
+def _same_spec(config: str, arm: str | None, overrides: list[str], started) -> bool:
+    """The spec --config gives now (with the --set the sweep was started with) is the one it was started with.
+    Compared as read and validated, not by file name: a spec file edited since the start (or its `base:`) is
+    another spec under the same name, and an identical copy elsewhere is the same spec. Both sides go through
+    today's SweepSpec, so a sweep saved before a field was added is not refused for that field's default."""
+    from sweep.plan.spec import load_specs
+
     try:
-        return Path(given).resolve() == Path(started_with).resolve() or \
-            Path(given).read_bytes() == Path(started_with).read_bytes()
-    except OSError:
+        given = next((s for s in load_specs(config, overrides) if s.arm == arm), None)
+    except SpecError:  # the started --set no longer applies to the file: it has changed
         return False
+    return given is not None and given.model_dump(mode="json") == started.model_dump(mode="json")
+
+
+def _same_path(given: str, started_with: str) -> bool:
+    return Path(given).resolve() == Path(started_with).resolve()
 
 
 def check_local_resources(plan) -> None:
