@@ -171,6 +171,8 @@ def _setup(args: argparse.Namespace) -> list[Setup]:
                                 "NEW_NAME")
             spec, path = started, Path(inputs["spec_path"])
             mlflow_uri = without_credentials(args.mlflow_uri or inputs["mlflow_uri"])
+            if not args.dry_run:  # the tracking store it wrote to may be down now (or --mlflow-uri names another)
+                check_tracking_uri(mlflow_uri)
             root = args.data_root or inputs["data_root"]
         else:
             path, root = spec_path, data_root

@@ -184,6 +184,9 @@ BAD: dict[str, Bad] = {
     "--resume with another --config": Bad(lambda t: _started_sweep(t, "--config", "EDITED"),
                                           ("cannot change a sweep on --resume", "was started with",
                                            "Leave --config out")),
+    "--resume to a tracking database that does not answer": Bad(
+        lambda t: _started_sweep(t, "--mlflow-uri", f"postgresql+psycopg2://sweeper@127.0.0.1:{CLOSED}/mlflow"),
+        (f"no database answers at 127.0.0.1:{CLOSED}", "fix the host and port")),
     "--resume with its spec file edited since": Bad(_edited_since_started,
                                                     ("mine.yaml cannot change a sweep on --resume",
                                                      "as it was then (the file has changed since)",
