@@ -30,7 +30,7 @@ from typing import Any
 
 from sweep.errors import InputError
 from sweep.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED_CELLS, EXIT_INTERRUPTED, EXIT_STORAGE
-from sweep.plan.spec import NAME_PATTERN, SpecError
+from sweep.plan.spec import NAME_PATTERN, SpecError, SweepSpec, load_specs
 
 ADDRESS_TIMEOUT_S = 5  # a cluster's head answers a connection at once; a wrong address never does
 
@@ -134,7 +134,7 @@ class Setup:
 
 def _setup(args: argparse.Namespace) -> list[Setup]:
     """Everything that can be wrong with the input, checked before anything is created."""
-    from sweep.plan.spec import DEFAULT_SPEC, SweepSpec, chosen_arms, load_specs
+    from sweep.plan.spec import DEFAULT_SPEC, chosen_arms
     from sweep.plan.validate import make_plan
     from sweep.store.mlflow_experiment import check_tracking_uri, without_credentials
     from sweep.store.storage import parse_storage
@@ -210,13 +210,11 @@ def check_ray_address(address: str | None, environment: str | None) -> None:
                         f"(ray start --head --port {port}) or fix {where}; leave it out for a local Ray") from None
 
 
-def _same_spec(config: str, arm: str | None, overrides: list[str], started) -> bool:
+def _same_spec(config: str, arm: str | None, overrides: list[str], started: SweepSpec) -> bool:
     """The spec --config gives now (with the --set the sweep was started with) is the one it was started with.
     Compared as read and validated, not by file name: a spec file edited since the start (or its `base:`) is
     another spec under the same name, and an identical copy elsewhere is the same spec. Both sides go through
     today's SweepSpec, so a sweep saved before a field was added is not refused for that field's default."""
-    from sweep.plan.spec import load_specs
-
     try:
         given = next((s for s in load_specs(config, overrides) if s.arm == arm), None)
     except SpecError:  # the started --set no longer applies to the file: it has changed
