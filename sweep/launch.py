@@ -30,7 +30,7 @@ from typing import Any
 
 from sweep.errors import InputError
 from sweep.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED_CELLS, EXIT_INTERRUPTED, EXIT_STORAGE
-from sweep.plan.spec import NAME_PATTERN, SpecError
+from sweep.plan.spec import NAME_PATTERN, SpecError, SweepSpec, load_specs
 
 ADDRESS_TIMEOUT_S = 5  # a cluster's head answers a connection at once; a wrong address never does
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     for sweep, data in zip(sweeps, prepared, strict=True):
         plan, name, storage = sweep.plan, sweep.name, sweep.storage
         if not sweep.resume:
-            save_inputs(storage, name, plan, sweep.data_root, sweep.mlflow_uri)
+            save_inputs(storage, name, plan, sweep.data_root, sweep.mlflow_uri, args.overrides)
         print(f"Sweep {name!r}: {len(plan.cells)} cells, {plan.total_trials} trials -> {storage.join(name)}",
               flush=True)
         started = time.monotonic()
@@ -134,7 +134,7 @@ class Setup:
 
 def _setup(args: argparse.Namespace) -> list[Setup]:
     """Everything that can be wrong with the input, checked before anything is created."""
-    from sweep.plan.spec import DEFAULT_SPEC, SweepSpec, chosen_arms, load_specs
+    from sweep.plan.spec import DEFAULT_SPEC, chosen_arms
     from sweep.plan.validate import make_plan
     from sweep.store.mlflow_experiment import check_tracking_uri, without_credentials
     from sweep.store.storage import parse_storage
@@ -161,12 +161,18 @@ def _setup(args: argparse.Namespace) -> list[Setup]:
         if resume:
             _check_name(storage, name, "", resume=True)
             inputs = load_inputs(storage, name)
-            if args.config and not _same_spec_file(args.config, inputs["spec_path"]):
+            started = SweepSpec.model_validate(inputs["spec"])
+            if args.config and not _same_spec(args.config, spec.arm, inputs.get("overrides") or [], started):
+                changed = " as it was then (the file has changed since)" if _same_path(args.config,
+                                                                                      inputs["spec_path"]) else ""
                 raise SpecError(f"--config {args.config} cannot change a sweep on --resume: {name!r} was started "
-                                f"with {inputs['spec_path']} and continues as it was started. Leave --config out to "
-                                f"continue it, or start {args.config} as a new sweep with --name NEW_NAME")
-            spec, path = SweepSpec.model_validate(inputs["spec"]), Path(inputs["spec_path"])
+                                f"with {inputs['spec_path']}{changed} and continues as it was started. Leave "
+                                f"--config out to continue it, or start {args.config} as a new sweep with --name "
+                                "NEW_NAME")
+            spec, path = started, Path(inputs["spec_path"])
             mlflow_uri = without_credentials(args.mlflow_uri or inputs["mlflow_uri"])
+            if not args.dry_run:  # the tracking store it wrote to may be down now (or --mlflow-uri names another)
+                check_tracking_uri(mlflow_uri)
             root = args.data_root or inputs["data_root"]
         else:
             path, root = spec_path, data_root
@@ -204,13 +210,20 @@ def check_ray_address(address: str | None, environment: str | None) -> None:
                         f"(ray start --head --port {port}) or fix {where}; leave it out for a local Ray") from None
 
 
-def _same_spec_file(given: str, started_with: str) -> bool:
-    """The spec a sweep was started with, named again (or an identical copy of it)."""
+def _same_spec(config: str, arm: str | None, overrides: list[str], started: SweepSpec) -> bool:
+    """The spec --config gives now (with the --set the sweep was started with) is the one it was started with.
+    Compared as read and validated, not by file name: a spec file edited since the start (or its `base:`) is
+    another spec under the same name, and an identical copy elsewhere is the same spec. Both sides go through
+    today's SweepSpec, so a sweep saved before a field was added is not refused for that field's default."""
     try:
-        return Path(given).resolve() == Path(started_with).resolve() or \
-            Path(given).read_bytes() == Path(started_with).read_bytes()
-    except OSError:
+        given = next((s for s in load_specs(config, overrides) if s.arm == arm), None)
+    except SpecError:  # the started --set no longer applies to the file: it has changed
         return False
+    return given is not None and given.model_dump(mode="json") == started.model_dump(mode="json")
+
+
+def _same_path(given: str, started_with: str) -> bool:
+    return Path(given).resolve() == Path(started_with).resolve()
 
 
 def check_local_resources(plan) -> None:

@@ -79,9 +79,11 @@ def after(seconds: float, condition) -> bool:
 def test_interrupted_halving_sweep_makes_the_choices_of_an_uninterrupted_one(tmp_path):
     """Ctrl-C and kill -9 land where a rung is open: trials paused at it, one running towards it (it checkpoints the
     rung's epoch while the driver goes down, so the driver never hears that report), and trials that ended since the
-    last saved state. Every rung must still be decided once, on every trial of its cell, exactly as without the
-    interruptions, and nothing that ended may run again. 3 cells of 3 trials, 2 slots, a rung at epoch 2 of 4."""
-    spec = sim_spec(tmp_path / "sim.yaml", epochs=4, epoch_seconds=1.0, trials=3, scheduler="halving")
+    last saved state (after Ctrl-C, as the issue's run: the driver's last state is saved while trials go on for a
+    few seconds). Every rung must still be decided once, on every trial of its cell, exactly as without the
+    interruptions, and nothing that ended may run again. 4 cells of 3 trials, 2 slots, a rung at epoch 2 of 4."""
+    spec = sim_spec(tmp_path / "sim.yaml", epochs=4, epoch_seconds=1.0, trials=3, scheduler="halving",
+                    cells="[linear, bitfit, full, bias]")
     spec.write_text(spec.read_text().replace("{name: synthetic, id: b, options: {seed: 1}}", "").replace(", ]", "]")
                     .replace("grace_period: 1, reduction_factor: 2", "grace_period: 2, reduction_factor: 3")
                     .replace("{cpus_per_trial: 0.5}", "{cpus_per_trial: 0.5, num_cpus: 1}"))
@@ -113,10 +115,12 @@ def test_interrupted_halving_sweep_makes_the_choices_of_an_uninterrupted_one(tmp
         # 2. kill -9 at the same moment of the second cell.
         interrupt(resume, lambda s: after(0.5, lambda: logged_epoch(storage, "bitfit/frac=1/seed=0/trial=2", 1)),
                   "kill")
-        # 3. kill -9 just after a trial ended, before Tune's next saved state has it.
+        # 3. Ctrl-C 2 s after a trial ended (the issue's run), while the others go on.
+        interrupt(resume, lambda s: after(2.0, lambda: s.count(lambda line: line.startswith("[")) >= 1), "ctrl-c")
+        # 4. kill -9 just after a trial ended, before Tune's next saved state has it.
         interrupt(resume, lambda s: s.count(lambda line: line.startswith("[")) >= 1, "kill")
         final = launch(*resume)
-        assert "3/3 cells complete" in final.stdout, final.stdout[-3000:]
+        assert "4/4 cells complete" in final.stdout, final.stdout[-3000:]
     finally:
         time.sleep(1)
         left = new_ray_processes(rays_before)
@@ -125,7 +129,7 @@ def test_interrupted_halving_sweep_makes_the_choices_of_an_uninterrupted_one(tmp
 
     client, found = runs(storage)
     keys = [r.data.tags["trial_key"] for r in found]
-    assert len(keys) == len(set(keys)) == 9, "one MLflow run per trial, and no cell over its budget"
+    assert len(keys) == len(set(keys)) == 12, "one MLflow run per trial, and no cell over its budget"
     cells: dict[str, dict[float, object]] = {}
     for r in found:
         cells.setdefault(r.data.tags["trial_key"].rsplit("/", 1)[0], {})[float(r.data.params["train.lr"])] = r
@@ -143,6 +147,27 @@ def test_interrupted_halving_sweep_makes_the_choices_of_an_uninterrupted_one(tmp
     for ended in ended_before:
         for key, before in ended.items():
             assert now[key] == before, f"{key} ran again after a resume"
+
+
+def test_resume_of_a_sweep_stopped_before_tune_saved_anything_starts_it(tmp_path):
+    """Ctrl-C while the launcher starts Ray leaves the sweep's folder holding its inputs (medpeft-sweep.json) and no
+    Tune state yet (tuner.pkl): its name is taken, so --resume must start it from those inputs, not fail on the
+    missing state."""
+    from sweep.plan.spec import load_spec
+    from sweep.plan.validate import make_plan
+    from sweep.store.storage import parse_storage
+    from sweep.tune.run import save_inputs
+
+    spec = sim_spec(tmp_path / "sim.yaml", epochs=2, epoch_seconds=0.0, trials=2, cells="[linear]", scheduler="fifo")
+    spec.write_text(spec.read_text().replace("{name: synthetic, id: b, options: {seed: 1}}", "").replace(", ]", "]"))
+    storage = tmp_path / "store"
+    save_inputs(parse_storage(str(storage)), "sim", make_plan(load_spec(spec), spec, None), None,
+                f"sqlite:///{storage / 'mlflow.db'}")
+    result = launch("--storage", str(storage), "--name", "sim", "--resume")
+    assert "1/1 cells complete" in result.stdout, result.stdout[-3000:]
+    client, found = runs(storage)
+    assert sorted(r.data.tags["status"] for r in found) == ["finished", "finished"]  # each trial once, to its end
+    assert all([m.step for m in client.get_metric_history(r.info.run_id, "epoch")] == [1, 2] for r in found)
 
 
 def test_killed_worker_restarts_from_its_checkpoint(tmp_path):

@@ -76,18 +76,28 @@ def _csv(tmp_path: Path, text: str) -> list[str]:
     return [*TINY, "--set", f"datasets=[{{name: csv, root: {root}}}]"]
 
 
-def _started_sweep(tmp_path: Path, *args: str) -> list[str]:
-    """A sweep 'quickstart' started from the default spec (its saved inputs), resumed with `args`."""
+def _started_sweep(tmp_path: Path, *args: str, spec: Path = DEFAULT_SPEC, overrides: tuple[str, ...] = ()) -> list[str]:
+    """A sweep 'quickstart' started from `spec` with `--set overrides` (its saved inputs), resumed with `args`
+    (EDITED in them: the default spec with 8 epochs instead of 6, in a file of its own)."""
     folder = tmp_path / "store" / "quickstart"
     folder.mkdir(parents=True)
     from sweep.plan.spec import load_spec
 
     (folder / "medpeft-sweep.json").write_text(json.dumps({
-        "spec": load_spec(DEFAULT_SPEC).model_dump(mode="json"), "spec_path": str(DEFAULT_SPEC), "data_root": None,
-        "mlflow_uri": f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"}))
+        "spec": load_spec(spec, list(overrides)).model_dump(mode="json"), "spec_path": str(spec),
+        "overrides": list(overrides), "data_root": None, "mlflow_uri": f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"}))
     edited = tmp_path / "edited.yaml"
     edited.write_text(DEFAULT_SPEC.read_text().replace("epochs: 6", "epochs: 8"))
     return ["--resume", *(a.replace("EDITED", str(edited)) for a in args)]
+
+
+def _edited_since_started(tmp_path: Path) -> list[str]:
+    """A sweep started from a spec file that was edited afterwards, resumed naming that same file."""
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(DEFAULT_SPEC.read_text())
+    args = _started_sweep(tmp_path, "--config", str(mine), spec=mine)
+    mine.write_text(mine.read_text().replace("epochs: 6", "epochs: 8"))
+    return args
 
 
 BAD: dict[str, Bad] = {
@@ -174,6 +184,13 @@ BAD: dict[str, Bad] = {
     "--resume with another --config": Bad(lambda t: _started_sweep(t, "--config", "EDITED"),
                                           ("cannot change a sweep on --resume", "was started with",
                                            "Leave --config out")),
+    "--resume to a tracking database that does not answer": Bad(
+        lambda t: _started_sweep(t, "--mlflow-uri", f"postgresql+psycopg2://sweeper@127.0.0.1:{CLOSED}/mlflow"),
+        (f"no database answers at 127.0.0.1:{CLOSED}", "fix the host and port")),
+    "--resume with its spec file edited since": Bad(_edited_since_started,
+                                                    ("mine.yaml cannot change a sweep on --resume",
+                                                     "as it was then (the file has changed since)",
+                                                     "Leave --config out")),
 }
 
 
@@ -186,10 +203,18 @@ def test_bad_input_is_refused_before_anything_is_created(case: Bad, capsys, tmp_
         assert text not in err
 
 
-def test_resume_with_the_spec_it_was_started_with_is_not_refused_for_it(capsys, tmp_path):
-    """Naming the same spec again is no change (the check above refuses only another one)."""
-    args = _started_sweep(tmp_path, "--config", str(DEFAULT_SPEC), "--dry-run")
+@pytest.mark.parametrize("started", ["the same file", "an identical copy", "the same file with --set"])
+def test_resume_with_the_spec_it_was_started_with_is_not_refused_for_it(started, capsys, tmp_path):
+    """Naming the spec it was started with again is no change (the checks above refuse only another spec, or the
+    same file edited since): as the same file, as a copy of it elsewhere, or the file a --set was applied to."""
+    copy = tmp_path / "copy.yaml"
+    copy.write_text(DEFAULT_SPEC.read_text())
+    given = copy if started == "an identical copy" else DEFAULT_SPEC
+    overrides = ("train.epochs=8",) if started.endswith("--set") else ()
+    args = _started_sweep(tmp_path, "--config", str(given), "--dry-run", overrides=overrides)
     assert main(["--storage", str(tmp_path / "store"), *args]) == 0, capsys.readouterr().err
+    expected_epochs = 8 if overrides else 6  # the sweep as it was started: 8 cells x 3 trials x its epochs
+    assert f"at most {24 * expected_epochs} trial-epochs" in capsys.readouterr().out
 
 
 def test_existing_sweep_name_without_resume_is_refused(capsys, tmp_path):

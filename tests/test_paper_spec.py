@@ -69,8 +69,11 @@ def test_paper_dry_run_prints_every_arm_its_cost_and_what_is_missing(tmp_path, c
 def test_a_dataset_that_is_present_is_not_listed_missing(tmp_path, capsys):
     layouts.ham10000(tmp_path / "data" / "HAM10000", per_class=3)
     assert main(["--config", PAPER, "--dry-run", "--arm", "cnn", "--data-root", str(tmp_path / "data")]) == 0
-    missing = capsys.readouterr().out.split("Missing")[1]
+    out = capsys.readouterr().out
+    missing = out.split("Missing")[1]
     assert "'ham10000'" not in missing and "'breastus'" in missing
+    # Its seven classes, read from the files that are here, size the linear probe's head: 2,048 x 7 + 7.
+    assert dry_run_counts(out, "cls/ham10000/resnet50.tv_in1k/linear/frac=1/seed=0")[0] == RESNET50_FEATURES * 7 + 7
 
 
 # ResNet-50 as defined (He et al. 2016; torchvision's resnet50, which timm's resnet50.tv_in1k is): 2,048 features

@@ -24,10 +24,12 @@ class StorageLost(RuntimeError):
     """The sweep's storage stopped answering mid-sweep."""
 
 
-def save_inputs(storage: Storage, name: str, plan: Plan, data_root: str | None, mlflow_uri: str) -> None:
+def save_inputs(storage: Storage, name: str, plan: Plan, data_root: str | None, mlflow_uri: str,
+                overrides: list[str] | tuple[str, ...] = ()) -> None:
     inputs = {
         "spec": plan.spec.model_dump(mode="json"),
         "spec_path": str(plan.spec_path),
+        "overrides": list(overrides),  # the --set it was started with: --resume --config compares with them
         "data_root": data_root,
         "mlflow_uri": mlflow_uri,
     }
@@ -67,6 +69,11 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
         slots = plan.spec.resources.max_concurrent_trials or concurrent_trials(plan)
         if pausing:
             os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(slots)
+        if resume and not tune.Tuner.can_restore(experiment_dir):
+            # Stopped before Tune saved its state (tuner.pkl, written before any trial starts): Ctrl-C while Ray was
+            # starting. Nothing ran, so it starts now, from the inputs it was started with.
+            print(f"Sweep {name!r} had not started training when it was stopped: starting it now", flush=True)
+            resume = False
         if resume:
             tuner = tune.Tuner.restore(experiment_dir, trainable, resume_errored=True)
         else:
