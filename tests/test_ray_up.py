@@ -17,7 +17,10 @@ Outside the default suite (5 to 10 minutes on 2 loaded cores; needs root, sshd, 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import getpass
+import hashlib
 import json
 import os
 import pwd
@@ -44,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 NODE_IP = "127.0.0.26"
 NODE_PYTHON = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
 BUCKET = "medpeft-loopback-bucket"
+CLUSTER_NAME = f"medpeft-loopback-{os.getpid()}"
 
 pytestmark = [
     pytest.mark.slow,
@@ -82,7 +86,7 @@ def loopback_variant(user: str, key: Path, home: Path) -> dict:
     # `ray start`, which is what the committed command's --num-cpus=0 is for.
     variant.pop("available_node_types")
     variant.pop("head_node_type")
-    variant["cluster_name"] = f"medpeft-loopback-{os.getpid()}"
+    variant["cluster_name"] = CLUSTER_NAME
     variant["provider"] = {"type": "local", "head_ip": NODE_IP, "worker_ips": []}
     variant["auth"] = {"ssh_user": user, "ssh_private_key": str(key)}
     variant["head_setup_commands"] = []
@@ -181,6 +185,12 @@ class LoopbackNode:
         wait_until(lambda: not self.user_processes(), 30, every=0.5)
         subprocess.run(["userdel", self.user], capture_output=True)
         shutil.rmtree(self.base, ignore_errors=True)
+        # The SSH connection sockets' folder Ray's launcher made for this cluster (command_runner.SSHCommandRunner).
+        sha = lambda text: hashlib.sha256(text.encode()).hexdigest()[:10]  # noqa: E731
+        controls = Path(f"/tmp/ray_ssh_{sha(getpass.getuser())}")
+        shutil.rmtree(controls / sha(CLUSTER_NAME), ignore_errors=True)
+        with contextlib.suppress(OSError):
+            controls.rmdir()  # when no other cluster's are there
 
 
 @pytest.fixture(scope="module")
