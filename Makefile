@@ -27,10 +27,11 @@ test: $(STAMP) browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q $(ARGS)
 
-# The suite plus the long end-to-end runs (tests marked `long`) and the autoscaler on a fake cluster.
+# The suite plus the long end-to-end runs (tests marked `long`), the autoscaler on a fake cluster and ray up over
+# SSH on loopback (it skips itself without root, sshd, rsync or tmux).
 test-all: $(STAMP) browser
 	$(VENV)/bin/ruff check .
-	MEDPEFT_LONG_TESTS=1 MEDPEFT_AUTOSCALER_TEST=1 $(PY) -m pytest -q $(ARGS)
+	MEDPEFT_LONG_TESTS=1 MEDPEFT_AUTOSCALER_TEST=1 MEDPEFT_RAY_UP_TEST=1 $(PY) -m pytest -q $(ARGS)
 
 # The HTML report is checked in headless Chromium (Debian's package). Installed when missing and we may (root
 # with apt); otherwise that one test skips itself.

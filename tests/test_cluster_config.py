@@ -5,6 +5,7 @@ says about the cluster is checked against the file."""
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 import re
 import shlex
@@ -91,6 +92,38 @@ def test_the_settings_reach_the_nodes_explicitly():
     for command in commands + readme_commands_run_on_the_head():
         if "$MEDPEFT_BUCKET" in command:
             assert f". {env_file}" in command, command
+
+
+def rsync_excludes(path: str, pattern: str) -> bool:
+    """Whether rsync's `--exclude PATTERN` keeps `path` (relative to the transfer's root) out, by rsync's rules for
+    these patterns: one with a leading "/" matches from the root, one without a "/" matches any single part of the
+    path (an excluded folder takes everything under it), "**/" matches any depth."""
+    parts = path.split("/")
+    if pattern.startswith("/"):
+        return any(fnmatch.fnmatch("/".join(parts[:i]), pattern[1:]) for i in range(1, len(parts) + 1))
+    pattern = pattern.removeprefix("**/")
+    assert "/" not in pattern, f"no rule here for rsync pattern {pattern!r}"
+    return any(fnmatch.fnmatch(part, pattern) for part in parts)
+
+
+def test_every_file_mount_reaches_the_nodes_whole():
+    """Ray hands `rsync_exclude` to the rsync of every file mount (command_runner._create_rsync_filter_args): the
+    project's folder and the single env file alike. A pattern meant for the checkout's own results/ that also
+    matched sweep/results/ left a package out of what `pip install .` builds on the nodes, and one naming
+    cluster.env kept the bucket off them (tests/test_ray_up.py found both)."""
+    config = cluster_yaml()
+    shipped = ["pyproject.toml", "README.md"] + [
+        p.relative_to(REPO).as_posix() for package in ("sweep", "trainables", "search_spaces")
+        for p in (REPO / package).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    for remote, local in config["file_mounts"].items():
+        # A folder's content is synced into the remote folder (its own root); a file is its own root.
+        paths = shipped if (REPO / local).is_dir() else [Path(local).name]
+        for pattern in config["rsync_exclude"]:
+            kept_out = [p for p in paths if rsync_excludes(p, pattern)]
+            assert not kept_out, f"rsync_exclude {pattern!r} keeps {kept_out[:5]} off the nodes ({remote})"
+    # What the patterns are there for still stays behind.
+    for left in (".venv/bin/python", "results/quickstart/mlflow.db", ".git/HEAD", "sweep/__pycache__/x.pyc"):
+        assert any(rsync_excludes(left, p) for p in config["rsync_exclude"]), left
 
 
 def test_images_are_pinned_to_the_tested_ray():

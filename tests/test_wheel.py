@@ -121,5 +121,13 @@ def test_the_installed_tool_runs_from_outside_the_checkout(installed):
     methods = run("medpeft-sweep", "inspect", "methods").stdout
     assert re.search(r"^lora\s", methods, re.M) and re.search(r"^tsa\s", methods, re.M)
 
+    # The other two commands load their whole module tree from the wheel and answer bad input as the launcher
+    # does (exit 2, the problem named), before any work: nothing to report on, nothing to calibrate.
+    assert "give --name NAME" in run("medpeft-sweep", "report", check=2).stderr
+    calibrate = run("medpeft-sweep", "calibrate", "--config", "quickstart.yaml", "--set", "train.epochs=0",
+                    check=2).stderr
+    assert "epochs" in calibrate and "Traceback" not in calibrate
+    assert not list(installed["outside"].iterdir()), "a refused command wrote into the current folder"
+
     # The module forms keep working from the installed package.
     assert "--dry-run" in run(installed["python"], "-m", "sweep.launch", "--help").stdout
