@@ -149,6 +149,7 @@ def test_interrupted_halving_sweep_makes_the_choices_of_an_uninterrupted_one(tmp
             assert now[key] == before, f"{key} ran again after a resume"
 
 
+@pytest.mark.long
 def test_resume_of_a_sweep_stopped_before_tune_saved_anything_starts_it(tmp_path):
     """Ctrl-C while the launcher starts Ray leaves the sweep's folder holding its inputs (medpeft-sweep.json) and no
     Tune state yet (tuner.pkl): its name is taken, so --resume must start it from those inputs, not fail on the

@@ -33,7 +33,7 @@ def _count(text: str) -> int:
 
 def _row(line: str, columns: list[tuple[int, int]]) -> dict:
     """A row of the table, read back into the fields the launcher's table is printed from."""
-    cell, chosen, val, test, trivial, learned, params, epochs, stopped = (line[a:b].strip() for a, b in columns)
+    cell, chosen, val, test, trivial, learned, params, epochs, stopped, *search = (line[a:b].strip() for a, b in columns)
     trainable, total = re.fullmatch(r"(\S+) / (\S+) \([\d.]+%\)", params).groups()
     trivial_val, trivial_test = trivial.split("/")
     (run, most), (early, trials) = epochs.split("/"), stopped.split("/")
@@ -41,7 +41,8 @@ def _row(line: str, columns: list[tuple[int, int]]) -> dict:
             "test": float(test), "trivial_val": float(trivial_val), "trivial_test": float(trivial_test),
             "learned": {"yes": True, "did not learn": False, "n/a": None}[learned], "trainable_params": _count(trainable),
             "total_params": _count(total), "epochs_run": int(run), "epochs_max": int(most),
-            "stopped_early": int(early), "trials": int(trials), "failed": 0, "complete": True, "has_result": True}
+            "stopped_early": int(early), "trials": int(trials), "failed": 0, "complete": True, "has_result": True,
+            **({"search": search[0]} if search else {})}
 
 
 def _without_shares(text: str) -> str:

@@ -70,6 +70,7 @@ def test_quickstart_table_and_mlflow_runs(quickstart):
     assert all(c.data.metrics["val"] > c.data.metrics["trivial_val"] == 0.5 for c in cells)
 
 
+@pytest.mark.long
 def test_kill_and_resume(tmp_path):
     """SIGKILL the driver once a trial has finished and others run; --resume finishes every cell, reruns no
     finished trial, and MLflow ends with exactly one run per trial."""
