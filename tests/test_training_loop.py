@@ -204,3 +204,36 @@ def test_a_checkpoint_stands_when_storage_fails_while_older_ones_are_removed(tmp
     assert store.latest_epoch() == 2
     with store.latest() as checkpoint:
         assert (checkpoint / "weights").read_text() == "2"
+
+
+def test_start_says_whether_the_attempt_trains_and_why_not(tmp_path):
+    """Trial.start's answer, on a trial of two epochs driven by hand (no data, no model, tracking off): a fresh
+    trial trains; the same trial again, its end recorded nowhere but in its last checkpoint, does not: the final
+    report is given back from the checkpoint. (An ended MLflow run is replayed instead, Start.REPLAYED: see
+    test_resume_from_a_mid_training_checkpoint_gives_the_uninterrupted_result.) A truth test of the answer is
+    refused (a bool once meant the opposite)."""
+    from trainables.config import TrialConfig
+    from trainables.trial import Start, Trial
+
+    config = trial_config(storage=tmp_path)
+    cfg = TrialConfig.model_validate(config)
+
+    def attempt() -> tuple[Start, LocalSession]:
+        session = LocalSession()
+        trial = Trial(config, cfg, session)
+        with trial.latest_checkpoint():
+            pass
+        started = trial.start({}, {}, trial.store.latest_epoch())
+        if started.trains:
+            for epoch in (1, 2):
+                trial.end_epoch(epoch, {"epoch": epoch, "score": epoch / 10}, last=epoch == 2,
+                                save=lambda directory: (directory / "state").write_text("s"))
+        return started, session
+
+    first, trained = attempt()
+    assert first is Start.TRAIN and [r["epoch"] for r in trained.reports] == [1, 2]
+    again, final = attempt()
+    assert again is Start.FINAL_FROM_CHECKPOINT
+    assert [(r["epoch"], r["score"], r["replayed"]) for r in final.reports] == [(2, 0.2, 1)]
+    with pytest.raises(TypeError, match=r"test its \.trains"):
+        bool(again)

@@ -167,7 +167,7 @@ def _measure(task: str, backbone: str, weights: str, kwargs: dict[str, Any], met
 
 
 def _checkpoint_timing(model, bn_mode: str | None, optimizer) -> tuple[int, float, float]:
-    """(bytes, seconds to write, seconds to read back) of a checkpoint as a trial writes one (trainables.trial:
+    """(bytes, seconds to write, seconds to read back) of a checkpoint as a trial writes one (trainables.checkpoints:
     the trained weights twice, the current and the best-validation copy, and the optimizer state)."""
     from safetensors.torch import load_file, save_file
 
