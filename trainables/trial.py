@@ -26,9 +26,11 @@ from trainables.contract import (
     FAILURE_REASON,
     GPUS_PARAM,
     METHOD_PREFIX,
+    NODE_TAG,
     PREDICTIONS_ARTIFACT,
     REPLAYED,
     REPLAYED_STOPPED_EARLY,
+    RESUMED_FROM_TAG,
     RUN_ID,
     SCORE,
     SEARCHED_PREFIX,
@@ -39,6 +41,7 @@ from trainables.contract import (
     TRAIN_PREFIX,
     TRAINABLE_PARAMS_PARAM,
     TRAINABLE_SHARE_PARAM,
+    WEIGHTS_PARAM,
     WORKERS_PARAM,
     NodeDraining,
     Selection,
@@ -80,7 +83,7 @@ def run_params(cfg: TrialConfig, train, prepared, data_params: dict[str, str], w
         "data.fallback_from": cfg.data.fallback_from or "",
         **data_params,
         "backbone": cfg.backbone.name,
-        "backbone.weights": weight_source,
+        WEIGHTS_PARAM: weight_source,
         "method": cfg.method.name,
         **{METHOD_PREFIX + k: v for k, v in prepared.knobs.items()},
         BN_MODE_PARAM: prepared.bn_mode,
@@ -197,7 +200,7 @@ class Trial:
             self._report({**self.final_report, REPLAYED: 1})
             return Start.FINAL_FROM_CHECKPOINT
         # Where this attempt runs (the last attempt's node, when a trial was moved after losing its node).
-        self.run.set_tags({"node": node_id(), **({"resumed_from_epoch": str(resumed_epoch)} if resumed_epoch else {})})
+        self.run.set_tags({NODE_TAG: node_id(), **({RESUMED_FROM_TAG: str(resumed_epoch)} if resumed_epoch else {})})
         if resumed_epoch and self.resumed_report is not None:
             # The epoch this attempt resumes from was checkpointed before it was reported, and the driver may never
             # have heard that report (it was stopped in between: Ctrl-C, a kill, a lost node). Unheard, a rung at

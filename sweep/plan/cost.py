@@ -451,7 +451,16 @@ def actual_cost(uri: str, sweep: str) -> dict:
     its rounds (each cell's round 0 and the search rounds it added), and the cells added with seeds."""
     from sweep.errors import StorageError
     from sweep.store import mlflow_experiment
-    from trainables.contract import CELL_KEY_TAG, EPOCH, EPOCHS_PARAM, ROLE_TAG, ROUND_KIND_TAG, ROUND_TAG
+    from trainables.contract import (
+        CELL_KEY_TAG,
+        EPOCH,
+        EPOCHS_PARAM,
+        ROLE_TAG,
+        ROUND_KIND_TAG,
+        ROUND_TAG,
+        SEED_TAG,
+        SWEEP_CELLS_PARAM,
+    )
 
     mlflow = mlflow_experiment.client(uri)
     experiment = mlflow.get_experiment_by_name(sweep)
@@ -484,11 +493,11 @@ def actual_cost(uri: str, sweep: str) -> dict:
         entry["trial_epochs"] += trained
     added_rounds = [r for r in rounds.values() if r["round"] > 0]
     kinds = sorted({r["kind"] for r in added_rounds})
-    planned_cells = int(parent.data.params.get("cells", len(cells)))
+    planned_cells = int(parent.data.params.get(SWEEP_CELLS_PARAM, len(cells)))
     lines: dict[str, set] = {}
     for run in cells:
         lines.setdefault(run.data.tags.get(CELL_KEY_TAG, "").rsplit("/seed=", 1)[0], set()).add(
-            run.data.tags.get("seed", ""))
+            run.data.tags.get(SEED_TAG, ""))
     return {"wall_s": (end - parent.info.start_time) / 1000, "complete": complete,
             "started": _iso(parent.info.start_time), "ended": _iso(end),
             "trials": len(trials), "trial_epochs": epochs,

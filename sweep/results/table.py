@@ -29,6 +29,10 @@ from trainables.contract import (
     ROLE_TAG,
     SCORE,
     SCORE_TOLERANCE,
+    SEARCH_EDGE_TAG,
+    SEARCH_KNOB_EDGES_TAG,
+    SEARCH_NOTE_TAG,
+    SEARCH_TAG,
     SEARCHED_PREFIX,
     SELECTION_TEST_HIGHER_PARAM,
     SELECTION_TEST_PARAM,
@@ -68,10 +72,9 @@ def trials_table(uri: str, sweep: str, tolerance: float = SCORE_TOLERANCE) -> tu
         "cell_key": run.data.tags[CELL_KEY_TAG],
         "cell_run_id": run.info.run_id,
         "budget": int(run.data.params.get(BUDGET_PARAM, 0)),
-        "search": run.data.tags.get("search", ""),  # the cell's search rounds (sweep/tune/rounds.py describe)
-        "search_edge": run.data.tags.get("search_edge", ""),
-        "search_note": run.data.tags.get("search_note", ""),
-        "search_knob_edges": run.data.tags.get("search_knob_edges", ""),
+        # The cell's search rounds (sweep/tune/rounds.py describe), under the names of their tags.
+        **{tag: run.data.tags.get(tag, "") for tag in (SEARCH_TAG, SEARCH_EDGE_TAG, SEARCH_NOTE_TAG,
+                                                       SEARCH_KNOB_EDGES_TAG)},
         **{f: run.data.tags.get(f, "") for f in CELL_FIELDS},
     } for run in cell_runs])
     if not cells.empty:
