@@ -198,15 +198,18 @@ def chosen_trials(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def mark_best_in_cell(trials: pd.DataFrame) -> pd.DataFrame:
+    """`trials` with `is_best_in_cell`: each cell's chosen trial, ranked once here (trials_table marks what it
+    reads; what changes a trial's status after that marks again). Everything downstream reads the mark."""
     trials = trials.copy()
     trials["is_best_in_cell"] = trials["run_id"].isin(chosen_trials(trials)["run_id"]) if len(trials) else []
     return trials
 
 
 def cell_status(trials: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
-    """Per planned cell: trials ended vs budget, and whether it has a chosen trial."""
+    """Per planned cell: trials ended vs budget, and whether it has a chosen trial (`trials` marked by
+    mark_best_in_cell)."""
     ended = trials[trials["status"].isin(ENDED)].groupby("cell_key").size()
-    chosen = set(chosen_trials(trials)["cell_key"])
+    chosen = set(trials.loc[trials["is_best_in_cell"].astype(bool), "cell_key"]) if len(trials) else set()
     status = cells.copy()
     status["ended"] = status["cell_key"].map(ended).fillna(0).astype(int)
     status["complete"] = status["ended"] >= status["budget"]
