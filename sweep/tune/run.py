@@ -113,7 +113,7 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
             tuner.fit()
     except (KeyboardInterrupt, OSError, RuntimeError):
         # Tune's last act reads the experiment state back from the storage: gone storage surfaces here.
-        if watch.error is None and storage_reachable(storage):
+        if watch.error is None and storage.reachable():
             raise
         watch.error = watch.error or "the experiment state could not be read back"
     finally:
@@ -140,14 +140,6 @@ def adaptive_seeds(plan: Plan, name: str, mlflow_uri: str, artifacts: str, prepa
     return SeedExtender(name, mlflow_uri, artifacts, spec, list(plan.cells), prepared, experiment_dir,
                         spec.report.rope, f"{experiment_dir}/predictions-cache" if "://" not in experiment_dir
                         else str(Path.cwd() / f"{name}-predictions-cache"))
-
-
-def storage_reachable(storage: Storage) -> bool:
-    try:
-        storage.filesystem().get_file_info(storage.uri.removeprefix("s3://"))
-        return True
-    except Exception:
-        return False
 
 
 def concurrent_trials(plan: Plan) -> int:
