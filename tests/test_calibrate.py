@@ -81,7 +81,7 @@ def test_every_group_is_measured_once_and_the_estimate_is_the_sum_of_its_parts(s
     assert totals["cost_spot_exhaustive"] == pytest.approx(0.5 * totals["device_hours_exhaustive"])
 
     # A second run on the same device type reads every group from the cache: nothing is measured again.
-    monkeypatch.setattr("trainables.calibrate.measure", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr("trainables.throughput.measure", lambda *a, **k: pytest.fail("measured again"))
     assert calibrate.main(["--config", str(spec_file), "--calibration-json", str(out)]) == 0
     assert all(g["reused"] for g in json.loads(out.read_text())["calib"]["groups"].values())
 
@@ -113,7 +113,7 @@ def test_auto_gpu_shares_follow_the_measured_memory(spec_file, tmp_path):
 
 
 def test_bad_input_is_refused_before_any_measurement(spec_file, capsys, monkeypatch):
-    monkeypatch.setattr("trainables.calibrate.measure", lambda *a, **k: pytest.fail("measured despite bad input"))
+    monkeypatch.setattr("trainables.throughput.measure", lambda *a, **k: pytest.fail("measured despite bad input"))
     assert calibrate.main(["--config", str(spec_file), "--price-per-hour", "cheap"]) == 2
     assert "--price-per-hour 'cheap' is not a number" in capsys.readouterr().err
     assert calibrate.main(["--config", str(spec_file), "--images", "synth"]) == 2

@@ -2,7 +2,7 @@
 `python -m sweep.launch --dry-run --calibrate`), and what a finished one cost (`python -m sweep.calibrate --actual`).
 
 Every distinct (task, backbone, method, image size, batch size, CPUs per trial) of the spec is a group, measured
-once (trainables.calibrate: warm-up and timed training steps and one evaluation pass on synthetic inputs, the
+once (trainables.throughput: warm-up and timed training steps and one evaluation pass on synthetic inputs, the
 backbone built from its config, on the CPU with the trial's own threads): images/s, peak device memory,
 checkpoint size, and the seconds to build the model (`build`) and to write and read its checkpoint (`save`,
 `load`). The machine's overheads are measured once too (sweep/plan/overheads.py: a tiny simulated sweep through
@@ -124,7 +124,7 @@ def measure_groups(groups: list[Group], device: str | None = None, steps: int = 
     """Every group's measurement on this device: from the cache, or measured now (and cached)."""
     import torch
 
-    from trainables.calibrate import device_name, measure
+    from trainables.throughput import device_name, measure
 
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     name = device_name(target)
