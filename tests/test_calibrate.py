@@ -12,6 +12,7 @@ import math
 import pytest
 
 from sweep import calibrate
+from sweep.errors import CalibrationError
 from sweep.launch import main as launch_main
 from sweep.plan import cost, overheads
 from sweep.plan.spec import SpecError, load_spec
@@ -237,13 +238,13 @@ def test_bad_cost_input_is_explained(tmp_path, capsys):
     assert "--actual needs --name" in capsys.readouterr().err
     assert calibrate.main(["--actual", "--storage", str(storage), "--name", "nothing"]) == 2
     assert "holds no medpeft-sweep.json" in capsys.readouterr().err
-    with pytest.raises(SpecError, match="has no sweep 'other'"):
+    with pytest.raises(CalibrationError, match="has no sweep 'other'"):
         cost.estimate_entry({"a": {}, "b": {}}, "other")
-    with pytest.raises(SpecError, match="written before wall-time estimates"):
+    with pytest.raises(CalibrationError, match="written before wall-time estimates"):
         cost.estimate_entry({"a": {"totals": {"trial_epochs_halving": 3}}}, "a")
-    with pytest.raises(SpecError, match="not a cost record"):
+    with pytest.raises(CalibrationError, match="not a cost record"):
         cost.check_record({"sweep": "x"}, "cost.json")
-    with pytest.raises(SpecError, match=r"actual\.wall_s is missing or not a number"):
+    with pytest.raises(CalibrationError, match=r"actual\.wall_s is missing or not a number"):
         cost.check_record({"schema": cost.COST_RECORD_SCHEMA, "estimate": {"planned": {"wall_s": 1, "trial_epochs": 1}},
                            "estimate_for_what_ran": {"wall_s": 1, "trial_epochs": 1},
                            "actual": {"trial_epochs": 1}}, "cost.json")
