@@ -15,8 +15,9 @@ from sweep import calibrate
 from sweep.errors import CalibrationError
 from sweep.launch import main as launch_main
 from sweep.plan import cost, overheads
-from sweep.plan.spec import SpecError, load_spec
+from sweep.plan.spec import SpecError
 from sweep.plan.validate import make_plan
+from tests.conftest import load_spec
 
 SPEC = """
 name: calib

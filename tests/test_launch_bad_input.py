@@ -80,7 +80,7 @@ def _started_sweep(tmp_path: Path, *args: str) -> list[str]:
     """A sweep 'quickstart' started from the default spec (its saved inputs), resumed with `args`."""
     folder = tmp_path / "store" / "quickstart"
     folder.mkdir(parents=True)
-    from sweep.plan.spec import load_spec
+    from tests.conftest import load_spec
 
     (folder / "medpeft-sweep.json").write_text(json.dumps({
         "spec": load_spec(DEFAULT_SPEC).model_dump(mode="json"), "spec_path": str(DEFAULT_SPEC), "data_root": None,

@@ -502,9 +502,9 @@ def test_a_rung_report_the_driver_never_heard_is_made_again_on_resume(tmp_path):
     the rung, and the rung is decided with it counted as promoted (the worst learning rate went on). Real simulated
     trials (no Ray), their reports handed to the scheduler as Tune would; the expected survivor computed from the
     simulated task's learning curve."""
-    from tests.conftest import mlflow_experiment, run_worker
+    from tests.conftest import StopTraining, mlflow_experiment, run_worker
     from trainables.contract import EPOCH, SCORE
-    from trainables.session import LocalSession, StopTraining
+    from trainables.session import LocalSession
     from trainables.simulated import curve, train_loop_per_worker
 
     cell = "sim/a/test_resnet/linear/frac=1/seed=0"

@@ -59,10 +59,6 @@ class CheckpointStore:
                 if info.type == pafs.FileType.Directory and info.base_name != name:
                     self.fs.delete_dir(info.path)
 
-    def latest_epoch(self) -> int:
-        pointer = self._pointer()
-        return int(pointer["epoch"]) if pointer else 0
-
     @contextlib.contextmanager
     def latest(self) -> Iterator[Path | None]:
         """A local copy of the newest complete checkpoint of this config, or None."""
