@@ -83,7 +83,7 @@ def committed(root: Path = REPO / "docs" / "results") -> list[Result]:
     for path in sorted(root.glob("*/cost.json")):
         try:
             record = cost.check_record(json.loads(path.read_text()), str(path.relative_to(REPO)))
-        except ValueError as e:  # SpecError is one; so is JSON that does not parse
+        except ValueError as e:  # CalibrationError is one; so is JSON that does not parse
             raise SystemExit(f"bench estimate: {e}") from None
         out += ratios(path.parent.name.replace("-", "_"), path.parent.name, record)
     return out

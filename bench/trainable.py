@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import Result, data_args, launch, tune_results
+from trainables.contract import split_size_param
 
 
 def minimal_loop(method: str, epochs: int, image_size: int, seconds: list[float]) -> int:
@@ -69,7 +70,7 @@ def sweep_epoch_seconds(storage: Path, name: str) -> tuple[list[float], int]:
     experiment = client.get_experiment_by_name(name)
     (run,) = client.search_runs([experiment.experiment_id], "tags.role = 'trial'")
     stamps = sorted(m.timestamp for m in client.get_metric_history(run.info.run_id, "epoch"))
-    return list(np.diff(stamps) / 1000), int(run.data.params["data.n_train"])
+    return list(np.diff(stamps) / 1000), int(run.data.params[split_size_param("train")])
 
 
 def run(quick: bool = False) -> list[Result]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench.ray_processes import kill_new_ray_processes, ray_processes
+from trainables.session import LocalSession
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -105,9 +106,36 @@ class LaunchedSweep:
         kill_new_ray_processes(self.rays_before)
 
 
+class StopTraining(SystemExit):
+    """Raised by StoppingSession.report to imitate Tune stopping a trial (Tune raises SystemExit there)."""
+
+
+class StoppingSession(LocalSession):
+    """A LocalSession that ends the loop after its `stop_after_reports`-th report, the way Tune stops a trial."""
+
+    def __init__(self, stop_after_reports: int) -> None:
+        super().__init__()
+        self.stop_after = stop_after_reports
+
+    def report(self, metrics: dict) -> None:
+        super().report(metrics)
+        if len(self.reports) >= self.stop_after:
+            raise StopTraining(f"stopped after {len(self.reports)} reports")
+
+
+def load_spec(path: str | Path | None = None, overrides: list[str] | None = None):
+    """A spec without arms, as the launcher loads it (sweep.plan.spec.load_specs)."""
+    from sweep.plan.spec import load_specs
+
+    specs = load_specs(path, overrides)
+    assert len(specs) == 1, f"{path} has {len(specs)} arms: load it with load_specs"
+    return specs[0]
+
+
 def run_worker(worker, config: dict, session=None):
-    """A task's worker function run without Ray, reporting to a LocalSession (stopped like Tune stops a trial)."""
-    from trainables.session import LocalSession, StopTraining, use_session
+    """A task's worker function run without Ray, reporting to a LocalSession (a StoppingSession is stopped like Tune
+    stops a trial)."""
+    from trainables.session import use_session
 
     session = session or LocalSession()
     with use_session(session), contextlib.suppress(StopTraining):

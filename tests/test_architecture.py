@@ -1,6 +1,7 @@
 """The shape the README promises, checked: no import cycle anywhere in the project (imports inside functions
 count: a cycle hidden in a function is still one), `trainables/` never imports `sweep/`, the trial/driver
-contract imports nothing of ours, `tune/` never imports `report/`, and the README's map names every module there is."""
+contract imports nothing of ours, `tune/` never imports `report/`, every key of an MLflow run's record is the
+contract's name, and the README's map names every module there is."""
 
 from __future__ import annotations
 
@@ -137,6 +138,54 @@ def test_no_run_record_key_is_written_as_a_string_outside_the_contract():
         found += [f"{name}:{node.lineno} {node.value!r}" for node in ast.walk(tree)
                   if isinstance(node, ast.Constant) and node.value in keys and id(node) not in docstrings]
     assert not found, f"run-record keys written as literals (use trainables.contract's names): {found}"
+
+
+RUN_DATA = {"tags", "params", "metrics"}  # an MLflow run's run.data.<these>
+
+
+def mlflow_keys(tree: ast.AST) -> list[ast.expr]:
+    """The expressions naming a key where a run's record is read (run.data.tags[KEY], run.data.params.get(KEY))
+    or written (RunTag(KEY, ...), Metric(KEY, ...), Param(KEY, ...), client.set_tag(run_id, KEY, ...),
+    client.log_param / log_metric alike)."""
+    def run_data(node: ast.expr) -> bool:
+        return (isinstance(node, ast.Attribute) and node.attr in RUN_DATA and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "data")
+
+    keys = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and run_data(node.value):
+            keys.append(node.slice)
+        elif isinstance(node, ast.Call) and node.args:
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if (name == "get" and isinstance(func, ast.Attribute) and run_data(func.value)) or name in (
+                    "RunTag", "Metric", "Param"):
+                keys.append(node.args[0])
+            elif name in ("set_tag", "log_param", "log_metric") and isinstance(func, ast.Attribute):
+                keys.append(node.args[1] if len(node.args) >= 3 else node.args[0])  # client's (run_id, key, value)
+    return keys
+
+
+def test_mlflow_keys_are_read_and_written_by_the_contracts_names():
+    """Where sweep/ or trainables/ read a key of a run's record or write one, the key is a name (the contract's),
+    never a literal: the cell runs' plain tags (`learned`, `search`, ...) are covered as the dotted keys are."""
+    found = []
+    for name, path in modules().items():
+        if not name.startswith(("sweep", "trainables")):
+            continue
+        found += [f"{name}:{key.lineno} {key.value!r}" for key in mlflow_keys(ast.parse(path.read_text()))
+                  if isinstance(key, ast.Constant) and isinstance(key.value, str)]
+    assert not found, f"MLflow keys written as literals (name them in trainables/contract.py): {found}"
+
+
+def test_the_mlflow_key_finder_finds_reads_and_writes():
+    code = """
+run.data.tags["a"]; run.data.params.get("b", ""); client.set_tag(run_id, "c", "v"); RunTag("d", "v")
+cell.tags.get("not a run's"); frame["learned"]; client.set_tag(run_id, NAMED, "v")
+"""
+    keys = mlflow_keys(ast.parse(code))
+    assert sorted(k.value for k in keys if isinstance(k, ast.Constant)) == ["a", "b", "c", "d"]
+    assert [k.id for k in keys if isinstance(k, ast.Name)] == ["NAMED"]
 
 
 def readme_map() -> str:

@@ -12,10 +12,12 @@ import math
 import pytest
 
 from sweep import calibrate
+from sweep.errors import CalibrationError
 from sweep.launch import main as launch_main
 from sweep.plan import cost, overheads
-from sweep.plan.spec import SpecError, load_spec
+from sweep.plan.spec import SpecError
 from sweep.plan.validate import make_plan
+from tests.conftest import load_spec
 
 SPEC = """
 name: calib
@@ -81,7 +83,7 @@ def test_every_group_is_measured_once_and_the_estimate_is_the_sum_of_its_parts(s
     assert totals["cost_spot_exhaustive"] == pytest.approx(0.5 * totals["device_hours_exhaustive"])
 
     # A second run on the same device type reads every group from the cache: nothing is measured again.
-    monkeypatch.setattr("trainables.calibrate.measure", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr("trainables.throughput.measure", lambda *a, **k: pytest.fail("measured again"))
     assert calibrate.main(["--config", str(spec_file), "--calibration-json", str(out)]) == 0
     assert all(g["reused"] for g in json.loads(out.read_text())["calib"]["groups"].values())
 
@@ -113,7 +115,7 @@ def test_auto_gpu_shares_follow_the_measured_memory(spec_file, tmp_path):
 
 
 def test_bad_input_is_refused_before_any_measurement(spec_file, capsys, monkeypatch):
-    monkeypatch.setattr("trainables.calibrate.measure", lambda *a, **k: pytest.fail("measured despite bad input"))
+    monkeypatch.setattr("trainables.throughput.measure", lambda *a, **k: pytest.fail("measured despite bad input"))
     assert calibrate.main(["--config", str(spec_file), "--price-per-hour", "cheap"]) == 2
     assert "--price-per-hour 'cheap' is not a number" in capsys.readouterr().err
     assert calibrate.main(["--config", str(spec_file), "--images", "synth"]) == 2
@@ -274,13 +276,13 @@ def test_bad_cost_input_is_explained(tmp_path, capsys):
     assert "--actual needs --name" in capsys.readouterr().err
     assert calibrate.main(["--actual", "--storage", str(storage), "--name", "nothing"]) == 2
     assert "holds no medpeft-sweep.json" in capsys.readouterr().err
-    with pytest.raises(SpecError, match="has no sweep 'other'"):
+    with pytest.raises(CalibrationError, match="has no sweep 'other'"):
         cost.estimate_entry({"a": {}, "b": {}}, "other")
-    with pytest.raises(SpecError, match="written before wall-time estimates"):
+    with pytest.raises(CalibrationError, match="written before wall-time estimates"):
         cost.estimate_entry({"a": {"totals": {"trial_epochs_halving": 3}}}, "a")
-    with pytest.raises(SpecError, match="not a cost record"):
+    with pytest.raises(CalibrationError, match="not a cost record"):
         cost.check_record({"sweep": "x"}, "cost.json")
-    with pytest.raises(SpecError, match=r"actual\.wall_s is missing or not a number"):
+    with pytest.raises(CalibrationError, match=r"actual\.wall_s is missing or not a number"):
         cost.check_record({"schema": cost.COST_RECORD_SCHEMA, "estimate": {"planned": {"wall_s": 1, "trial_epochs": 1}},
                            "estimate_for_what_ran": {"wall_s": 1, "trial_epochs": 1},
                            "actual": {"trial_epochs": 1}}, "cost.json")

@@ -81,7 +81,7 @@ def _started_sweep(tmp_path: Path, *args: str, spec: Path = DEFAULT_SPEC, overri
     (EDITED in them: the default spec with 8 epochs instead of 6, in a file of its own)."""
     folder = tmp_path / "store" / "quickstart"
     folder.mkdir(parents=True)
-    from sweep.plan.spec import load_spec
+    from tests.conftest import load_spec
 
     (folder / "medpeft-sweep.json").write_text(json.dumps({
         "spec": load_spec(spec, list(overrides)).model_dump(mode="json"), "spec_path": str(spec),

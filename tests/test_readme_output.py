@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweep.plan.spec import DEFAULT_SPEC, load_spec
+from sweep.plan.spec import DEFAULT_SPEC
 from sweep.plan.validate import make_plan
 from sweep.report.launcher_output import summary
 from sweep.report.outcome import Outcome
 from sweep.store.storage import parse_storage
+from tests.conftest import load_spec
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 STORAGE = "/home/you/medpeft-sweep/results"  # where the README's example ran

@@ -28,7 +28,7 @@ from trainables.contract import EPOCH, SCORE, VAL_BEST_LOSS, Status
 from trainables.methods.registry import PreparedModel, get_method, resolve_knobs
 from trainables.session import LocalSession
 from trainables.tasks import get_task
-from trainables.trial import Trial, run_params, run_tags
+from trainables.trial import Start, Trial, run_params, run_tags
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 COLUMNS = ["sweep", "trial_key", "cell_key", "run_id", "task", "dataset", "backbone", "method", "fraction", "seed",
@@ -95,7 +95,7 @@ def fake_trial(config: dict, t: dict, task) -> None:
                    if f"counts_{split}" in t}
     trial = Trial(config, cfg, LocalSession())
     params = run_params(cfg, train, prepared, data_params, cfg.backbone.weights, selection)
-    assert not trial.start(params, run_tags(cfg, data_params), resumed_epoch=0)
+    assert trial.start(params, run_tags(cfg, data_params), resumed_epoch=0) is Start.TRAIN
     status = t.get("status", Status.FINISHED)
     assert status in (Status.FINISHED, Status.RUNNING), status
     curve = t.get("curve", [])

@@ -14,11 +14,12 @@ import pytest
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
-from sweep.plan.spec import DEFAULT_SPEC, Dist, SpecError, load_spec
+from sweep.plan.spec import DEFAULT_SPEC, Dist, SpecError
 from sweep.tune import rounds
 from sweep.tune.scheduler import PerCellASHA, PerCellHalving
 from sweep.tune.searcher import CellPlan, CellSearcher
 from sweep.tune.state import SweepState
+from tests.conftest import load_spec
 
 CELL = "cls/d/b/m/frac=1/seed=0"
 MAX_T = 9

@@ -502,9 +502,9 @@ def test_a_rung_report_the_driver_never_heard_is_made_again_on_resume(tmp_path):
     the rung, and the rung is decided with it counted as promoted (the worst learning rate went on). Real simulated
     trials (no Ray), their reports handed to the scheduler as Tune would; the expected survivor computed from the
     simulated task's learning curve."""
-    from tests.conftest import mlflow_experiment, run_worker
+    from tests.conftest import StopTraining, mlflow_experiment, run_worker
     from trainables.contract import EPOCH, SCORE
-    from trainables.session import LocalSession, StopTraining
+    from trainables.session import LocalSession
     from trainables.simulated import curve, train_loop_per_worker
 
     cell = "sim/a/test_resnet/linear/frac=1/seed=0"
@@ -553,3 +553,15 @@ def test_a_rung_report_the_driver_never_heard_is_made_again_on_resume(tmp_path):
     best = max(range(3), key=at_rung.__getitem__)
     assert sched.state.halving[cell].promoted[2] == {f"{cell}/trial={best}"}
     assert sorted(sched.state.stopped_early) == sorted(f"{cell}/trial={i}" for i in range(3) if i != best)
+
+
+def test_every_scheduler_type_the_spec_accepts_has_its_scheduler():
+    """The spec's scheduler.type (a Literal in sweep.plan.spec.SchedulerSpec) and the table run.py builds from
+    (sweep.tune.scheduler.SCHEDULERS) name the same kinds; only synchronous halving pauses trials at a rung."""
+    import typing
+
+    from sweep.plan.spec import SchedulerSpec
+    from sweep.tune.scheduler import SCHEDULERS
+
+    assert set(SCHEDULERS) == set(typing.get_args(SchedulerSpec.model_fields["type"].annotation))
+    assert {name for name, kind in SCHEDULERS.items() if kind.synchronous} == {"halving"}

@@ -63,6 +63,23 @@ def test_preflight_names_missing_bucket_and_unreachable_endpoint(s3, tmp_path):
     assert "Contents" not in boto3.client("s3").list_objects_v2(Bucket="medpeft")  # nothing was created
 
 
+def test_the_storage_probe_says_when_s3_stops_answering(s3):
+    """Storage.probe, the one liveness check of a running sweep (the storage watch, and run_sweep after Tune
+    stopped): answered while the endpoint is up, raises (reachable: False) once it is down, and answered again."""
+    from sweep.store.storage import parse_storage
+
+    proxy, _ = s3
+    storage = parse_storage("s3://medpeft/sweeps")
+    storage.probe()
+    assert storage.reachable()
+    proxy.down()
+    with pytest.raises(OSError):
+        storage.probe()
+    assert not storage.reachable()
+    proxy.up()
+    assert storage.reachable()
+
+
 @pytest.mark.long
 def test_sweep_on_s3_survives_losing_storage_and_leaks_no_credentials(s3, tmp_path):
     proxy, env = s3

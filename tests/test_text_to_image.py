@@ -12,7 +12,7 @@ import scipy.linalg
 import torch
 
 from sweep.launch import main
-from tests.conftest import SHARED_DATA, launch, run_worker
+from tests.conftest import SHARED_DATA, StoppingSession, launch, run_worker
 from trainables.fid import FeatureExtractor, feature_extractor, fid, frechet_distance, kid
 from trainables.session import LocalSession
 from trainables.text_to_image import Precision, train_loop_per_worker
@@ -161,7 +161,7 @@ def test_precision_follows_the_setting_and_the_device(setting, device, enabled, 
 
 
 def test_resume_reloads_the_trained_weights_and_continues_the_same_curve(uninterrupted, tmp_path):
-    first = run(t2i_config(storage=tmp_path), LocalSession(stop_after_reports=1))
+    first = run(t2i_config(storage=tmp_path), StoppingSession(stop_after_reports=1))
     assert len(first.reports) == 1
     # Fixed validation timesteps and noise: a rerun reports the same loss (what lets ASHA compare trials).
     assert first.reports[0]["val/loss"] == uninterrupted.reports[0]["val/loss"]
@@ -177,7 +177,7 @@ def test_resume_reloads_the_trained_weights_and_continues_the_same_curve(uninter
 
 
 def test_gradient_checkpointing_changes_memory_not_results(uninterrupted):
-    checkpointed = run(t2i_config(gradient_checkpointing=True), LocalSession(stop_after_reports=1))
+    checkpointed = run(t2i_config(gradient_checkpointing=True), StoppingSession(stop_after_reports=1))
     for key in ("train/loss", "val/loss"):
         assert checkpointed.reports[0][key] == pytest.approx(uninterrupted.reports[0][key], rel=1e-5), key
 
@@ -185,7 +185,7 @@ def test_gradient_checkpointing_changes_memory_not_results(uninterrupted):
 def test_a_resume_without_the_trained_weights_would_be_caught(uninterrupted, tmp_path):
     """The failure diffusers' scripts had: optimizer restored, weights not. The curve then differs, which is what
     the resume test above would see."""
-    run(t2i_config(storage=tmp_path), LocalSession(stop_after_reports=1))
+    run(t2i_config(storage=tmp_path), StoppingSession(stop_after_reports=1))
     for trained in (tmp_path / "checkpoints").glob("*/epoch_000001/trained.safetensors"):
         from safetensors.torch import load_file, save_file
 

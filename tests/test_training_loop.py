@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tests.conftest import mlflow_experiment, run_worker
+from tests.conftest import StoppingSession, mlflow_experiment, run_worker
 from trainables.classification import train_loop_per_worker
 from trainables.mlflow_run import config_hash
 from trainables.session import LocalSession
@@ -56,7 +56,7 @@ def test_micro_batches_accumulate_to_the_gradients_of_the_whole_batch(uninterrup
 
 
 def test_resume_from_a_mid_training_checkpoint_gives_the_uninterrupted_result(uninterrupted, tmp_path):
-    first = run(trial_config(storage=tmp_path), LocalSession(stop_after_reports=1))
+    first = run(trial_config(storage=tmp_path), StoppingSession(stop_after_reports=1))
     assert len(first.reports) == 1
     assert list((tmp_path / "checkpoints").glob("*/epoch_000001/trained.safetensors"))
     resumed = run(trial_config(storage=tmp_path))
@@ -87,7 +87,7 @@ def test_mlflow_run_identity_append_replay_and_replace(tmp_path):
         return client.search_runs([experiment], "tags.role = 'trial'")
 
     # Interrupted after one epoch, then resumed from its checkpoint: one run, each epoch logged once.
-    run(config, LocalSession(stop_after_reports=1))
+    run(config, StoppingSession(stop_after_reports=1))
     run(config)
     (only,) = trial_runs()
     assert only.data.tags["status"] == "finished" and only.data.tags["config_hash"] == config_hash(config)
@@ -104,7 +104,7 @@ def test_mlflow_run_identity_append_replay_and_replace(tmp_path):
     # Same key, different config (a re-suggested trial of a lost timeline): the stale run is replaced.
     changed = trial_config(storage=tmp_path, lr=1e-3)
     changed["tracking"] = config["tracking"]
-    run(changed, LocalSession(stop_after_reports=1))
+    run(changed, StoppingSession(stop_after_reports=1))
     (new,) = trial_runs()
     assert new.info.run_id != only.info.run_id and math.isclose(float(new.data.params["train.lr"]), 1e-3)
 
@@ -201,6 +201,38 @@ def test_a_checkpoint_stands_when_storage_fails_while_older_ones_are_removed(tmp
     store.save(tmp_path / "src1", 1)
     store.fs = DeletesFail(store.fs)
     store.save(tmp_path / "src2", 2)
-    assert store.latest_epoch() == 2
     with store.latest() as checkpoint:
         assert (checkpoint / "weights").read_text() == "2"
+
+
+def test_start_says_whether_the_attempt_trains_and_why_not(tmp_path):
+    """Trial.start's answer, on a trial of two epochs driven by hand (no data, no model, tracking off): a fresh
+    trial trains; the same trial again, its end recorded nowhere but in its last checkpoint, does not: the final
+    report is given back from the checkpoint. (An ended MLflow run is replayed instead, Start.REPLAYED: see
+    test_resume_from_a_mid_training_checkpoint_gives_the_uninterrupted_result.) A truth test of the answer is
+    refused (a bool once meant the opposite)."""
+    from trainables.config import TrialConfig
+    from trainables.trial import Start, Trial
+
+    config = trial_config(storage=tmp_path)
+    cfg = TrialConfig.model_validate(config)
+
+    def attempt() -> tuple[Start, LocalSession]:
+        session = LocalSession()
+        trial = Trial(config, cfg, session)
+        with trial.latest_checkpoint() as checkpoint:  # the loop's own state: here, the epoch it holds
+            resumed = int((checkpoint / "epoch").read_text()) if checkpoint else 0
+        started = trial.start({}, {}, resumed)
+        if started.trains:
+            for epoch in range(resumed + 1, 3):
+                trial.end_epoch(epoch, {"epoch": epoch, "score": epoch / 10}, last=epoch == 2,
+                                save=lambda directory, epoch=epoch: (directory / "epoch").write_text(str(epoch)))
+        return started, session
+
+    first, trained = attempt()
+    assert first is Start.TRAIN and [r["epoch"] for r in trained.reports] == [1, 2]
+    again, final = attempt()
+    assert again is Start.FINAL_FROM_CHECKPOINT
+    assert [(r["epoch"], r["score"], r["replayed"]) for r in final.reports] == [(2, 0.2, 1)]
+    with pytest.raises(TypeError, match=r"test its \.trains"):
+        bool(again)

@@ -1,4 +1,6 @@
-"""Per-trial checkpoints at a place derived from the trial key, on the sweep's storage (a path or an S3 URI).
+"""Checkpoint IO, in one place: per-trial checkpoints at a place derived from the trial key, on the sweep's storage
+(a path or an S3 URI), what a checkpoint of a training loop holds (`save_training_state`, `load_training_state`)
+and the epoch's report saved beside it (`write_report`, `read_reports`).
 
 Why not Tune's checkpoints: Tune's experiment snapshot names a trial's checkpoint directory, and with a bounded
 number of kept checkpoints that directory may be gone by the time a killed driver restores the snapshot
@@ -19,11 +21,16 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pyarrow.fs as pafs
 
 LATEST = "LATEST"
+EPOCH_REPORT = "report.json"  # in every checkpoint: the report of the epoch it holds
+FINAL_REPORT = "final_report.json"  # in the last epoch's checkpoint: that epoch's report
+P = TypeVar("P")
 
 
 def safe_dirname(trial_key: str) -> str:
@@ -52,10 +59,6 @@ class CheckpointStore:
                 if info.type == pafs.FileType.Directory and info.base_name != name:
                     self.fs.delete_dir(info.path)
 
-    def latest_epoch(self) -> int:
-        pointer = self._pointer()
-        return int(pointer["epoch"]) if pointer else 0
-
     @contextlib.contextmanager
     def latest(self) -> Iterator[Path | None]:
         """A local copy of the newest complete checkpoint of this config, or None."""
@@ -81,3 +84,55 @@ class CheckpointStore:
                 return json.loads(f.read())
         except (FileNotFoundError, ValueError):
             return None
+
+
+def save_training_state(directory: Path, model, bn_mode: str | None, optimizer, schedule, progress,
+                        best_state: dict | None) -> None:
+    """A checkpoint: only what was trained (safetensors), the best-validation copy of it, the optimizer and
+    schedule state, and the loop's progress counters (a dataclass)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from trainables.methods import trainable_state_dict
+
+    save_file({k: v.contiguous() for k, v in trainable_state_dict(model, bn_mode).items()},
+              str(directory / "trained.safetensors"))
+    if best_state is not None:
+        save_file({k: v.contiguous() for k, v in best_state.items()}, str(directory / "best.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}, directory / "optimizer.pt")
+    (directory / "progress.json").write_text(json.dumps(asdict(progress)))
+
+
+def load_training_state(directory: Path, model, optimizer, schedule, progress_type: type[P]) -> tuple[P, dict | None]:
+    """The trained weights first (diffusers' training scripts long restored only the optimizer, so a resumed run
+    went on from the pretrained weights), then the optimizer, schedule, progress and best-validation copy."""
+    import torch
+    from safetensors.torch import load_file
+
+    from trainables.methods import load_trainable_state
+
+    load_trainable_state(model, load_file(str(directory / "trained.safetensors")))
+    state = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    best = directory / "best.safetensors"
+    progress = progress_type(**json.loads((directory / "progress.json").read_text()))
+    return progress, load_file(str(best)) if best.exists() else None
+
+
+def write_report(directory: Path, report: dict[str, Any], final: bool) -> None:
+    """Beside a checkpoint's state: the report of the epoch it holds, and in the last epoch's checkpoint the same
+    report as the final one (trainables.trial reads them back with `read_reports`)."""
+    text = json.dumps(report, default=float)
+    (directory / EPOCH_REPORT).write_text(text)
+    if final:
+        (directory / FINAL_REPORT).write_text(text)
+
+
+def read_reports(checkpoint: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """A checkpoint's (epoch report, final report), each None where the checkpoint has none (the final report only
+    in the last epoch's; neither in one written before reports were kept)."""
+    def read(name: str) -> dict[str, Any] | None:
+        return json.loads((checkpoint / name).read_text()) if (checkpoint / name).exists() else None
+
+    return read(EPOCH_REPORT), read(FINAL_REPORT)

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from trainables.backbones import build_backbone
+from trainables.checkpoints import load_training_state, save_training_state
 from trainables.config import TrialConfig
 from trainables.contract import (
     EPOCH,
@@ -48,15 +49,7 @@ from trainables.methods import (
 from trainables.metrics import classification_metrics
 from trainables.predictions import predictions_frame, softmax
 from trainables.session import current_session
-from trainables.trial import (
-    Diverged,
-    Trial,
-    load_training_state,
-    run_params,
-    run_tags,
-    save_training_state,
-    warmup_cosine,
-)
+from trainables.trial import Diverged, Trial, run_params, run_tags, warmup_cosine
 
 # Torch's global generator (dropout, stochastic depth, ...) is reseeded each epoch with
 # `seed * EPOCH_SEED_STRIDE + epoch`, so a resumed trial draws what an uninterrupted one would. The stride is a
@@ -147,7 +140,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     selection = Selection(val_best(train.select_metric), test_metric(train.select_metric))
     params = run_params(cfg, train, prepared, data.params, info.weight_source, selection,
                         **{"train.class_weights_used": json.dumps([round(w, 4) for w in weights]) if weights else "none"})
-    if trial.start(params, run_tags(cfg, data.params), progress.epoch):
+    if not trial.start(params, run_tags(cfg, data.params), progress.epoch).trains:
         return  # an earlier attempt finished this trial; its results were reported again
 
     micro = train.batch_size if train.micro_batch_size in (None, "auto") else train.micro_batch_size

@@ -1,7 +1,7 @@
 """The contract between a trial and the sweep's driver, in one place: what a trial reports to Tune every epoch,
 the tags and statuses its MLflow run carries, the run record the report reads back (params, tags, metrics,
-artifact), the exception a trial ends with when its node is drained, the rule its cell's trials are ranked by, and
-when a trial had not converged.
+artifact, and the tags and metrics the driver writes on cell runs), the exception a trial ends with when its node
+is drained, the rule its cell's trials are ranked by, and when a trial had not converged.
 
 Both sides use these names (trainables/ writes them, sweep/ reads them), so a misspelt key is an AttributeError
 at import instead of a rung that waits for ever. This module imports nothing of ours: anything may import it.
@@ -64,19 +64,58 @@ def counts_param(split: str) -> str:
     return f"data.counts_{split}"
 
 
+def split_size_param(split: str) -> str:
+    """The param holding a split's number of images (after the fraction and max_train_images for `train`)."""
+    return f"data.n_{split}"
+
+
 COUNTS_VAL_PARAM = counts_param("val")
 COUNTS_TEST_PARAM = counts_param("test")
+SPLIT_SIZE_PARAMS = tuple(split_size_param(s) for s in ("train", "val", "test"))
 DATA_SOURCE_PARAM = "data.source"  # what data was really read (a synthetic fallback names itself here)
+CLASSES_PARAM = "data.classes"  # how many classes the dataset has
+WEIGHTS_PARAM = "backbone.weights"  # which pretrained weights the backbone started from (file and hash, or random)
 # Every searched value, every train: setting and every method knob, as "<prefix><name>".
 SEARCHED_PREFIX = "searched."
 TRAIN_PREFIX = "train."
 METHOD_PREFIX = "method."
 BUDGET_PARAM = "budget"  # a cell run's: its planned trials
+SWEEP_CELLS_PARAM = "cells"  # the sweep's parent run's: the cells planned at its start (adaptive seeds add more)
 
 # Tags of trial and cell runs: the fields of the cell a run belongs to (reports group by them).
-SEED_TAG = "seed"  # the last field: a cell's seed (adaptive seeds add cells that differ from a planned one only here)
-CELL_FIELD_TAGS = ("task", "dataset", "backbone", "method", "fraction", SEED_TAG)
+CELL_FIELD_TAGS = ("task", "dataset", "backbone", "method", "fraction", "seed")
+# The last field, SEED_TAG, is a cell's seed: adaptive seeds add cells that differ from a planned one only there.
+TASK_TAG, DATASET_TAG, BACKBONE_TAG, METHOD_TAG, FRACTION_TAG, SEED_TAG = CELL_FIELD_TAGS
 DATA_FALLBACK_TAG = "data_fallback"  # on runs that trained on synthetic data because the real data was absent
+# Tags of a trial run's attempt: the Ray node it ran on, and the epoch it resumed after (absent on a fresh start).
+NODE_TAG = "node"
+RESUMED_FROM_TAG = "resumed_from_epoch"
+
+# Tags of a cell run, written by the driver (trials never write them): its search rounds as they went
+# (sweep/tune/rounds.py describes them, written as each round ends) ...
+SEARCH_TAG = "search"  # the rounds, in words
+SEARCH_ROUNDS_TAG = "search_rounds"  # how many rounds ran
+SEARCH_RANGES_TAG = "search_ranges"  # each round's learning rates, lowest..highest
+SEARCH_EDGE_TAG = "search_edge"  # how the learning-rate range ended (sweep/tune/rounds.py EDGE_KINDS; "" until then)
+SEARCH_NOTE_TAG = "search_note"  # why the rounds stopped where they did
+SEARCH_KNOB_EDGES_TAG = "search_knob_edges"  # the other searched knobs at an edge of what the cell tried
+# ... and its outcome, once the sweep (or the report) read it back (sweep/report/outcome.py: MLflow's compare
+# view answers "which method won here" from these alone).
+COMPLETE_TAG = "complete"  # "true" once every planned trial of the cell ended
+CHOSEN_TRIAL_TAG = "chosen_trial"  # the chosen trial's key
+CHOSEN_TAG = "chosen"  # its searched values, as text
+LEARNED_TAG = "learned"  # whether the cell beat the trivial classifier (sweep.results.cell_outcome's words)
+NOT_CONVERGED_TAG = "not_converged"  # "true" where the chosen trial's validation score was still rising
+LR_AT_EDGE_TAG = "lr_at_edge"  # which edge of its range the chosen learning rate sits at, or "no"
+KNOBS_AT_EDGE_TAG = "knobs_at_edge"  # the chosen trial's other searched knobs at an edge, or "no"
+# Its metrics: the chosen trial's validation and test scores, learning rate, and the trivial classifier's scores.
+CELL_VAL_METRIC = "val"
+CELL_TEST_METRIC = "test"
+CHOSEN_LR_METRIC = "chosen_lr"
+TRIVIAL_VAL_METRIC = "trivial_val"
+TRIVIAL_TEST_METRIC = "trivial_test"
+# A trial run's tag, from the same read-back: "true" on each cell's chosen trial, "false" on its other ended ones.
+BEST_IN_CELL_TAG = "is_best_in_cell"
 
 # Metrics of a trial run (besides the report keys above, logged every epoch).
 TEST_PREFIX = "test/"  # every test metric: test/<name>, logged with the last epoch
@@ -133,12 +172,13 @@ PRED_LABEL = "label"
 PRED_PROB_PREFIX = "prob_"
 
 # The run record's names that say by their form that they are a run's keys: nothing in sweep/ or trainables/
-# writes them as a string literal but this module (tests/test_architecture.py checks).
+# writes them as a string literal but this module (tests/test_architecture.py checks; it also refuses any literal
+# key where a run's tags, params or metrics are read or written, which covers the plainer names above).
 RUN_RECORD_KEYS = (
     SELECTION_VAL_PARAM, SELECTION_TEST_PARAM, SELECTION_TEST_HIGHER_PARAM, BN_MODE_PARAM, EPOCHS_PARAM,
-    WORKERS_PARAM, CPUS_PARAM, GPUS_PARAM, COUNTS_VAL_PARAM, COUNTS_TEST_PARAM, DATA_SOURCE_PARAM, SEARCHED_PREFIX,
-    TRAIN_PREFIX, METHOD_PREFIX, VAL_BEST_ACC, TEST_PREFIX, *TEST_METRICS, TRAIN_LOSS, PEAK_MEM, VAL_BEST_LOSS,
-    PREDICTIONS_ARTIFACT,
+    WORKERS_PARAM, CPUS_PARAM, GPUS_PARAM, COUNTS_VAL_PARAM, COUNTS_TEST_PARAM, *SPLIT_SIZE_PARAMS, DATA_SOURCE_PARAM,
+    CLASSES_PARAM, WEIGHTS_PARAM, SEARCHED_PREFIX, TRAIN_PREFIX, METHOD_PREFIX, VAL_BEST_ACC, TEST_PREFIX,
+    *TEST_METRICS, TRAIN_LOSS, PEAK_MEM, VAL_BEST_LOSS, PREDICTIONS_ARTIFACT,
 )
 
 

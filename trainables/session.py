@@ -54,23 +54,17 @@ class TrainSession:
 
 
 class LocalSession:
-    """Runs a loop without Ray, keeping every report; can stop the loop the way Tune does."""
+    """Runs a loop without Ray, keeping every report (benchmarks; the tests' StoppingSession also stops the loop the
+    way Tune does)."""
 
     world_rank = 0
     world_size = 1
 
-    def __init__(self, stop_after_reports: int | None = None) -> None:
+    def __init__(self) -> None:
         self.reports: list[dict[str, Any]] = []
-        self._stop_after = stop_after_reports
 
     def report(self, metrics: dict[str, Any]) -> None:
         self.reports.append(dict(metrics))
-        if self._stop_after is not None and len(self.reports) >= self._stop_after:
-            raise StopTraining(f"stopped after {len(self.reports)} reports")
-
-
-class StopTraining(SystemExit):
-    """Raised by `LocalSession.report` to imitate Tune stopping a trial (Tune raises SystemExit there)."""
 
 
 _current: Session | None = None

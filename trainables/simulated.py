@@ -116,8 +116,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
               **{SEARCHED_PREFIX + k: v for k, v in cfg.searched.items()}, TRAINABLE_PARAMS_PARAM: 1,
               TOTAL_PARAMS_PARAM: 1}
     tags = run_tags(cfg, {})  # as a training trial's: its dataset tag is the spec's id, as its cell's
-    if trial.start(params, tags, start):
-        return
+    if not trial.start(params, tags, start).trains:
+        return  # an earlier attempt finished this trial; its results were reported again
     with trial.failures():
         for epoch in range(start + 1, train.epochs + 1):
             time.sleep(train.epoch_seconds)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from trainables.checkpoints import load_training_state, save_training_state
 from trainables.config import TrialConfig
 from trainables.contract import EPOCH, PEAK_MEM, SCORE, TEST_LOSS, TRAIN_LOSS, VAL_BEST_LOSS, Selection
 from trainables.data import ImageSplit, SplitData, check_captions, load_splits
@@ -34,15 +35,7 @@ from trainables.diffusion_models import DiffusionParts, build_diffusion
 from trainables.fid import feature_extractor, fid, kid
 from trainables.methods import load_trainable_state, param_groups, prepare_model, trainable_state_dict
 from trainables.session import current_session
-from trainables.trial import (
-    Diverged,
-    Trial,
-    load_training_state,
-    run_params,
-    run_tags,
-    save_training_state,
-    warmup_cosine,
-)
+from trainables.trial import Diverged, Trial, run_params, run_tags, warmup_cosine
 
 # Trials are chosen on the validation denoising loss; FID of generated images is what gets reported.
 SELECTION = Selection(VAL_BEST_LOSS, "test/fid", test_higher_is_better=False)
@@ -170,8 +163,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             progress, best_state = load_training_state(checkpoint, unet, optimizer, schedule, Progress)
     params = run_params(cfg, train, prepared, data.params, parts.info.weight_source, SELECTION,
                         text_encoder=parts.text.source)
-    if trial.start(params, run_tags(cfg, data.params), progress.epoch):
-        return
+    if not trial.start(params, run_tags(cfg, data.params), progress.epoch).trains:
+        return  # an earlier attempt finished this trial; its results were reported again
 
     schedule_t = parts.noise_scheduler
     with trial.failures():

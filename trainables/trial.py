@@ -1,6 +1,7 @@
 """What every task's training loop does around its epochs, written once: the trial's MLflow run (found again by
-its key), its checkpoint store, the per-epoch log/checkpoint/report, replaying an attempt that already finished,
-and ending as failed with the reason when the loss diverges or the code raises."""
+its key), whether this attempt trains at all (`Trial.start`'s `Start`), the per-epoch log/checkpoint/report,
+replaying an attempt that already finished, and ending as failed with the reason when the loss diverges or the code
+raises. What a checkpoint holds and where it is stored: trainables.checkpoints."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import contextlib
 import json
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
+from enum import Enum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from trainables.checkpoints import CheckpointStore
+from trainables.checkpoints import CheckpointStore, read_reports, write_report
 from trainables.config import TrialConfig
 from trainables.contract import (
     BN_MODE_PARAM,
@@ -25,9 +26,11 @@ from trainables.contract import (
     FAILURE_REASON,
     GPUS_PARAM,
     METHOD_PREFIX,
+    NODE_TAG,
     PREDICTIONS_ARTIFACT,
     REPLAYED,
     REPLAYED_STOPPED_EARLY,
+    RESUMED_FROM_TAG,
     RUN_ID,
     SCORE,
     SEARCHED_PREFIX,
@@ -38,6 +41,7 @@ from trainables.contract import (
     TRAIN_PREFIX,
     TRAINABLE_PARAMS_PARAM,
     TRAINABLE_SHARE_PARAM,
+    WEIGHTS_PARAM,
     WORKERS_PARAM,
     NodeDraining,
     Selection,
@@ -64,45 +68,6 @@ def warmup_cosine(optimizer, warmup_steps: int, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-P = TypeVar("P")
-EPOCH_REPORT = "report.json"  # in every checkpoint: the report of the epoch it holds
-FINAL_REPORT = "final_report.json"  # in the last epoch's checkpoint: that epoch's report
-
-
-def save_training_state(directory: Path, model, bn_mode: str | None, optimizer, schedule, progress,
-                        best_state: dict | None) -> None:
-    """A checkpoint: only what was trained (safetensors), the best-validation copy of it, the optimizer and
-    schedule state, and the loop's progress counters (a dataclass)."""
-    import torch
-    from safetensors.torch import save_file
-
-    from trainables.methods import trainable_state_dict
-
-    save_file({k: v.contiguous() for k, v in trainable_state_dict(model, bn_mode).items()},
-              str(directory / "trained.safetensors"))
-    if best_state is not None:
-        save_file({k: v.contiguous() for k, v in best_state.items()}, str(directory / "best.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}, directory / "optimizer.pt")
-    (directory / "progress.json").write_text(json.dumps(asdict(progress)))
-
-
-def load_training_state(directory: Path, model, optimizer, schedule, progress_type: type[P]) -> tuple[P, dict | None]:
-    """The trained weights first (diffusers' training scripts long restored only the optimizer, so a resumed run
-    went on from the pretrained weights), then the optimizer, schedule, progress and best-validation copy."""
-    import torch
-    from safetensors.torch import load_file
-
-    from trainables.methods import load_trainable_state
-
-    load_trainable_state(model, load_file(str(directory / "trained.safetensors")))
-    state = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    best = directory / "best.safetensors"
-    progress = progress_type(**json.loads((directory / "progress.json").read_text()))
-    return progress, load_file(str(best)) if best.exists() else None
-
-
 def run_params(cfg: TrialConfig, train, prepared, data_params: dict[str, str], weight_source: str,
                selection: Selection, **extra: Any) -> dict[str, Any]:
     """A trial run's MLflow params, the same keys for every task: what was trained on what, how, and chosen how."""
@@ -118,7 +83,7 @@ def run_params(cfg: TrialConfig, train, prepared, data_params: dict[str, str], w
         "data.fallback_from": cfg.data.fallback_from or "",
         **data_params,
         "backbone": cfg.backbone.name,
-        "backbone.weights": weight_source,
+        WEIGHTS_PARAM: weight_source,
         "method": cfg.method.name,
         **{METHOD_PREFIX + k: v for k, v in prepared.knobs.items()},
         BN_MODE_PARAM: prepared.bn_mode,
@@ -175,6 +140,24 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite: the trial ends as failed (a result, not a crash)."""
 
 
+class Start(Enum):
+    """What `Trial.start` found: whether this attempt trains, and if not, why (its reports were said again)."""
+
+    TRAIN = "train"  # a fresh trial, or one resuming from a checkpoint: the loop trains its remaining epochs
+    REPLAYED = "replayed"  # an earlier attempt ended (finished, stopped early or diverged): replayed from MLflow
+    FINAL_FROM_CHECKPOINT = "final_from_checkpoint"  # an earlier attempt checkpointed its last epoch, and no run
+    # records the end (tracking off, or the record was lost): the final report, made again from the checkpoint
+
+    @property
+    def trains(self) -> bool:
+        return self is Start.TRAIN
+
+    def __bool__(self) -> bool:
+        # `if trial.start(...)` meant "do not train" when start returned a bool; every member would now be true,
+        # and such a loop would never train. Ask `.trains`.
+        raise TypeError("Trial.start's result has no truth value: test its .trains")
+
+
 class Trial:
     def __init__(self, config: dict[str, Any], cfg: TrialConfig, session: Session, checkpoint_every: int = 1):
         self.cfg, self.session, self.every = cfg, session, checkpoint_every
@@ -194,21 +177,20 @@ class Trial:
             yield None
             return
         with self.store.latest() as checkpoint:
-            if checkpoint is not None and (checkpoint / FINAL_REPORT).exists():
-                self.final_report = json.loads((checkpoint / FINAL_REPORT).read_text())
-            if checkpoint is not None and (checkpoint / EPOCH_REPORT).exists():
-                self.resumed_report = json.loads((checkpoint / EPOCH_REPORT).read_text())
+            if checkpoint is not None:
+                self.resumed_report, self.final_report = read_reports(checkpoint)
             yield checkpoint
 
-    def start(self, params: dict[str, Any], tags: dict[str, str], resumed_epoch: int) -> bool:
-        """Open the MLflow run. Returns True when an earlier attempt of this exact trial already ended (finished,
-        stopped early or diverged): its reports are then replayed from MLflow and the loop must not train."""
+    def start(self, params: dict[str, Any], tags: dict[str, str], resumed_epoch: int) -> Start:
+        """Open the MLflow run and say whether the loop trains (`Start.TRAIN`): not when an earlier attempt of this
+        exact trial already ended (its reports are replayed from MLflow) or checkpointed its last epoch (its final
+        report is made again from the checkpoint)."""
         self.epoch = resumed_epoch
         self.run = open_trial_run(self.cfg.tracking, self.session.world_rank, params, tags, self.digest,
                                   resuming=resumed_epoch > 0)
         if self.run.ended:
             self.replay()
-            return True
+            return Start.REPLAYED
         if self.final_report is not None:
             # An earlier attempt checkpointed its last epoch, but no run records the end (tracking off, or the
             # record was lost). Nothing is left to train, and a trial that ends without a report would fail the
@@ -216,9 +198,9 @@ class Trial:
             self.run.log_metrics(self.final_report, step=resumed_epoch)
             self.run.finish(Status.FINISHED)
             self._report({**self.final_report, REPLAYED: 1})
-            return True
+            return Start.FINAL_FROM_CHECKPOINT
         # Where this attempt runs (the last attempt's node, when a trial was moved after losing its node).
-        self.run.set_tags({"node": node_id(), **({"resumed_from_epoch": str(resumed_epoch)} if resumed_epoch else {})})
+        self.run.set_tags({NODE_TAG: node_id(), **({RESUMED_FROM_TAG: str(resumed_epoch)} if resumed_epoch else {})})
         if resumed_epoch and self.resumed_report is not None:
             # The epoch this attempt resumes from was checkpointed before it was reported, and the driver may never
             # have heard that report (it was stopped in between: Ctrl-C, a kill, a lost node). Unheard, a rung at
@@ -226,7 +208,7 @@ class Trial:
             # (to the driver only: MLflow has it), and the scheduler rules on it as on any report; a driver that
             # did hear it hears the same values twice, which changes nothing.
             self._report(self.resumed_report)
-        return False
+        return Start.TRAIN
 
     def replay(self) -> None:
         """Report again what the earlier attempt reported, marked `replayed`, ending the way it ended."""
@@ -251,9 +233,7 @@ class Trial:
         if save and self.store and self.session.world_rank == 0 and (epoch % self.every == 0 or last):
             with tempfile.TemporaryDirectory(prefix="medpeft-ckpt-") as directory:
                 save(Path(directory))
-                (Path(directory) / EPOCH_REPORT).write_text(json.dumps(metrics, default=float))
-                if last:
-                    (Path(directory) / FINAL_REPORT).write_text(json.dumps(metrics, default=float))
+                write_report(Path(directory), metrics, final=last)
                 self.store.save(Path(directory), epoch)
         self._report(metrics)
         if not last and self.store and node_draining():

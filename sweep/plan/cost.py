@@ -2,7 +2,7 @@
 `python -m sweep.launch --dry-run --calibrate`), and what a finished one cost (`python -m sweep.calibrate --actual`).
 
 Every distinct (task, backbone, method, image size, batch size, CPUs per trial) of the spec is a group, measured
-once (trainables.calibrate: warm-up and timed training steps and one evaluation pass on synthetic inputs, the
+once (trainables.throughput: warm-up and timed training steps and one evaluation pass on synthetic inputs, the
 backbone built from its config, on the CPU with the trial's own threads): images/s, peak device memory,
 checkpoint size, and the seconds to build the model (`build`) and to write and read its checkpoint (`save`,
 `load`). The machine's overheads are measured once too (sweep/plan/overheads.py: a tiny simulated sweep through
@@ -55,6 +55,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sweep.errors import CalibrationError, StorageError
 from sweep.plan.grid import most_added_trials
 from sweep.plan.spec import SpecError, halving_epochs
 
@@ -125,7 +126,7 @@ def measure_groups(groups: list[Group], device: str | None = None, steps: int = 
     """Every group's measurement on this device: from the cache, or measured now (and cached)."""
     import torch
 
-    from trainables.calibrate import device_name, measure
+    from trainables.throughput import device_name, measure
 
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     name = device_name(target)
@@ -151,7 +152,7 @@ def measure_groups(groups: list[Group], device: str | None = None, steps: int = 
 
 def dataset_sizes(plan, given: dict[str, int]) -> dict[str, dict[str, int]]:
     """Images per split of every dataset of the plan: --images, else its manifest, else the reference's printed
-    training size with the entry's validation and test shares; SpecError naming those it cannot find."""
+    training size with the entry's validation and test shares; CalibrationError naming those it cannot find."""
     from sweep.plan.grid import data_config
     from sweep.references import available, load_reference
     from trainables.config import DataConfig
@@ -183,8 +184,8 @@ def dataset_sizes(plan, given: dict[str, int]) -> dict[str, dict[str, int]]:
             else:
                 unknown.append(entry.key)
     if unknown:
-        raise SpecError(f"calibration: the size of dataset(s) {', '.join(unknown)} is not known (their files are "
-                        "not here); give it with --images ID=TRAIN_IMAGES")
+        raise CalibrationError(f"calibration: the size of dataset(s) {', '.join(unknown)} is not known (their "
+                               "files are not here); give it with --images ID=TRAIN_IMAGES")
     # A trial trains on at most max_train_images of the training split (trainables/data/prepare.py).
     for cell in plan.cells:
         cap = cell.dataset.max_train_images
@@ -453,7 +454,6 @@ def actual_cost(uri: str, sweep: str, initial_seeds: Collection[int]) -> dict:
     outside the spec's `initial_seeds`). An added cell counts as run when it has a trial run: the seed extender
     registers a cell's MLflow run before any of its trials starts, so a sweep stopped right after asking for more
     seeds has cell runs that cost nothing (`cells_added_not_run`)."""
-    from sweep.errors import StorageError
     from sweep.store import mlflow_experiment
     from trainables.contract import (
         CELL_KEY_TAG,
@@ -463,6 +463,7 @@ def actual_cost(uri: str, sweep: str, initial_seeds: Collection[int]) -> dict:
         ROUND_KIND_TAG,
         ROUND_TAG,
         SEED_TAG,
+        SWEEP_CELLS_PARAM,
     )
 
     mlflow = mlflow_experiment.client(uri)
@@ -476,8 +477,8 @@ def actual_cost(uri: str, sweep: str, initial_seeds: Collection[int]) -> dict:
 
     parents, trials, cells = runs("sweep"), runs("trial"), runs("cell")
     if not parents or not trials:
-        raise SpecError(f"sweep {sweep!r} in {uri} has {'no sweep run' if not parents else 'no trial run'}: it "
-                        "never started (nothing to measure)")
+        raise StorageError(f"sweep {sweep!r} in {uri} has {'no sweep run' if not parents else 'no trial run'}: it "
+                           "never started (nothing to measure)")
     parent = parents[0]
     ends = [r.info.end_time for r in trials if r.info.end_time]
     complete = bool(parent.info.end_time)
@@ -496,7 +497,7 @@ def actual_cost(uri: str, sweep: str, initial_seeds: Collection[int]) -> dict:
         entry["trial_epochs"] += trained
     added_rounds = [r for r in rounds.values() if r["round"] > 0]
     kinds = sorted({r["kind"] for r in added_rounds})
-    planned_cells = int(parent.data.params.get("cells", len(cells)))
+    planned_cells = int(parent.data.params.get(SWEEP_CELLS_PARAM, len(cells)))
     ran = {run.data.tags.get(CELL_KEY_TAG, "") for run in trials}
     initial = {str(seed) for seed in initial_seeds}
     added = [run for run in cells if run.data.tags.get(SEED_TAG, "") not in initial]
@@ -542,16 +543,16 @@ def estimate_entry(calibration: dict, name: str) -> dict:
     """The entry for sweep `name` of the JSON that `--calibrate --calibration-json` wrote (its only one, if it
     holds one: a sweep may be launched under another --name)."""
     if not isinstance(calibration, dict) or not calibration:
-        raise SpecError("the estimate JSON holds no calibration (write it with python -m sweep.launch --config SPEC "
-                        "--dry-run --calibrate --calibration-json PATH)")
+        raise CalibrationError("the estimate JSON holds no calibration (write it with python -m sweep.launch "
+                               "--config SPEC --dry-run --calibrate --calibration-json PATH)")
     entry = calibration.get(name) or (next(iter(calibration.values())) if len(calibration) == 1 else None)
     if entry is None:
-        raise SpecError(f"the estimate JSON has no sweep {name!r} (it has: {', '.join(calibration)})")
+        raise CalibrationError(f"the estimate JSON has no sweep {name!r} (it has: {', '.join(calibration)})")
     missing = [k for k in ("totals", "worst_case") if k not in entry] + \
         [k for k in ("trial_epochs_halving", "wall_s_halving", "serial_s") if k not in entry.get("totals", {})]
     if missing:
-        raise SpecError(f"the estimate JSON's entry lacks {', '.join(missing)}: it was written before wall-time "
-                        "estimates; run the dry run with --calibrate again")
+        raise CalibrationError(f"the estimate JSON's entry lacks {', '.join(missing)}: it was written before "
+                               "wall-time estimates; run the dry run with --calibrate again")
     return entry
 
 
@@ -589,15 +590,15 @@ def record_ratios(trial_epochs: float, wall_s: float, actual: dict) -> dict[str,
 
 
 def check_record(record: dict, where: str) -> dict:
-    """A cost record as cost_record writes it, or a SpecError saying what is wrong with it."""
+    """A cost record as cost_record writes it, or a CalibrationError saying what is wrong with it."""
     if not isinstance(record, dict) or record.get("schema") != COST_RECORD_SCHEMA:
-        raise SpecError(f"{where}: not a cost record (its schema should be {COST_RECORD_SCHEMA!r}; write one with "
-                        "python -m sweep.calibrate --actual)")
+        raise CalibrationError(f"{where}: not a cost record (its schema should be {COST_RECORD_SCHEMA!r}; write "
+                               "one with python -m sweep.calibrate --actual)")
     for path in ("estimate.planned.wall_s", "estimate.planned.trial_epochs", "estimate_for_what_ran.wall_s",
                  "estimate_for_what_ran.trial_epochs", "actual.wall_s", "actual.trial_epochs"):
         value = record
         for part in path.split("."):
             value = value.get(part) if isinstance(value, dict) else None
         if not isinstance(value, int | float) or isinstance(value, bool):
-            raise SpecError(f"{where}: {path} is missing or not a number")
+            raise CalibrationError(f"{where}: {path} is missing or not a number")
     return record

@@ -399,15 +399,6 @@ def _with_base(raw: dict[str, Any], path: Path) -> dict[str, Any]:
     return merged
 
 
-def load_spec(path: str | Path | None = None, overrides: list[str] | None = None) -> SweepSpec:
-    """A spec without arms (see load_specs)."""
-    specs = load_specs(path, overrides)
-    if len(specs) != 1:
-        raise SpecError(f"spec {path} has {len(specs)} arms ({', '.join(s.name for s in specs)}); load it with "
-                        "load_specs")
-    return specs[0]
-
-
 def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in update.items():

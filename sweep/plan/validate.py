@@ -200,7 +200,7 @@ def _local_gpu() -> str | None:
 
     if not torch.cuda.is_available():
         return None
-    from trainables.calibrate import device_name
+    from trainables.throughput import device_name
 
     return device_name(torch.device("cuda"))
 

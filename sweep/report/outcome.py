@@ -14,7 +14,22 @@ from sweep.results.cell_outcome import cell_outcomes, learned_word
 from sweep.results.seeds import added_cells
 from sweep.results.table import cell_status, trials_table
 from sweep.store import mlflow_experiment
-from trainables.contract import ENDED
+from trainables.contract import (
+    BEST_IN_CELL_TAG,
+    CELL_TEST_METRIC,
+    CELL_VAL_METRIC,
+    CHOSEN_LR_METRIC,
+    CHOSEN_TAG,
+    CHOSEN_TRIAL_TAG,
+    COMPLETE_TAG,
+    ENDED,
+    KNOBS_AT_EDGE_TAG,
+    LEARNED_TAG,
+    LR_AT_EDGE_TAG,
+    NOT_CONVERGED_TAG,
+    TRIVIAL_TEST_METRIC,
+    TRIVIAL_VAL_METRIC,
+)
 
 
 @dataclass
@@ -50,20 +65,21 @@ def record_outcome(uri: str, trials: pd.DataFrame, status: pd.DataFrame, finishe
     mlflow = mlflow_experiment.client(uri)
     for run_id, best, state in zip(trials["run_id"], trials["is_best_in_cell"], trials["status"], strict=True):
         if state in ENDED:
-            mlflow.set_tag(run_id, "is_best_in_cell", str(bool(best)).lower())
+            mlflow.set_tag(run_id, BEST_IN_CELL_TAG, str(bool(best)).lower())
     chosen = (cell_outcomes(trials) if outcomes is None else outcomes).set_index("cell_key")
     now = int(time.time() * 1000)
     for cell in status.itertuples():
-        tags, metrics = [RunTag("complete", str(bool(cell.complete)).lower())], []
+        tags, metrics = [RunTag(COMPLETE_TAG, str(bool(cell.complete)).lower())], []
         if cell.cell_key in chosen.index:
             best = chosen.loc[cell.cell_key]
-            tags += [RunTag("chosen_trial", best["trial_key"]), RunTag("chosen", best["chosen"]),
-                     RunTag("learned", learned_word(best["learned"])),
-                     RunTag("not_converged", str(bool(best.get("not_converged", False))).lower()),
-                     RunTag("lr_at_edge", str(best.get("lr_at_edge", "")) or "no"),
-                     RunTag("knobs_at_edge", str(best.get("knobs_at_edge", "")) or "no")]
-            values = {"val": best["val_best"], "test": best["test_main"], "chosen_lr": best["chosen_lr"],
-                      "trivial_val": best["trivial_val"], "trivial_test": best["trivial_test"]}
+            tags += [RunTag(CHOSEN_TRIAL_TAG, best["trial_key"]), RunTag(CHOSEN_TAG, best["chosen"]),
+                     RunTag(LEARNED_TAG, learned_word(best["learned"])),
+                     RunTag(NOT_CONVERGED_TAG, str(bool(best.get("not_converged", False))).lower()),
+                     RunTag(LR_AT_EDGE_TAG, str(best.get("lr_at_edge", "")) or "no"),
+                     RunTag(KNOBS_AT_EDGE_TAG, str(best.get("knobs_at_edge", "")) or "no")]
+            values = {CELL_VAL_METRIC: best["val_best"], CELL_TEST_METRIC: best["test_main"],
+                      CHOSEN_LR_METRIC: best["chosen_lr"], TRIVIAL_VAL_METRIC: best["trivial_val"],
+                      TRIVIAL_TEST_METRIC: best["trivial_test"]}
             metrics = [Metric(k, float(v), now, 0) for k, v in values.items()
                        if isinstance(v, int | float) and v == v]
         mlflow.log_batch(cell.cell_run_id, metrics=metrics, tags=tags)

@@ -1,4 +1,4 @@
-"""Each cell's outcome, computed once: its chosen trial (sweep.results.table.chosen_trials), the trivial
+"""Each cell's outcome, computed once: its chosen trial (marked by sweep.results.table.mark_best_in_cell), the trivial
 classifier's scores on that trial's splits, whether the cell learned (sweep.results.trust), and its searched values
 as text. The launcher's table, the write-back to MLflow's cell runs and the report's tables all read it, so they
 say the same thing in the same words."""
@@ -12,7 +12,6 @@ from typing import Any
 import pandas as pd
 
 from sweep.results import trust
-from sweep.results.table import chosen_trials
 from trainables.contract import SEARCHED_PREFIX
 
 # The one vocabulary of the learned-verdict, wherever it is printed or tagged.
@@ -47,10 +46,10 @@ def cell_outcomes(trials: pd.DataFrame) -> pd.DataFrame:
     """One row per cell with a chosen trial, sorted by cell key: the chosen trial's row of `trials`, with its trivial
     scores (`trivial_val`, `trivial_test`, and the split sizes `n_val`, `n_test`), `learned` (True, False, or None
     where no trivial score exists), `chosen` (its searched values as text) and `chosen_lr` (NaN where the cell did
-    not search the learning rate)."""
+    not search the learning rate). `trials`: marked by sweep.results.table.mark_best_in_cell (trials_table is)."""
     if "status" not in trials.columns:  # no trial run yet: not even the table's columns
         return pd.DataFrame(columns=["cell_key", "learned", "chosen", "chosen_lr"])
-    chosen = trust.add_trivial(chosen_trials(trials))
+    chosen = trust.add_trivial(trials[trials["is_best_in_cell"].astype(bool)].reset_index(drop=True))
     verdicts = trust.cell_verdicts(chosen, ["cell_key"]).set_index("cell_key")["learned"]
     chosen["learned"] = pd.Series([trust.verdict(verdicts[key]) for key in chosen["cell_key"]], index=chosen.index,
                                   dtype=object)

@@ -15,8 +15,9 @@ import pandas as pd
 
 from sweep.plan.grid import Cell, with_seed
 from sweep.results import comparisons
+from sweep.results.cell_outcome import cell_outcomes
 from sweep.results.scores import method_scores
-from sweep.results.table import cell_status, chosen_trials
+from sweep.results.table import cell_status
 
 Line = tuple[str, str, str, float, str]  # (task, backbone, dataset, fraction, method): a cell without its seed
 
@@ -46,8 +47,8 @@ def seeds_needed(trials: pd.DataFrame, cells: pd.DataFrame, predictions: dict[st
     done = trials[trials["cell_key"].isin(status.loc[status["complete"], "cell_key"])]
     if done.empty:
         return decision
-    chosen = chosen_trials(done)
-    scores = method_scores(done)
+    chosen = cell_outcomes(done)
+    scores = method_scores(done, chosen)
     compared = comparisons.compare_cells(chosen, scores, predictions, rope)
     for _, row in compared.iterrows():
         pair = [line_of({**row, "method": m}) for m in (row["method"], row["reference"])]

@@ -29,6 +29,10 @@ from trainables.contract import (
     ROLE_TAG,
     SCORE,
     SCORE_TOLERANCE,
+    SEARCH_EDGE_TAG,
+    SEARCH_KNOB_EDGES_TAG,
+    SEARCH_NOTE_TAG,
+    SEARCH_TAG,
     SEARCHED_PREFIX,
     SELECTION_TEST_HIGHER_PARAM,
     SELECTION_TEST_PARAM,
@@ -68,10 +72,9 @@ def trials_table(uri: str, sweep: str, tolerance: float = SCORE_TOLERANCE) -> tu
         "cell_key": run.data.tags[CELL_KEY_TAG],
         "cell_run_id": run.info.run_id,
         "budget": int(run.data.params.get(BUDGET_PARAM, 0)),
-        "search": run.data.tags.get("search", ""),  # the cell's search rounds (sweep/tune/rounds.py describe)
-        "search_edge": run.data.tags.get("search_edge", ""),
-        "search_note": run.data.tags.get("search_note", ""),
-        "search_knob_edges": run.data.tags.get("search_knob_edges", ""),
+        # The cell's search rounds (sweep/tune/rounds.py describe), under the names of their tags.
+        **{tag: run.data.tags.get(tag, "") for tag in (SEARCH_TAG, SEARCH_EDGE_TAG, SEARCH_NOTE_TAG,
+                                                       SEARCH_KNOB_EDGES_TAG)},
         **{f: run.data.tags.get(f, "") for f in CELL_FIELDS},
     } for run in cell_runs])
     if not cells.empty:
@@ -195,15 +198,18 @@ def chosen_trials(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def mark_best_in_cell(trials: pd.DataFrame) -> pd.DataFrame:
+    """`trials` with `is_best_in_cell`: each cell's chosen trial, ranked once here (trials_table marks what it
+    reads; what changes a trial's status after that marks again). Everything downstream reads the mark."""
     trials = trials.copy()
     trials["is_best_in_cell"] = trials["run_id"].isin(chosen_trials(trials)["run_id"]) if len(trials) else []
     return trials
 
 
 def cell_status(trials: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
-    """Per planned cell: trials ended vs budget, and whether it has a chosen trial."""
+    """Per planned cell: trials ended vs budget, and whether it has a chosen trial (`trials` marked by
+    mark_best_in_cell)."""
     ended = trials[trials["status"].isin(ENDED)].groupby("cell_key").size()
-    chosen = set(chosen_trials(trials)["cell_key"])
+    chosen = set(trials.loc[trials["is_best_in_cell"].astype(bool), "cell_key"]) if len(trials) else set()
     status = cells.copy()
     status["ended"] = status["cell_key"].map(ended).fillna(0).astype(int)
     status["complete"] = status["ended"] >= status["budget"]

@@ -15,7 +15,14 @@ from typing import Any
 from urllib.parse import urlparse
 
 from sweep.plan.grid import Cell
-from trainables.contract import BUDGET_PARAM, CELL_FIELD_TAGS, CELL_KEY_TAG, DATA_FALLBACK_TAG, ROLE_TAG
+from trainables.contract import (
+    BUDGET_PARAM,
+    CELL_FIELD_TAGS,
+    CELL_KEY_TAG,
+    DATA_FALLBACK_TAG,
+    ROLE_TAG,
+    SWEEP_CELLS_PARAM,
+)
 
 ROLE = ROLE_TAG  # the tag saying what a run of the experiment stands for (contract)
 
@@ -182,7 +189,7 @@ def prepare(uri: str, sweep: str, artifact_root: str, cells: list[Cell], spec_te
     if parent is None:
         parent = mlflow.create_run(experiment_id, run_name=sweep, tags={ROLE: "sweep", "sweep": sweep}).info.run_id
         mlflow.log_text(parent, spec_text, "spec.yaml")
-        mlflow.log_batch(parent, params=_params({"cells": len(cells), "trials": sum(c.budget for c in cells)}))
+        mlflow.log_batch(parent, params=_params({SWEEP_CELLS_PARAM: len(cells), "trials": sum(c.budget for c in cells)}))
     for note in notes:
         if "SYNTHETIC" in note:
             mlflow.set_tag(parent, DATA_FALLBACK_TAG, "synthetic")

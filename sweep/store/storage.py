@@ -59,8 +59,22 @@ class Storage:
     def upload(self, local: Path, uri: str) -> None:
         pafs.copy_files(str(local), self._path(uri), destination_filesystem=self.filesystem())
 
+    def probe(self) -> None:
+        """Does the storage answer? Asks for its root's info and raises what the storage raises when it does not:
+        the one liveness check of a running sweep (sweep.tune.storage_watch every few seconds, and run_sweep once
+        Tune has stopped). It writes nothing and is cheap; `preflight` is the thorough check before the start."""
+        self.filesystem().get_file_info(self._path(self.uri))
+
+    def reachable(self) -> bool:
+        try:
+            self.probe()
+            return True
+        except Exception:  # any failure to answer counts: unreachable
+            return False
+
     def preflight(self) -> None:
-        """The storage must exist and take a write (tried, then removed) before anything starts."""
+        """The storage must exist and take a write (tried, then removed) before anything starts; each way it can
+        fail is a StorageError saying the fix (a running sweep's storage is watched with `probe`)."""
         if self.remote:
             _preflight_s3(self.uri)
         else:

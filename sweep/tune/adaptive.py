@@ -15,7 +15,7 @@ from typing import Any
 from sweep.plan.grid import Cell, base_config
 from sweep.plan.spec import SweepSpec
 from sweep.results import predictions, seeds
-from sweep.results.table import chosen_trials, trials_table
+from sweep.results.table import mark_best_in_cell, trials_table
 from sweep.store import mlflow_experiment
 from sweep.tune.searcher import CellPlan
 from trainables.contract import Status
@@ -48,7 +48,8 @@ class SeedExtender:
             return self._answer
         known = trials["trial_key"].map(ended)
         trials["status"] = known.where(known.notna() & (trials["status"] == Status.RUNNING), trials["status"])
-        chosen = chosen_trials(trials)
+        trials = mark_best_in_cell(trials)  # a trial that ended a moment ago may now be its cell's choice
+        chosen = trials[trials["is_best_in_cell"].astype(bool)]
         found = predictions.load(self.uri, chosen["run_id"].tolist(), Path(self.cache))
         decision = seeds.seeds_needed(trials, planned, found, self.spec.max_seeds, self.rope)
         self.why = decision.why

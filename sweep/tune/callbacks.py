@@ -23,6 +23,7 @@ from trainables.contract import (
     FAILURE_REASON,
     REPLAYED,
     RUN_ID,
+    SEARCH_TAG,
     STATUS_TAG,
     TRIAL_KEY_TAG,
     Status,
@@ -136,7 +137,7 @@ class SweepProgress(Callback):
         if search.done and search.edge and not search.recorded:
             records = [self.state.trials[t] for t in search.trial_ids if t in self.state.trials]
             described = describe(search, records)
-            print(f"[search] {cell}: {described['search'] or 'done'}", file=sys.stdout, flush=True)
+            print(f"[search] {cell}: {described[SEARCH_TAG] or 'done'}", file=sys.stdout, flush=True)
             run_id = trial.config["tracking"].get("parent_run_id")
             if run_id:
                 from mlflow import MlflowClient

@@ -46,7 +46,18 @@ from sweep.tune.state import (
     TrialRecord,
     round_key,
 )
-from trainables.contract import SCORE_TOLERANCE, Status, selection_order, still_improving
+from trainables.contract import (
+    SCORE_TOLERANCE,
+    SEARCH_EDGE_TAG,
+    SEARCH_KNOB_EDGES_TAG,
+    SEARCH_NOTE_TAG,
+    SEARCH_RANGES_TAG,
+    SEARCH_ROUNDS_TAG,
+    SEARCH_TAG,
+    Status,
+    selection_order,
+    still_improving,
+)
 
 # Scores (SCORE units: accuracy, F1 ... in [0, 1]) closer than this are equal (the spec's search.flat_tolerance):
 # the contract's, which its not-converged rule (still_improving, imported here for the doubling) uses too.
@@ -243,11 +254,11 @@ def describe(search: CellSearch, records: list[TrialRecord]) -> dict[str, str]:
         if mine:
             ranges.append(f"{r.kind}: {min(mine):.3g}..{max(mine):.3g}")
     return {
-        "search": ", ".join(parts),
-        "search_rounds": str(len(search.rounds)),
-        "search_ranges": "; ".join(ranges),
-        "search_edge": search.edge,
-        "search_note": search.note,
+        SEARCH_TAG: ", ".join(parts),
+        SEARCH_ROUNDS_TAG: str(len(search.rounds)),
+        SEARCH_RANGES_TAG: "; ".join(ranges),
+        SEARCH_EDGE_TAG: search.edge,
+        SEARCH_NOTE_TAG: search.note,
         # The other knobs' edges, e.g. "weight_decay high, knobs.r low" ('' when none is at an edge).
-        "search_knob_edges": ", ".join(f"{name} {edge}" for name, edge in knobs.items()),
+        SEARCH_KNOB_EDGES_TAG: ", ".join(f"{name} {edge}" for name, edge in knobs.items()),
     }

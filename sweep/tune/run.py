@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from sweep.errors import StorageError
-from sweep.plan.grid import base_config, with_seed
+from sweep.plan.grid import base_config
 from sweep.plan.validate import Plan
 from sweep.store import mlflow_experiment
 from sweep.store.storage import Storage
@@ -50,7 +50,7 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
     from ray import tune
 
     from sweep.tune.callbacks import NodeLossIsNotAFailure, SweepProgress
-    from sweep.tune.scheduler import PerCellASHA, PerCellHalving
+    from sweep.tune.scheduler import SCHEDULERS
     from sweep.tune.searcher import CellPlan, CellSearcher, SweepState
     from trainables.trainable import run_trial, trial_resources
 
@@ -64,7 +64,8 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
     # Tune's concurrency limit counts paused trials as running: with synchronous halving, trials paused at a rung
     # would then block the very trials they wait for. Paused trials hold no resources, so only the number of
     # trials queued ahead (pending) is limited, to the slots.
-    pausing = plan.spec.scheduler.type == "halving"
+    kind = SCHEDULERS[plan.spec.scheduler.type]
+    pausing = kind.synchronous
     try:
         slots = plan.spec.resources.max_concurrent_trials or concurrent_trials(plan)
         if pausing:
@@ -88,24 +89,12 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
             extender = adaptive_seeds(plan, name, mlflow_uri, artifacts, prepared, experiment_dir)
             searcher = CellSearcher(cells=cells, state=state, sampler=spec.search.sampler,
                                     grid_points=plan.grid_points, seed=spec.search.seed,
-                                    cell_by_cell=spec.scheduler.type == "halving", extend=extender,
+                                    cell_by_cell=kind.synchronous, extend=extender,
                                     extend_range=spec.search.extend, lr_limits=spec.search.lr_limits,
                                     max_extensions=spec.search.max_extensions,
                                     max_epoch_doublings=spec.search.max_epoch_doublings,
                                     flat_tolerance=spec.search.flat_tolerance)
-            rungs = {"max_t": plan.max_epochs, "grace_period": spec.scheduler.grace_period,
-                     "reduction_factor": spec.scheduler.reduction_factor}
-            if spec.scheduler.type == "asha":
-                scheduler = PerCellASHA(state=state, **rungs)
-            elif spec.scheduler.type == "halving":
-                # Every cell adaptive seeds may add, too: each has the budget of the cell it repeats.
-                budgets = {with_seed(c, seed).key: c.budget for c in plan.cells
-                           for seed in range(max(spec.max_seeds, c.seed + 1))}
-                scheduler = PerCellHalving(state=state, budgets=budgets, **rungs)
-            else:
-                from ray.tune.schedulers import FIFOScheduler
-
-                scheduler = FIFOScheduler()
+            scheduler = kind.build(plan, state)
             progress = SweepProgress(state, mlflow_uri, ids.experiment_id, plan.total_trials, plan.selection.val,
                                      plan.max_epochs, frozenset(c.key for c in plan.cells))
             tuner = tune.Tuner(
@@ -131,7 +120,7 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
             tuner.fit()
     except (KeyboardInterrupt, OSError, RuntimeError):
         # Tune's last act reads the experiment state back from the storage: gone storage surfaces here.
-        if watch.error is None and storage_reachable(storage):
+        if watch.error is None and storage.reachable():
             raise
         watch.error = watch.error or "the experiment state could not be read back"
     finally:
@@ -158,14 +147,6 @@ def adaptive_seeds(plan: Plan, name: str, mlflow_uri: str, artifacts: str, prepa
     return SeedExtender(name, mlflow_uri, artifacts, spec, list(plan.cells), prepared, experiment_dir,
                         spec.report.rope, f"{experiment_dir}/predictions-cache" if "://" not in experiment_dir
                         else str(Path.cwd() / f"{name}-predictions-cache"))
-
-
-def storage_reachable(storage: Storage) -> bool:
-    try:
-        storage.filesystem().get_file_info(storage.uri.removeprefix("s3://"))
-        return True
-    except Exception:
-        return False
 
 
 def concurrent_trials(plan: Plan) -> int:

@@ -12,16 +12,21 @@ a separate record per cell key:
   to other cells' trials) until its cell's rung is complete; then exactly the best 1/η go on.
 
 Their records live in the `SweepState` (sweep/tune/state.py, where the rule that saves and restores it is written).
+`SCHEDULERS` maps the spec's scheduler.type to how its scheduler is built (fifo: Ray's, every trial to its end).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
+from sweep.plan.grid import with_seed
 from sweep.plan.spec import halving_rungs
 from sweep.tune.state import CellASHA, CellRungs, SweepState, round_key
 from trainables.contract import (
@@ -36,6 +41,9 @@ from trainables.contract import (
     VAL_BEST_LOSS,
     selection_order,
 )
+
+if TYPE_CHECKING:
+    from sweep.plan.validate import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -436,3 +444,33 @@ class PerCellHalving(_PerCell):
                     if trial_key_of(trial) in waiting_losers and trial.status in (Trial.PAUSED, Trial.PENDING):
                         tune_controller.stop_trial(trial)
 
+
+
+@dataclass(frozen=True)
+class SchedulerKind:
+    """One value of the spec's scheduler.type: how its scheduler is built, and whether it is synchronous (a rung
+    waits, its trials paused, for every trial of its cell: the searcher then hands out a cell's trials together, and
+    only trials queued ahead count against the slots, since paused ones hold no resources)."""
+
+    build: Callable[[Plan, SweepState], TrialScheduler]
+    synchronous: bool = False
+
+
+def _rungs(plan: Plan) -> dict[str, float]:
+    return {"max_t": plan.max_epochs, "grace_period": plan.spec.scheduler.grace_period,
+            "reduction_factor": plan.spec.scheduler.reduction_factor}
+
+
+def _halving(plan: Plan, state: SweepState) -> PerCellHalving:
+    # Every cell adaptive seeds may add, too: each has the budget of the cell it repeats.
+    budgets = {with_seed(c, seed).key: c.budget for c in plan.cells
+               for seed in range(max(plan.spec.max_seeds, c.seed + 1))}
+    return PerCellHalving(state=state, budgets=budgets, **_rungs(plan))
+
+
+# The spec's scheduler.type -> its scheduler (sweep.plan.spec.SchedulerSpec lists the same names; a test checks).
+SCHEDULERS: dict[str, SchedulerKind] = {
+    "halving": SchedulerKind(_halving, synchronous=True),
+    "asha": SchedulerKind(lambda plan, state: PerCellASHA(state=state, **_rungs(plan))),
+    "fifo": SchedulerKind(lambda plan, state: FIFOScheduler()),  # every trial runs to its end
+}

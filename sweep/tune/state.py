@@ -98,7 +98,7 @@ class CellSearch:
 
     rounds: list[Round]
     trial_ids: list[str] = field(default_factory=list)  # Tune ids of the trials handed out, in order
-    edge: str = ""  # once ended: "interior", "stability", "limit", "max_extensions" or "off" (see EDGE_TEXT)
+    edge: str = ""  # once ended: one of sweep/tune/rounds.py's EDGE_KINDS ("interior", "stability", "high", "low")
     note: str = ""  # once ended: what a person reads about its range, e.g. "stability edge: larger ... diverged"
     done: bool = False  # no more rounds: the cell's trials are all handed out
     announced: int = 0  # rounds after the initial one the progress callback has printed

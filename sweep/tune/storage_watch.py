@@ -31,7 +31,7 @@ class StorageWatch:
         failures = 0
         while not self._stop.wait(self.every):
             try:
-                self.storage.filesystem().get_file_info(self.storage.uri.removeprefix("s3://"))
+                self.storage.probe()
                 failures = 0
             except Exception as e:  # any failure to answer counts
                 failures += 1

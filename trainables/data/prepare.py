@@ -22,7 +22,12 @@ import pandas as pd
 import torch
 
 from trainables.config import DataConfig
-from trainables.contract import DATA_SOURCE_PARAM, counts_param
+from trainables.contract import (
+    CLASSES_PARAM,
+    DATA_SOURCE_PARAM,
+    counts_param,
+    split_size_param,
+)
 from trainables.data.base import SPLITS, DatasetError, Source, get_source
 from trainables.data.cache import ImageCache, cache_path, corrupt_images, image_cache, open_cache
 from trainables.data.manifest import Manifest, build_manifest, default_cache_dir, read_manifest, save_manifest
@@ -164,13 +169,13 @@ def load_splits(cfg: DataConfig, seed: int) -> SplitData:
     data = {name: _split(cache.images, rows) for name, rows in splits.items()}
     params = {
         DATA_SOURCE_PARAM: describe,
-        "data.classes": str(len(manifest.classes)),
+        CLASSES_PARAM: str(len(manifest.classes)),
         "data.max_train_images": str(cfg.max_train_images or ""),
         "data.manifest_hash": manifest.hash,
         "data.cache_key": cache.key,
         "data.skipped_corrupt": str(len(cache.errors) if cfg.on_corrupt == "skip" else 0),
         **{f"data.{k}": v for k, v in manifest.notes.items()},
-        **{f"data.n_{s}": str(len(data[s])) for s in SPLITS},
+        **{split_size_param(s): str(len(data[s])) for s in SPLITS},
         # Images per class in each split: what the report's trivial classifier (majority class / chance) is
         # computed from, on the same metric as the trials.
         **{counts_param(s): json.dumps(np.bincount(splits[s]["label"], minlength=len(manifest.classes)).tolist())

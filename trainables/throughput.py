@@ -6,7 +6,8 @@ It also times what every trial of the group pays besides its steps: building the
 again at every restore after a pause) and writing and reading its checkpoint (every epoch; at every restore).
 On the CPU the steps run with the trial's own threads (`threads`: its CPUs), as a trial sets them.
 
-`sweep.calibrate` turns these measurements into a sweep's device-hours and cost and into GPU shares per trial.
+`python -m sweep.calibrate` (sweep/plan/cost.py) turns these measurements into a sweep's device-hours and cost
+and into GPU shares per trial.
 """
 
 from __future__ import annotations
@@ -167,7 +168,7 @@ def _measure(task: str, backbone: str, weights: str, kwargs: dict[str, Any], met
 
 
 def _checkpoint_timing(model, bn_mode: str | None, optimizer) -> tuple[int, float, float]:
-    """(bytes, seconds to write, seconds to read back) of a checkpoint as a trial writes one (trainables.trial:
+    """(bytes, seconds to write, seconds to read back) of a checkpoint as a trial writes one (trainables.checkpoints:
     the trained weights twice, the current and the best-validation copy, and the optimizer state)."""
     from safetensors.torch import load_file, save_file
 
