@@ -200,7 +200,7 @@ def paired_bootstrap(a: CellPredictions, b: CellPredictions, metric: str = "f1",
     if seed_variance > 0:
         freedom = (images_variance + seed_variance) ** 2 / sum(v**2 / (n - 1) for _, v, n in parts if v > 0)
         widen = stats.t.ppf(1 - tail / 100, freedom) / stats.norm.ppf(1 - tail / 100)
-        low, high = observed - widen * (observed - low), observed + widen * (high - observed)
+        low, high = float(observed - widen * (observed - low)), float(observed + widen * (high - observed))
     common = sorted(set(a.predicted) & set(b.predicted))
     seeds_a, seeds_b = sorted(a.predicted), sorted(b.predicted)
     per_seed = [float(sign * (per_method[0][0, seeds_a.index(s)] - per_method[1][0, seeds_b.index(s)]))
@@ -214,7 +214,9 @@ def paired_bootstrap(a: CellPredictions, b: CellPredictions, metric: str = "f1",
         **trust.seed_tests(per_seed),
         "verdict": verdict(low, high, rope),
         "interval_over": "test images and seeds" if min(len(seeds_a), len(seeds_b)) > 1 else
-                         "test images only (one seed: seed variation is not in it)",
+                         "test images only (one seed: seed variation is not in it)" if max(len(seeds_a), len(seeds_b)) == 1
+                         else "test images, and the seeds of the side that has several (the other has one seed: its "
+                              "seed variation is not in it)",
     }
 
 
