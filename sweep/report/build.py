@@ -152,7 +152,7 @@ def compare(uri_a: str, a: str, uri_b: str, b: str, out: Path, rope: float = com
              f"{a}: {', '.join(sorted(scores[0]['backbone'].unique()))}; "
              f"{b}: {', '.join(sorted(scores[1]['backbone'].unique()))}"
              f"{' (each backbone against the same one)' if by_backbone else ''}. The interval and verdict of b against a: a "
-             "paired bootstrap over the test images pooled over seeds where both left per-image predictions on the "
+             "paired bootstrap over the test images and the seeds where both left per-image predictions on the "
              f"same images, else over the seeds alone ('on' says which); equivalent within ±{rope:g} points.")
     doc.table(table)
     out.mkdir(parents=True, exist_ok=True)
