@@ -154,10 +154,10 @@ def test_resume_of_a_sweep_stopped_before_tune_saved_anything_starts_it(tmp_path
     """Ctrl-C while the launcher starts Ray leaves the sweep's folder holding its inputs (medpeft-sweep.json) and no
     Tune state yet (tuner.pkl): its name is taken, so --resume must start it from those inputs, not fail on the
     missing state."""
-    from sweep.plan.spec import load_spec
     from sweep.plan.validate import make_plan
     from sweep.store.storage import parse_storage
     from sweep.tune.run import save_inputs
+    from tests.conftest import load_spec
 
     spec = sim_spec(tmp_path / "sim.yaml", epochs=2, epoch_seconds=0.0, trials=2, cells="[linear]", scheduler="fifo")
     spec.write_text(spec.read_text().replace("{name: synthetic, id: b, options: {seed: 1}}", "").replace(", ]", "]"))

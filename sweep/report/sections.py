@@ -163,7 +163,10 @@ def seeds_why(seeds: int, verdict: str, initial: int, most: int) -> str:
         return (f"{seeds - initial} added while undecided; still undecided at the most allowed" if verdict ==
                 "undecided" and seeds >= most else f"{seeds - initial} added while undecided, then {verdict}")
     if verdict == "undecided":
-        return "undecided, no seed added yet (sweep not finished?)" if seeds < most else "the most allowed"
+        # Below the most allowed, an undecided comparison gets a seed as soon as its cells end; one that has none
+        # was decided when the sweep asked (statistics since changed) or the sweep stopped before it asked.
+        return (f"undecided at {seeds}, below the most allowed ({most}): no seed added while the sweep ran"
+                if seeds < most else "the most allowed")
     return f"the initial {initial}: decided ({verdict})"
 
 
