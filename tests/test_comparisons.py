@@ -125,19 +125,18 @@ def expected_macro_f1(method: str, seed_sd: float) -> float:
 
 # Seed shift SD (probit) -> (SD of one seed's expected macro F1 of method a, in points; coverage bounds). 400
 # simulations: the Monte-Carlo SE of a coverage of 0.95 is 0.011, of 0.90 0.015.
-SEED_SHIFTS = {0.0: (0.0, (0.93, 0.97)), 0.05: (1.4, (0.90, 0.96)), 0.1: (2.8, (0.86, 0.93))}
+SEED_SHIFTS = {0.0: (0.0, (0.93, 0.97)), 0.05: (1.4, (0.93, 0.97)), 0.1: (2.8, (0.93, 0.97))}
 
 
 @pytest.mark.parametrize("seed_sd", SEED_SHIFTS)
 def test_the_interval_covers_the_true_difference_with_and_without_seed_variation(seed_sd):
     """Test sets of 80 to 600 images, 3 seeds per method, each seed with its own expected score (seed SD 0, 1.4 and
     2.8 macro F1 points): the truth is the difference of the methods' expected population macro F1. Over images
-    and seeds the interval covers 0.943 with no seed variation (0.93-0.97 asserted) and 0.923 at 1.4 points (0.925
-    and 0.93 over two other runs: a little short of 0.95). Where seeds dominate (2.8 points), three seeds give
-    their variance 2 degrees of freedom and even widened by t at the Welch-Satterthwaite degrees of freedom it
-    covers about 0.89 (0.898 here, 0.885 over another run), where resampling the images alone covered 0.76
-    (0.89 at 1.4 points) and drawing the seeds without netting out the images' share of their spread over-covers
-    (0.995 at no seed variation). 500 resamples keep the test cheap (1,000 give the same coverages within 0.005)."""
+    and seeds the interval covers 0.93-0.97 in all three (this run: 0.930, 0.960, 0.9375; pooled over four runs of
+    400: 0.964, 0.960, 0.959), where resampling the images alone covered 0.94, 0.89 and 0.76, trusting the seed
+    variance net of the images' share covered 0.89 at 2.8 points (three seeds' spread is often small by chance),
+    and drawing the seeds without netting out the images' share over-covers (0.995 at no seed variation). 500
+    resamples keep the test cheap (1,000 give the same coverages within 0.005)."""
     points, (low_bound, high_bound) = SEED_SHIFTS[seed_sd]
     spread = 100 * np.std([population_macro_f1(*stats.norm.cdf(stats.norm.ppf(np.asarray(ACCURACY["a"])) + seed_sd * z))
                            for z in np.random.default_rng(0).standard_normal(4000)])

@@ -171,6 +171,7 @@ def test_resume_of_a_sweep_stopped_before_tune_saved_anything_starts_it(tmp_path
     assert all([m.step for m in client.get_metric_history(r.info.run_id, "epoch")] == [1, 2] for r in found)
 
 
+@pytest.mark.long
 def test_killed_worker_restarts_from_its_checkpoint(tmp_path):
     spec = sim_spec(tmp_path / "sim.yaml", epochs=6, epoch_seconds=1.0, trials=1, cells="[linear]")
     spec.write_text(spec.read_text().replace("{name: synthetic, id: b, options: {seed: 1}}", "").replace(", ]", "]"))
@@ -207,6 +208,7 @@ def test_killed_worker_restarts_from_its_checkpoint(tmp_path):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch")] == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.long
 def test_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path):
     data = ["--data-root", str(SHARED_DATA)] if (SHARED_DATA / "medmnist").is_dir() else []
     result = launch("--storage", str(tmp_path), *data,
