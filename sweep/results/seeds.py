@@ -63,8 +63,7 @@ def seeds_needed(trials: pd.DataFrame, cells: pd.DataFrame, predictions: dict[st
         if taken >= max_seeds:
             decision.why.append(f"{label}: still undecided at {taken} seeds, the most allowed")
             continue
-        following = next(s for s in range(max_seeds + max(max(seeds.get(line, [0])) for line in pair) + 1)
-                         if s not in paired)
+        following = min(set(range(taken + 1)) - paired)  # the first seed the pair does not share
         lacking = [line for line in pair if following not in seeds.get(line, [])]
         for line in lacking:
             decision.add[line] = max(decision.add.get(line, following), following)
