@@ -48,11 +48,11 @@ class Loop:
     the searcher then the scheduler, a stopped or finished trial completes (scheduler, then searcher)."""
 
     def __init__(self, searcher: CellSearcher, sched: PerCellHalving, objective, diverges=lambda lr: False,
-                 reads_train: bool = False):
+                 reads_train: bool = False, val_images: int | None = None):
         """`reads_train`: the objective is given the trial's whole train config (every searched knob), not its
-        learning rate."""
+        learning rate. `val_images`: the validation images each report says its score was measured on."""
         self.searcher, self.sched, self.objective, self.diverges = searcher, sched, objective, diverges
-        self.reads_train = reads_train
+        self.reads_train, self.val_images = reads_train, val_images
         self.trials: list[Stub] = []
         self.search_alg = SimpleNamespace(is_finished=lambda: self.finished, searcher=searcher)
         self.finished, self.epochs, self.runs = False, 0, []
@@ -98,6 +98,8 @@ class Loop:
                 else:
                     value = self.objective(trial.config["train"] if self.reads_train else lr, trial.epoch)
                     result = {"epoch": trial.epoch, "score": value, "val/best_loss": 1 - value}
+                    if self.val_images:
+                        result["val_images"] = self.val_images
                 self.searcher.on_trial_result(trial.trial_id, result)
                 decision = self.sched.on_trial_result(self, trial, result)
                 if decision == TrialScheduler.PAUSE:
@@ -173,7 +175,9 @@ def test_diverging_larger_learning_rates_are_a_stability_edge_not_extended():
     ({"extend_range": False}, [1e-4, 1e-3, 1e-2], "extension off"),
 ])
 def test_lr_limits_and_max_extensions_hold(rules, tried, note):
-    loop = Loop(*make(**rules), objective=bell(1))  # best at 10: beyond every limit
+    # Best beyond every limit: the score rises 0.05 a decade (0.03 at the first rung), a trend, not a flat range.
+    rising = lambda lr, epoch: (0.7 + 0.05 * math.log10(lr)) * (1 - math.exp(-epoch))  # noqa: E731
+    loop = Loop(*make(**rules), objective=rising)
     loop.run()
     lr, got, search = outcome(loop)
     assert got == pytest.approx(tried) and lr == pytest.approx(tried[-1])
@@ -189,6 +193,51 @@ def test_a_flat_range_extends_up_and_says_so():
     lr, tried, search = outcome(loop)
     assert search.rounds[1].kind == "high" and "flat range" in search.rounds[1].why
     assert tried == pytest.approx([1e-6, 1e-5, 1e-4, 1e-3]) and lr == pytest.approx(1e-3)
+
+
+def test_a_range_still_flat_after_an_extension_ends_flat_not_at_an_edge():
+    # Equal within noise everywhere (the scores differ by 0.01 per decade, a third of an image on 39 validation
+    # images): each flat round extends up while it may, and the search ends "flat", not at the high edge.
+    almost_flat = lambda lr, epoch: (0.7 + 0.01 * math.log10(lr)) * (1 - math.exp(-epoch))  # noqa: E731
+    loop = Loop(*make(space={"lr": Dist(low=1e-4, high=1e-2)}, max_extensions=2), objective=almost_flat,
+                val_images=39)
+    loop.run()
+    _, tried, search = outcome(loop)
+    assert [r.kind for r in search.rounds] == ["initial", "high", "high"]
+    assert tried == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+    assert search.edge == rounds.FLAT and "flat range" in search.note and "0.0001..1" in search.note
+
+
+def test_the_same_scores_on_a_large_validation_set_are_a_high_edge():
+    # The same 0.01 per decade is a trend on a validation set where a score moves by less than that: extended to
+    # max_extensions and left at the high edge, as before noise counted.
+    rising = lambda lr, epoch: (0.7 + 0.03 * math.log10(lr)) * (1 - math.exp(-epoch))  # noqa: E731
+    loop = Loop(*make(space={"lr": Dist(low=1e-4, high=1e-2)}, max_extensions=2), objective=rising,
+                val_images=20_000)
+    loop.run()
+    _, tried, search = outcome(loop)
+    assert tried == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1, 1.0]) and search.edge == rounds.AT_HIGH
+
+
+@pytest.mark.parametrize("images, doubled", [(None, True), (39, False), (20_000, True)])
+def test_still_improving_by_less_than_the_validation_noise_is_converged(images, doubled):
+    # bell(-1, tau=3) at its best lr ends 0.855 at epoch 9 (0.9 (1 - exp(-3))) and rose 0.042 over its last two
+    # epochs (0.9 (exp(-7/3) - exp(-3))): more than the 0.01 floor and one standard error on 20,000 images
+    # (0.0025), less than one on 39 images, sqrt(0.855 x 0.145 / 39) = 0.056.
+    searcher, sched = make(space={"lr": Dist(low=1e-2, high=1.0)}, max_epoch_doublings=1)
+    loop = Loop(searcher, sched, objective=bell(-1, tau=3), val_images=images)
+    loop.run()
+    kinds = [r.kind for r in outcome(loop)[2].rounds]
+    assert kinds == (["initial", "doubling"] if doubled else ["initial"])
+
+
+def test_score_tolerance_is_one_standard_error_of_the_validation_score():
+    from trainables.contract import score_tolerance
+
+    assert score_tolerance(0.7, 39) == pytest.approx(math.sqrt(0.7 * 0.3 / 39))  # 0.0734
+    assert score_tolerance(0.5, 100) == pytest.approx(0.05)
+    assert score_tolerance(0.9, 1_000_000) == 0.01  # the floor where the set is large
+    assert score_tolerance(0.9, None) == 0.01 and score_tolerance(None, 39, floor=0.02) == 0.02
 
 
 def test_the_new_round_is_halved_against_the_earlier_rounds_recorded_scores():

@@ -11,6 +11,11 @@ import pandas as pd
 from sweep.report import analysis, plots
 from sweep.report.document import Document
 from sweep.results import comparisons, trust
+from sweep.tune.rounds import AT_HIGH, AT_LOW, FLAT, INTERIOR, STABILITY
+
+# How a cell's learning-rate search ended (sweep/tune/rounds.py EDGE_KINDS), in the report's words.
+EDGE_WORDS = {INTERIOR: "inside the range searched", STABILITY: "at a stability edge (larger learning rates diverged)",
+              FLAT: "on a flat range", AT_HIGH: "at the high edge", AT_LOW: "at the low edge"}
 
 
 def overview(doc: Document, trials: pd.DataFrame, status: pd.DataFrame) -> None:
@@ -96,9 +101,10 @@ def main_table(doc: Document, task: str, backbone: str, scores: pd.DataFrame) ->
               f"{' in percentage points' if unit else ''} (positive: better; compared on the test images in "
               "'Comparisons' below). The trivial classifier row is what a model that ignores the image scores. "
               "(did not learn): no better than it; †: not converged, the chosen trial's best validation score still "
-              "rising over its last epochs (train longer; the rule by which the search rounds double the epochs, "
-              "trainables/contract.py still_improving); ‡: the chosen learning rate is the edge of the range searched "
-              "(widen it).")
+              "rising over its last epochs by more than its standard error on the validation images (train longer; the "
+              "rule by which the search rounds double the epochs, trainables/contract.py still_improving); ‡: the "
+              "chosen learning rate is at an edge of the range searched that is neither a stability edge nor a flat "
+              "range (widen it).")
     if task == "classification":
         legend += (" BatchNorm stats: whether the BatchNorm running statistics were updated in training (train) or "
                    "kept as pretrained (eval).")
@@ -241,11 +247,20 @@ def lr_search(doc: Document, trials: pd.DataFrame, cells: pd.DataFrame, out: Pat
     chosen = trials[trials["is_best_in_cell"]] if "knobs_at_edge" in trials else trials.iloc[:0]
     knobs = dict(zip(chosen["cell_key"], chosen.get("knobs_at_edge", pd.Series(dtype=object)), strict=True))
     knobs = {cell: text for cell, text in knobs.items() if text}
-    at_lr_edge = cells["search_edge"].isin(["stability", "high", "low"])
+    kinds = cells["search_edge"].value_counts()
+    if kinds.sum():
+        ended = ", ".join(f"{int(kinds.get(kind, 0))} {words}" for kind, words in EDGE_WORDS.items())
+        settled = int(kinds.get(INTERIOR, 0) + kinds.get(STABILITY, 0))
+        doc.text(f"How the {int(kinds.sum())} cells' searches ended: {ended}. Inside the range or at a stability edge: "
+                 f"{settled} ({settled / kinds.sum():.0%}); with the flat ranges: "
+                 f"{settled + int(kinds.get(FLAT, 0))} ({(settled + kinds.get(FLAT, 0)) / kinds.sum():.0%}).")
+    at_lr_edge = cells["search_edge"].isin([STABILITY, FLAT, AT_HIGH, AT_LOW])
     edge = cells[at_lr_edge | cells["cell_key"].isin(knobs)]
     if len(edge):
         doc.text(f"{int(at_lr_edge.sum())} of {len(cells)} cells ended their search at an edge of the learning rates "
-                 "tried (stability: larger ones diverged; high/low: the limits or search.max_extensions stopped it)"
+                 "tried or on a flat range (stability: larger ones diverged; flat: every learning rate tried scored "
+                 "the same within the validation set's noise, after every extension allowed; high/low: the limits or "
+                 "search.max_extensions stopped it)"
                  + (f"; {len(knobs)} chose another searched knob at the highest or lowest value tried (reported "
                     "only: the search widens the learning rate's range, no other)" if knobs else "") + ":")
         table = edge[["cell_key", "search_edge", "search_note", "search"]].rename(columns={

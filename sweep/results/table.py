@@ -4,6 +4,7 @@ of its DataFrames, so every number can be recomputed from `results.parquet`."""
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -50,6 +51,7 @@ from trainables.contract import (
     VAL_BEST_LOSS,
     WORKERS_PARAM,
     Status,
+    score_tolerance,
     selection_order,
     still_improving,
 )
@@ -59,7 +61,9 @@ CELL_FIELDS = list(CELL_FIELD_TAGS)  # the cell-field columns of both tables: th
 
 def trials_table(uri: str, sweep: str, tolerance: float = SCORE_TOLERANCE) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per trial, one row per planned cell) of a sweep, from MLflow. `tolerance`: the spec's
-    search.flat_tolerance, so a chosen trial is "not converged" here exactly when its search rounds judged it so."""
+    search.flat_tolerance (raised, as the rounds raise it, to the standard error of the trial's validation score:
+    trainables.contract.score_tolerance), so a chosen trial is "not converged" here exactly when its search rounds
+    judged it so."""
     mlflow = mlflow_experiment.client(uri)
     experiment = mlflow.get_experiment_by_name(sweep)
     if experiment is None:
@@ -83,7 +87,26 @@ def trials_table(uri: str, sweep: str, tolerance: float = SCORE_TOLERANCE) -> tu
         cells = cells.sort_values("cell_key").reset_index(drop=True)  # MLflow returns newest first
     trials = mark_best_in_cell(trials)
     trials = _with_curve_checks(mlflow, trials, tolerance)
+    if len(cells) and "lr_at_edge" in trials:
+        # A chosen learning rate at the edge of what its cell tried is a range edge (‡: widen it) unless the cell's
+        # search ended there for a reason: larger learning rates diverged, or every one tried scored the same.
+        settled = set(cells.loc[cells[SEARCH_EDGE_TAG].isin(SETTLED_EDGES), "cell_key"])
+        trials.loc[trials["cell_key"].isin(settled), "lr_at_edge"] = ""
     return trials.sort_values(["cell_key", "trial_key"]).reset_index(drop=True), cells
+
+
+# The kinds of end of a cell's learning-rate search (sweep/tune/rounds.py EDGE_KINDS) that are not a range edge to
+# widen, though the chosen learning rate may be the highest or lowest tried.
+SETTLED_EDGES = ("interior", "stability", "flat")
+
+
+def validation_images(counts: object) -> int | None:
+    """The validation images of a trial from its counts_val column (the class counts, as JSON), None if unknown."""
+    try:
+        total = sum(int(c) for c in json.loads(counts))
+    except (TypeError, ValueError):
+        return None
+    return total or None
 
 
 def _with_curve_checks(mlflow, trials: pd.DataFrame, tolerance: float = SCORE_TOLERANCE) -> pd.DataFrame:
@@ -104,7 +127,9 @@ def _with_curve_checks(mlflow, trials: pd.DataFrame, tolerance: float = SCORE_TO
         # epoch -> SCORE, as the searcher records it (an epoch logged again after a resume counts once).
         history = {m.step: m.value for m in sorted(mlflow.get_metric_history(run_id, SCORE),
                                                    key=lambda m: (m.step, m.timestamp))}
-        trials.loc[index, "not_converged"] = still_improving(history, tolerance)
+        scores = [v for v in history.values() if math.isfinite(v)]
+        trials.loc[index, "not_converged"] = still_improving(history, score_tolerance(
+            max(scores, default=None), validation_images(trials.loc[index, "counts_val"]), tolerance))
     if len(chosen):
         for column, edges in (("lr_at_edge", trust.at_edge(trials, chosen)),
                               ("knobs_at_edge", trust.knobs_at_edge(trials, chosen))):

@@ -10,10 +10,13 @@ The rules, in the order they are applied to a cell whose round has ended (`next_
    the tolerance, while the chosen one's did). That edge is the method's stability limit, not a range problem:
    no extension upwards ("stability edge: larger learning rates diverged"). If the chosen one is also the lowest
    learning rate tried, the range extends downwards.
-3. **Flat range**: the scores of the round are equal within `flat_tolerance` at a rung that decided it (every
+3. **Flat range**: the scores of the round are equal within the tolerance at a rung that decided it (every
    trial compared there within the tolerance of the winner), or, without rung records, their final scores are.
    The order of the trials says nothing about direction then; training signal lies at larger learning rates, so
-   the range extends upwards, and the cell says so.
+   the range extends upwards, and the cell says so. A range still flat once `max_extensions` rounds have run (a
+   flat region far below a method's learning rates can end; it keeps extending while it may) has answered the
+   question as far as it was asked: the learning rate made no difference there that this validation set can see.
+   The search ends with the edge kind "flat", not "high": its best is not at an edge, it is not identifiable.
 4. **Range edge**: the chosen learning rate is the highest (lowest) tried: a round of new learning rates beyond
    it, one decade further at the cell's own log spacing (grid: the step between its grid points; other samplers:
    its planned trials per decade), inside `lr_limits`, at most `max_extensions` rounds.
@@ -21,6 +24,10 @@ The rules, in the order they are applied to a cell whose round has ended (`next_
    over its last epochs (trainables.contract.still_improving, the definition the report's † uses too), one more
    trial runs its configuration with twice the epochs, at most `max_doublings` times. The report's choice (the
    best by validation) then picks between them.
+
+"Equal" and "rose" are judged per cell against the noise of its validation score (`cell_tolerance`: one
+standard error at the chosen trial's score and the validation images its trials reported, never below the spec's
+`flat_tolerance`): on 39 validation images one image is 2.6 points.
 
 Every other searched numeric knob (weight decay, a LoRA rank searched over a range or numeric choices) gets the
 same edge check as the learning rate (sweep.plan.grid.range_edge): a chosen value at the lowest or highest the cell
@@ -30,11 +37,12 @@ hyperparameter whose best value moves by decades from one setting to the next.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sweep.plan.grid import LR, extension_round_size, lr_step, lrs_beyond, range_edge, trial_key
 from sweep.plan.spec import Dist
+from sweep.results.table import SETTLED_EDGES
 from sweep.tune.state import (
     ROUND_DOUBLING,
     ROUND_HIGH,
@@ -55,6 +63,7 @@ from trainables.contract import (
     SEARCH_ROUNDS_TAG,
     SEARCH_TAG,
     Status,
+    score_tolerance,
     selection_order,
     still_improving,
 )
@@ -63,9 +72,11 @@ from trainables.contract import (
 # the contract's, which its not-converged rule (still_improving, imported here for the doubling) uses too.
 FLAT_TOLERANCE = SCORE_TOLERANCE
 
-# A cell's search ends with one of these (CellSearch.edge); the last three leave it at an edge of its range.
-INTERIOR, STABILITY, AT_HIGH, AT_LOW = "interior", "stability", "high", "low"
-EDGE_KINDS = (INTERIOR, STABILITY, AT_HIGH, AT_LOW)
+# A cell's search ends with one of these (CellSearch.edge): the best inside its range, at the method's stability
+# limit, on a range flat within noise after an extension, or (the last two) at an edge of its range.
+INTERIOR, STABILITY, FLAT = SETTLED_EDGES  # ("interior", "stability", "flat"): none is a range edge to widen
+AT_HIGH, AT_LOW = "high", "low"
+EDGE_KINDS = (INTERIOR, STABILITY, FLAT, AT_HIGH, AT_LOW)
 STABILITY_NOTE = "stability edge: larger learning rates diverged"
 
 
@@ -106,6 +117,7 @@ def next_round(search: CellSearch, records: list[TrialRecord], state: SweepState
                grid_points: int, sampler: str, base_epochs: int | None = None) -> Round | None:
     """The cell's next round, or None when its search is done; either way its `edge` and `note` say how its
     range stands. `records`: every trial of the cell, all ended."""
+    rules = replace(rules, flat_tolerance=cell_tolerance(records, rules))
     search.knob_edges = knob_edges(search.rounds[0].space, records, chosen(records, rules.mode))
     if search.rounds[-1].kind != ROUND_DOUBLING:
         direction = _judge_range(search, records, state, cell, rules)
@@ -129,6 +141,16 @@ def next_round(search: CellSearch, records: list[TrialRecord], state: SweepState
                  why=f"{trial_key(cell, best.index)} still improving at its last epoch: epochs {epochs} -> "
                      f"{2 * epochs}",
                  epochs=2 * epochs, params=dict(best.params))
+
+
+def cell_tolerance(records: list[TrialRecord], rules: Rules) -> float:
+    """The least score difference that counts in this cell: the standard error of its chosen trial's validation
+    score on the validation images its trials reported (trainables.contract.score_tolerance), or the spec's
+    flat_tolerance where that is larger or the task reports no validation images."""
+    best = chosen(records, rules.mode)
+    images = next((r.val_images for r in records if r.val_images), None)
+    score = None if best is None or best.value is None else (best.value if rules.mode == "max" else -best.value)
+    return score_tolerance(score, images, rules.flat_tolerance)
 
 
 def knob_edges(space: dict[str, Any], records: list[TrialRecord], best: TrialRecord | None) -> dict[str, str]:
@@ -163,6 +185,14 @@ def _judge_range(search: CellSearch, records: list[TrialRecord], state: SweepSta
             return None
         direction, why = ROUND_LOW, "best at the lowest learning rate tried (larger ones diverged)"
     elif _flat(search, records, state, cell, rules):
+        extended = sum(r.kind in (ROUND_HIGH, ROUND_LOW) for r in search.rounds)
+        if extended and extended >= rules.max_extensions:
+            tried = sorted(r.params[LR] for r in records)
+            search.edge = FLAT
+            search.note = (f"flat range: scores equal within the validation noise (±{tol:.3f}) over lr "
+                           f"{tried[0]:.3g}..{tried[-1]:.3g}, after {extended} extension round(s): the learning "
+                           "rate makes no difference there")
+            return None
         direction, why = ROUND_HIGH, "flat range (scores equal within noise): extended up"
     elif side == AT_HIGH or not (above or below):
         # One learning rate tried has no edge to be at (range_edge), but nothing says the best is below it either:
@@ -244,6 +274,8 @@ def describe(search: CellSearch, records: list[TrialRecord]) -> dict[str, str]:
             parts.append(f"epochs {r.epochs // 2} -> {r.epochs}")
     if search.edge in (STABILITY, AT_HIGH, AT_LOW):
         parts.append(search.note if search.edge == STABILITY else f"at the {search.edge} edge ({search.note})")
+    elif search.edge == FLAT:
+        parts.append("flat range (no learning rate better than another within the validation noise)")
     knobs = search.knob_edges or {}
     parts += [f"{name} at its {edge} edge" for name, edge in knobs.items()]
     ranges = []

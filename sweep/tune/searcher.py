@@ -40,6 +40,7 @@ from trainables.contract import (
     ROUND_TAG,
     SCORE,
     VAL_BEST_LOSS,
+    VAL_IMAGES,
     Status,
 )
 
@@ -80,7 +81,9 @@ class CellSearcher(Searcher):
         lr_limits: (low, high): no learning rate outside them is ever tried by an extension.
         max_extensions: extension rounds per cell at most.
         max_epoch_doublings: rounds per cell that run the chosen configuration again with twice the epochs.
-        flat_tolerance: scores closer than this (SCORE units) count as equal: a flat range, a rung decided by a tie.
+        flat_tolerance: scores closer than this (SCORE units) count as equal: a flat range, a rung decided by a tie;
+            a cell whose trials report their validation images uses their score's standard error where larger
+            (trainables.contract.score_tolerance).
     """
 
     def __init__(
@@ -204,6 +207,8 @@ class CellSearcher(Searcher):
             record.best_loss = None if loss is None else float(loss)
             if result.get(EPOCH) is not None:
                 record.scores[int(result[EPOCH])] = float(value)
+            if result.get(VAL_IMAGES) is not None:
+                record.val_images = int(result[VAL_IMAGES])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         record = self.state.trials.get(trial_id)

@@ -34,6 +34,9 @@ class TrialRecord:
     best_loss: float | None = None  # its last VAL_BEST_LOSS: SCORE's tie-break (trainables.contract.selection_order)
     round: int = 0  # the cell's search round it belongs to (CellSearch.rounds)
     scores: dict[int, float] = field(default_factory=dict)  # epoch -> SCORE reported there (convergence check)
+    # The validation images SCORE is measured on (trainables.contract.VAL_IMAGES), where the task reports them:
+    # how far its score moves by chance. A default, not a factory: a state saved before it still loads.
+    val_images: int | None = None
 
 
 @dataclass
@@ -98,7 +101,7 @@ class CellSearch:
 
     rounds: list[Round]
     trial_ids: list[str] = field(default_factory=list)  # Tune ids of the trials handed out, in order
-    edge: str = ""  # once ended: one of sweep/tune/rounds.py's EDGE_KINDS ("interior", "stability", "high", "low")
+    edge: str = ""  # once ended: one of sweep/tune/rounds.py's EDGE_KINDS ("interior", "stability", "flat", "high", "low")
     note: str = ""  # once ended: what a person reads about its range, e.g. "stability edge: larger ... diverged"
     done: bool = False  # no more rounds: the cell's trials are all handed out
     announced: int = 0  # rounds after the initial one the progress callback has printed
