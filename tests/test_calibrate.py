@@ -296,3 +296,27 @@ def test_a_capped_training_set_is_estimated_at_its_cap(tmp_path, monkeypatch):
     path.write_text(SPEC.replace("num_classes: 3}}", "num_classes: 3}, max_train_images: 40}"))
     plan = make_plan(load_spec(path), path, None, allow_missing=True)
     assert cost.dataset_sizes(plan, {}) == {plan.cells[0].dataset.key: {"train": 40, "val": 30, "test": 30}}
+
+
+def test_an_epoch_cycled_to_its_minimum_steps_is_estimated_at_every_pass(tmp_path, monkeypatch):
+    """train.min_steps_per_epoch makes a small fraction's epoch run whole passes (trainables/classification.py);
+    the estimate counts them. 90 training images in batches of 8, at least 6 steps an epoch: fraction 1 is 90
+    images, 11 batches of 8 and one of 2 = 12 steps, one pass; fraction 0.1 is 9 images, 8 + 1, the single image
+    joining the first batch (min_last 2): 1 step a pass, so 6 passes, 54 images an epoch, 54/45 + 30/60 = 1.7 s."""
+    monkeypatch.setenv("MEDPEFT_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "cycled.yaml"
+    path.write_text(SPEC.replace("fractions: [1.0, 0.5]", "fractions: [1.0, 0.1]")
+                    .replace("batch_size: 8}", "batch_size: 8, min_steps_per_epoch: 6}"))
+    plan = make_plan(load_spec(path), path, None, allow_missing=True)
+    group = {"train_images_per_s": 45.0, "eval_images_per_s": 60.0, "build_s": 0.0, "checkpoint_save_s": 0.0,
+             "checkpoint_load_s": 0.0}
+    measured = {cost.group_of(plan.spec, c).key: group for c in plan.cells}
+    cells, _ = cost.estimate(plan, measured, {"synth": {"train": 90, "val": 30, "test": 30}}, OVERHEADS, slots=1)
+    by_fraction = {c["cell"].split("frac=")[1].split("/")[0]: c for c in cells}
+    assert by_fraction["0.1"]["train_images_per_epoch"] == pytest.approx(54)
+    assert by_fraction["0.1"]["epoch_s"] == pytest.approx(1.7)
+    assert by_fraction["1"]["train_images_per_epoch"] == pytest.approx(90)
+    # Without the knob, one pass: the fraction's 9 images.
+    plain = make_plan(load_spec(path, ["train.min_steps_per_epoch=1"]), path, None, allow_missing=True)
+    cells, _ = cost.estimate(plain, measured, {"synth": {"train": 90, "val": 30, "test": 30}}, OVERHEADS, slots=1)
+    assert [c["train_images_per_epoch"] for c in cells if "frac=0.1/" in c["cell"]] == pytest.approx([9] * 4)

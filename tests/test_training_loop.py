@@ -8,16 +8,19 @@ import pytest
 
 from tests.conftest import StoppingSession, mlflow_experiment, run_worker
 from trainables.classification import train_loop_per_worker
+from trainables.config import DataConfig
+from trainables.data import Batches, load_splits
+from trainables.data.loader import batch_count, passes_per_epoch
 from trainables.mlflow_run import config_hash
 from trainables.session import LocalSession
 
 
-def trial_config(tmp_path=None, storage=None, **train) -> dict:
+def trial_config(tmp_path=None, storage=None, train_images: int = 120, **train) -> dict:
     config = {
         "storage": str(storage) if storage else None,
         "task": "classification",
         "seed": 0,
-        "data": {"name": "synthetic", "options": {"train": 120, "val": 40, "test": 40}, "image_size": 32},
+        "data": {"name": "synthetic", "options": {"train": train_images, "val": 40, "test": 40}, "image_size": 32},
         "backbone": {"name": "test_efficientnet", "weights": "random"},
         "method": {"name": "bitfit"},
         "train": {"epochs": 3, "batch_size": 16, "lr": 3e-3, "warmup_epochs": 0.5, **train},
@@ -55,11 +58,19 @@ def test_micro_batches_accumulate_to_the_gradients_of_the_whole_batch(uninterrup
             assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-5), key
 
 
-def test_resume_from_a_mid_training_checkpoint_gives_the_uninterrupted_result(uninterrupted, tmp_path):
-    first = run(trial_config(storage=tmp_path), StoppingSession(stop_after_reports=1))
+# A tiny training set cycled several times an epoch (min_steps_per_epoch): 24 images in batches of 16 are 2 steps
+# a pass, so 5 steps take 3 passes. Each pass's shuffle and augmentation must survive a resume too.
+CYCLED = {"train_images": 24, "min_steps_per_epoch": 5}
+
+
+@pytest.mark.parametrize("options", [{}, CYCLED], ids=["one-pass", "cycled"])
+def test_resume_from_a_mid_training_checkpoint_gives_the_uninterrupted_result(uninterrupted, tmp_path, options):
+    if options:
+        uninterrupted = run(trial_config(storage=tmp_path / "uninterrupted", **options))
+    first = run(trial_config(storage=tmp_path, **options), StoppingSession(stop_after_reports=1))
     assert len(first.reports) == 1
     assert list((tmp_path / "checkpoints").glob("*/epoch_000001/trained.safetensors"))
-    resumed = run(trial_config(storage=tmp_path))
+    resumed = run(trial_config(storage=tmp_path, **options))
     # The checkpointed epoch is reported again first (the driver may not have heard it before the interruption:
     # a halving rung there would otherwise be decided without it), exactly as the first attempt reported it.
     assert [r["epoch"] for r in resumed.reports] == [1, 2, 3]
@@ -68,6 +79,82 @@ def test_resume_from_a_mid_training_checkpoint_gives_the_uninterrupted_result(un
         for key in ("train/loss", "val/acc", "val/loss", "test/acc"):
             if key in theirs:
                 assert ours[key] == pytest.approx(theirs[key], abs=1e-6), key
+
+
+@pytest.mark.parametrize(("images", "batch", "min_last", "workers", "batches"), [
+    (24, 16, 2, 1, 2),  # 16 + 8
+    (17, 16, 2, 1, 1),  # 16 + 1: the one image joins the first batch
+    (17, 16, 1, 1, 2),  # ... unless single-image batches are allowed
+    (300, 32, 2, 1, 10),  # 9 x 32 + 12
+    (25, 8, 2, 2, 2),  # each of 2 workers: a padded shard of 13 = 8 + 5
+    (0, 16, 2, 1, 0),
+])
+def test_batches_per_pass_follow_the_min_last_rule(images, batch, min_last, workers, batches):
+    assert batch_count(images, batch, min_last, workers) == batches
+    if workers == 1 and images:  # what Batches itself runs over such a split
+        split = load_splits(DataConfig(name="synthetic", image_size=8, options={"train": images, "val": 3, "test": 3,
+                                                                                 "num_classes": 2}), seed=0).train
+        assert len(split) == images
+        assert sum(1 for _ in Batches(split, batch, (0.5,) * 3, (0.5,) * 3, shuffle=True, min_last=min_last)) == batches
+
+
+@pytest.mark.parametrize(("batches", "min_steps", "passes"), [
+    (2, 1, 1), (2, 2, 1), (2, 3, 2), (2, 6, 3), (2, 7, 4), (1, 6, 6), (10, 6, 1), (0, 6, 1),
+])
+def test_passes_per_epoch_are_whole_passes_reaching_the_minimum(batches, min_steps, passes):
+    assert passes_per_epoch(batches, min_steps) == passes
+
+
+@pytest.fixture
+def loader_passes(monkeypatch) -> list[int]:
+    """The pass numbers (Batches.epoch, which seeds shuffle and augmentation) the training batches are run at."""
+    passes: list[int] = []
+    iterate = Batches.__iter__
+
+    def numbered(self):
+        if self.shuffle:
+            passes.append(self.epoch)
+        return iterate(self)
+
+    monkeypatch.setattr(Batches, "__iter__", numbered)
+    return passes
+
+
+def test_a_cycled_epoch_runs_every_pass_with_its_own_shuffle_and_schedules_all_its_steps(monkeypatch, loader_passes):
+    """24 images, batch 16 (2 steps a pass), min_steps_per_epoch 5: 3 passes, 6 steps an epoch, 18 in 3 epochs,
+    passes numbered 1..9 across the epochs for the loader's seeds. Without warm-up the cosine after epoch 1 is at
+    0.5 (1 + cos(pi 6/18)) = 0.75 of the learning rate (it would be at 0 if it counted 2 steps an epoch). The
+    run's params (what MLflow logs) record the knob and the passes it made."""
+    from trainables import classification
+
+    session, steps = LocalSession(), []
+    step = classification.accumulate
+
+    def counted(net, x, y, *args, **kwargs):
+        steps.append((len(session.reports) + 1, len(y)))
+        return step(net, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(classification, "accumulate", counted)
+    params, params_of = [], classification.run_params
+
+    def recorded(*args, **kwargs):
+        params.append(params_of(*args, **kwargs))
+        return params[-1]
+
+    monkeypatch.setattr(classification, "run_params", recorded)
+    run(trial_config(warmup_epochs=0.0, **CYCLED), session)
+    assert [sum(1 for e, _ in steps if e == epoch) for epoch in (1, 2, 3)] == [6, 6, 6]
+    assert [n for _, n in steps[:6]] == [16, 8] * 3  # whole passes over the 24 images
+    assert loader_passes == list(range(1, 10))
+    assert session.reports[0]["lr"] == pytest.approx(3e-3 * 0.5 * (1 + math.cos(math.pi / 3)))
+    assert params[0]["train.min_steps_per_epoch"] == 5 and params[0]["train.passes_per_epoch"] == 3
+
+
+def test_one_pass_an_epoch_numbers_the_loader_as_the_epochs(loader_passes):
+    """An epoch that already has the steps asked for (2 here) is one pass, shuffled as before the knob existed
+    (pass number = epoch, as every run with the default min_steps_per_epoch 1)."""
+    session = run(trial_config(epochs=2, train_images=24, min_steps_per_epoch=2))
+    assert loader_passes == [1, 2] and len(session.reports) == 2
 
 
 def test_diverging_loss_ends_the_trial_as_failed():

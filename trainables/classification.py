@@ -39,6 +39,7 @@ from trainables.contract import (
     val_best,
 )
 from trainables.data import Batches, ImageSplit, load_splits
+from trainables.data.loader import TRAIN_MIN_LAST, passes_per_epoch
 from trainables.devices import ddp, device_for, peak_memory_mb
 from trainables.methods import (
     load_trainable_state,
@@ -86,6 +87,12 @@ class ClassificationTrain(BaseModel):
     select_metric: Literal["f1", "acc", "balanced_acc", "auroc", "mcc"] = "f1"  # macro F1: the study's metric
     amp: bool = True  # bf16 autocast on GPUs; trainable parameters stay fp32
     checkpoint_every: int = Field(1, ge=1)
+    # An epoch whose training set gives fewer optimizer steps than this cycles the training set again, reshuffled
+    # and re-augmented (whole passes), until it has at least this many: passes = ceil(min_steps_per_epoch /
+    # batches per pass). For tiny training sets (a 10% fraction of 300 images is 1-2 batches), where a few epochs
+    # would otherwise be a handful of steps and no learning rate converges. 1: one pass per epoch. The passes used
+    # are in the run's params (train.passes_per_epoch); warm-up and cosine count every pass's steps.
+    min_steps_per_epoch: int = Field(1, ge=1)
 
 
 @dataclass
@@ -116,7 +123,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     prepared = prepare_model(model, info, cfg.method.name, cfg.method.knobs, cfg.method.bn_mode)
     model, bn_mode = prepared.model.to(device), prepared.bn_mode
     train_batches = Batches(data.train, train.batch_size, info.mean, info.std, device, shuffle=True,
-                            augment=train.augment, seed=cfg.seed, rank=rank, world_size=world, min_last=2)
+                            augment=train.augment, seed=cfg.seed, rank=rank, world_size=world,
+                            min_last=TRAIN_MIN_LAST)
     evaluate = Evaluator(info.mean, info.std, train.eval_batch_size, device, rank, world, amp=train.amp)
     trained = [p for p in model.parameters() if p.requires_grad]
     weights = class_weights(data.train.labels.numpy(), data.num_classes, train.class_weights)
@@ -129,7 +137,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer = torch.optim.AdamW(groups)
     else:
         optimizer = torch.optim.SGD(groups, momentum=train.momentum)
-    steps_per_epoch = len(train_batches)
+    passes = passes_per_epoch(len(train_batches), train.min_steps_per_epoch)
+    steps_per_epoch = passes * len(train_batches)
     schedule = warmup_cosine(optimizer, int(train.warmup_epochs * steps_per_epoch), train.epochs * steps_per_epoch)
 
     # Resume: a restarted trial continues after its last checkpoint (same place for a re-suggested trial).
@@ -140,7 +149,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             progress, best_state = load_training_state(checkpoint, model, optimizer, schedule, Progress)
     selection = Selection(val_best(train.select_metric), test_metric(train.select_metric))
     params = run_params(cfg, train, prepared, data.params, info.weight_source, selection,
-                        **{"train.class_weights_used": json.dumps([round(w, 4) for w in weights]) if weights else "none"})
+                        **{"train.class_weights_used": json.dumps([round(w, 4) for w in weights]) if weights else "none",
+                           "train.passes_per_epoch": passes})
     if not trial.start(params, run_tags(cfg, data.params), progress.epoch).trains:
         return  # an earlier attempt finished this trial; its results were reported again
 
@@ -149,20 +159,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for epoch in range(progress.epoch + 1, train.epochs + 1):
             started = time.perf_counter()
             train_mode(net, bn_mode)
-            train_batches.epoch = epoch
             torch.manual_seed(cfg.seed * EPOCH_SEED_STRIDE + epoch)  # dropout etc.: the same on resume
             loss_sum, seen = 0.0, 0
-            for x, y in train_batches:
-                optimizer.zero_grad(set_to_none=True)
-                loss, micro = accumulate(net, x, y, micro, train, device, loss_weights)
-                if not math.isfinite(loss):
-                    raise Diverged(f"training loss became {loss} at epoch {epoch} (lr={train.lr:g})")
-                if train.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(trained, train.grad_clip)
-                optimizer.step()
-                schedule.step()
-                loss_sum += loss * len(y)
-                seen += len(y)
+            for p in range(passes):
+                # Passes are numbered across epochs, so each has its own shuffle and augmentation, fixed by (seed,
+                # epoch, pass) alone (a resumed trial sees what an uninterrupted one would); one pass an epoch
+                # numbers them as the epochs.
+                train_batches.epoch = (epoch - 1) * passes + p + 1
+                for x, y in train_batches:
+                    optimizer.zero_grad(set_to_none=True)
+                    loss, micro = accumulate(net, x, y, micro, train, device, loss_weights)
+                    if not math.isfinite(loss):
+                        raise Diverged(f"training loss became {loss} at epoch {epoch} (lr={train.lr:g})")
+                    if train.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(trained, train.grad_clip)
+                    optimizer.step()
+                    schedule.step()
+                    loss_sum += loss * len(y)
+                    seen += len(y)
             train_seconds = time.perf_counter() - started
 
             val = evaluate(model, data.val)

@@ -13,12 +13,13 @@ cache (`$MEDPEFT_CACHE_DIR/calibration/<device>.json`) where this device type ha
 
 Per cell, with T trials (its budget), E trial-epochs, R restores, F trials that run to the last epoch:
 
-    epoch     = fraction x train images / train images/s + validation images / eval images/s
+    epoch     = passes x fraction x train images / train images/s + validation images / eval images/s
     final     = (validation + test images) / eval images/s        (the best weights' predictions, once per F)
     seconds   = T x (trial + build) + E x (epoch + log + save) + R x (pause + build + load) + F x final
     device-s  = seconds x the trial's device share (GPUs, or CPUs on a CPU machine; x workers)
 
-E is a search's trials x epochs (exhaustive), or synchronous halving's exact count (`halving_epochs`, as the dry
+passes is 1 unless the spec's `train.min_steps_per_epoch` makes a small training set's epoch cycle it again
+(`train_images_per_epoch`, with the spec's batch size). E is a search's trials x epochs (exhaustive), or synchronous halving's exact count (`halving_epochs`, as the dry
 run prints); under halving F is the trials left after the last rung, and R counts, at each rung of n trials with s
 going on, s x (n - 1) / n: every trial but the rung's last arrival pauses there, and a survivor that paused is
 restored later (the last arrival goes on without a pause). Without halving R = 0 and F = T. Then for the sweep,
@@ -83,6 +84,21 @@ class Group:
     def key(self) -> str:
         return json.dumps([self.task, self.backbone, self.weights, list(self.kwargs), self.method, list(self.knobs),
                            self.bn_mode, self.image_size, self.batch_size, self.cpus])
+
+
+def train_images_per_epoch(spec, cell, train_images: int) -> float:
+    """Training images one epoch of a cell's trial runs through: its fraction of `train_images` (the dataset's
+    training split after max_train_images), times the whole passes `train.min_steps_per_epoch` adds where that
+    fraction gives fewer optimizer steps (trainables.classification; the spec's batch size, as group_of takes it)."""
+    from trainables.data.loader import TRAIN_MIN_LAST, batch_count, passes_per_epoch
+
+    images = cell.fraction * train_images
+    min_steps = int(spec.train.get("min_steps_per_epoch", 1))
+    if min_steps <= 1:
+        return images
+    batches = batch_count(round(images), int(spec.train.get("batch_size", 32)), TRAIN_MIN_LAST,
+                          max(1, cell.resources.workers))
+    return passes_per_epoch(batches, min_steps) * images
 
 
 def group_of(spec, cell) -> Group:
@@ -282,7 +298,8 @@ def estimate(plan, measured: dict[str, dict], sizes: dict[str, dict[str, int]], 
         m = measured[group_of(spec, cell).key]
         n = sizes[cell.dataset.key]
         workers = max(1, cell.resources.workers)
-        epoch_s = (cell.fraction * n["train"] / m["train_images_per_s"] + n["val"] / m["eval_images_per_s"]) / workers
+        train_images = train_images_per_epoch(spec, cell, n["train"])
+        epoch_s = (train_images / m["train_images_per_s"] + n["val"] / m["eval_images_per_s"]) / workers
         final_s = (n["val"] + n.get("test", 0)) / m["eval_images_per_s"] / workers
         start_s = o["trial_s"] + m["build_s"]
         per_epoch = epoch_s + o["epoch_s"] + m["checkpoint_save_s"]
@@ -301,6 +318,7 @@ def estimate(plan, measured: dict[str, dict], sizes: dict[str, dict[str, int]], 
         share = (cell.resources.gpus if gpu else cell.resources.cpus) * workers
         steps = {"exhaustive": epoch_s * exhaustive, "halving": epoch_s * halving}
         cells.append({"cell": cell.key, "group": group_of(spec, cell).key, "epoch_s": epoch_s,
+                      "train_images_per_epoch": train_images,
                       "start_s": start_s, "per_epoch_s": per_epoch, "restore_s": restore_s, "final_s": final_s,
                       "trials": trials, "trial_epochs_exhaustive": exhaustive, "trial_epochs_halving": halving,
                       "restores_halving": restores, "device": "GPU" if gpu else "CPU", "device_share": share,

@@ -19,6 +19,37 @@ from trainables.data.prepare import ImageSplit
 # and the augmentation of another never draw the same numbers. Changing them changes every trial's batches.
 SHUFFLE_SEED_STRIDE = 100_003
 AUGMENT_SEED_STRIDE = 7_919
+# A training batch shorter than this joins the one before it (Batches' `min_last`): BatchNorm in train mode cannot
+# normalise a batch of one image whose feature maps are 1x1. The classification loop and the cost model's count of
+# optimizer steps both use it.
+TRAIN_MIN_LAST = 2
+
+
+def batch_bounds(n: int, batch_size: int, drop_last: bool = False, min_last: int = 1) -> list[int]:
+    """Where each of the batches over `n` images starts and, last, where the last one ends (see Batches)."""
+    starts = list(range(0, n, batch_size))
+    if drop_last and n % batch_size:
+        starts.pop()
+    elif len(starts) > 1 and n - starts[-1] < min_last:
+        starts.pop()  # the short last batch joins the previous one
+    end = starts[-1] + batch_size if drop_last and starts else n
+    return [*starts, min(end, n)]
+
+
+def batch_count(images: int, batch_size: int, min_last: int = 1, world_size: int = 1) -> int:
+    """Batches (optimizer steps) one worker runs in one pass over `images` training images: each worker's shard is
+    padded to ceil(images / world_size), as Batches pads it while training."""
+    shard = -(-images // world_size)
+    return len(batch_bounds(shard, batch_size, min_last=min_last)) - 1
+
+
+def passes_per_epoch(batches_per_pass: int, min_steps: int) -> int:
+    """Whole passes over the training set an epoch makes so that it has at least `min_steps` optimizer steps
+    (`min_steps_per_epoch`): ceil(min_steps / batches_per_pass), at least one (also for an empty training set,
+    which no number of passes gives steps)."""
+    if batches_per_pass < 1:
+        return 1
+    return max(1, math.ceil(min_steps / batches_per_pass))
 
 
 class Batches:
@@ -69,13 +100,7 @@ class Batches:
 
     def _starts(self, n: int) -> list[int]:
         """Where each batch starts (and, last, where the last one ends)."""
-        starts = list(range(0, n, self.batch_size))
-        if self.drop_last and n % self.batch_size:
-            starts.pop()
-        elif len(starts) > 1 and n - starts[-1] < self.min_last:
-            starts.pop()  # the short last batch joins the previous one
-        end = starts[-1] + self.batch_size if self.drop_last and starts else n
-        return [*starts, min(end, n)]
+        return batch_bounds(n, self.batch_size, self.drop_last, self.min_last)
 
     def __len__(self) -> int:
         n = len(self.indices()) if self.world_size > 1 else len(self.split)
