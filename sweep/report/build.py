@@ -41,7 +41,7 @@ class Report:
     trials: pd.DataFrame
     scores: pd.DataFrame
     status: pd.DataFrame
-    comparisons: pd.DataFrame  # every comparison stated (sweep.results.comparisons.compare_cells)
+    comparisons: pd.DataFrame  # every comparison stated (sweep.results.comparisons.from_results)
 
 
 def build(uri: str, sweep: str, out: Path, formats: tuple[str, ...] = FORMATS, log_to_mlflow: bool = True,
@@ -55,7 +55,9 @@ def build(uri: str, sweep: str, out: Path, formats: tuple[str, ...] = FORMATS, l
     chosen = cell_outcomes(trials)
     scores = method_scores(trials, chosen)
     found = predictions.load(uri, chosen["run_id"].tolist(), out / predictions.CACHE) if len(chosen) else {}
-    compared = comparisons.compare_cells(chosen, scores, found, rope)
+    # From the trials table and the predictions alone, as the committed study's test recomputes it
+    # (tests/test_committed_study.py): one path from the files to the table.
+    compared = comparisons.from_results(trials, found, rope)
     if adaptive:
         compared["seeds_why"] = [sections.seeds_why(n, v, *adaptive) for n, v in zip(compared["seeds"], compared["verdict"],
                                                                              strict=True)]

@@ -145,7 +145,13 @@ def comparisons_section(doc: Document, compared: pd.DataFrame, rope: float, with
                  "per-seed differences with a bootstrap interval over the seeds, which misses the test images' "
                  "sampling noise and with three seeds is their [min, max] (75% coverage, not 95%).")
     doc.text(text)
-    doc.table(pd.DataFrame({
+    doc.table(comparison_table(compared))
+
+
+def comparison_table(compared: pd.DataFrame) -> pd.DataFrame:
+    """The comparisons (sweep.results.comparisons.from_results) as report.md prints them: the committed study's
+    test reads its table back against this."""
+    return pd.DataFrame({
         "backbone": compared["backbone"], "dataset": compared["dataset"],
         "fraction": compared["fraction"].map(lambda f: f"{f:g}"), "method": compared["method"],
         "against": compared["reference"], "seeds": compared["seeds"],
@@ -160,7 +166,7 @@ def comparisons_section(doc: Document, compared: pd.DataFrame, rope: float, with
         "verdict": compared["verdict"],
         "interval over": compared["interval_over"],
         **({"seeds: why": compared["seeds_why"]} if "seeds_why" in compared else {}),
-    }))
+    })
 
 
 def seeds_why(seeds: int, verdict: str, initial: int, most: int) -> str:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +41,8 @@ from scipy import stats
 
 from sweep.plan.spec import ReportSpec
 from sweep.results import trust
+from sweep.results.cell_outcome import cell_outcomes
+from sweep.results.scores import method_scores
 from trainables.contract import PRED_GROUP, PRED_LABEL, PRED_ROW, PRED_SPLIT
 from trainables.predictions import probabilities
 
@@ -241,12 +244,25 @@ BASIS_IMAGES = "test images and seeds"
 BASIS_SEEDS = "seeds only (no per-image predictions)"
 
 
+def from_results(trials: pd.DataFrame, predictions: dict[str, pd.DataFrame], rope: float = DEFAULT_ROPE,
+                 keep: Callable[[Mapping[str, object]], bool] | None = None) -> pd.DataFrame:
+    """The report's comparisons from the trials table alone (results.parquet, sweep.results.table.trials_table) and
+    the chosen trials' predictions ({run id: table}: sweep.results.predictions.load, or from_compact of the
+    committed file), with no MLflow: the report builds its table here, and a committed study's table is
+    recomputed here from its files. `keep`: see compare_cells."""
+    chosen = cell_outcomes(trials)
+    return compare_cells(chosen, method_scores(trials, chosen), predictions, rope, keep)
+
+
 def compare_cells(chosen: pd.DataFrame, scores: pd.DataFrame, predictions: dict[str, pd.DataFrame],
-                  rope: float = DEFAULT_ROPE) -> pd.DataFrame:
+                  rope: float = DEFAULT_ROPE,
+                  keep: Callable[[Mapping[str, object]], bool] | None = None) -> pd.DataFrame:
     """Every comparison the report states, per task, backbone, dataset and fraction: each method against full
     fine-tuning, and the best method against the runner-up (by mean test score among the cells that learned).
     `chosen`: each cell's chosen trial (sweep.results.table.chosen_trials); `scores`: sweep.results.scores.method_scores; `predictions`:
-    {run id: predictions table}. A comparison with a cell that did not learn is not made; the verdict says which."""
+    {run id: predictions table}. A comparison with a cell that did not learn is not made; the verdict says which.
+    `keep`: given each comparison's task, backbone, dataset, fraction, method, reference and kind, whether to
+    compute it (the others are left out of the table): a check of a few rows need not bootstrap them all."""
     rows = []
     learned = scores.set_index([*WHERE, "method"])["learned"] if len(scores) else pd.Series(dtype=object)
     for key, group in chosen.groupby(WHERE, sort=True):
@@ -265,6 +281,8 @@ def compare_cells(chosen: pd.DataFrame, scores: pd.DataFrame, predictions: dict[
                 pairs[found] += "; best against runner-up"
         for (method, reference), kind in pairs.items():
             row = {**dict(zip(WHERE, key, strict=True)), "method": method, "reference": reference, "kind": kind}
+            if keep is not None and not keep(row):
+                continue
             row |= compare_pair(group[group["method"] == method], group[group["method"] == reference], predictions,
                                 rope)
             not_learned = [m for m in (reference, method) if learned.get((*key, m)) is False]
