@@ -208,6 +208,17 @@ def test_a_range_still_flat_after_an_extension_ends_flat_not_at_an_edge():
     assert search.edge == rounds.FLAT and "flat range" in search.note and "0.0001..1" in search.note
 
 
+def test_a_flat_range_at_the_learning_rate_limit_ends_flat():
+    # Linear probing's range 1e-2..1 under lr_limits' 1.0: flat, and nothing higher may be tried.
+    almost_flat = lambda lr, epoch: (0.7 + 0.01 * math.log10(lr)) * (1 - math.exp(-epoch))  # noqa: E731
+    loop = Loop(*make(space={"lr": Dist(low=1e-2, high=1.0)}, max_extensions=2), objective=almost_flat,
+                val_images=39)
+    loop.run()
+    _, tried, search = outcome(loop)
+    assert tried == pytest.approx([1e-2, 1e-1, 1.0]) and [r.kind for r in search.rounds] == ["initial"]
+    assert search.edge == rounds.FLAT and "at the limit 1 (search.lr_limits)" in search.note
+
+
 def test_the_same_scores_on_a_large_validation_set_are_a_high_edge():
     # The same 0.01 per decade is a trend on a validation set where a score moves by less than that: extended to
     # max_extensions and left at the high edge, as before noise counted.

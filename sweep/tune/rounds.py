@@ -125,6 +125,8 @@ def next_round(search: CellSearch, records: list[TrialRecord], state: SweepState
             added = _extension(search, records, direction, rules, grid_points, sampler)
             if added is not None:
                 return added
+            if search.note.startswith(FLAT_WHY):  # flat, and lr_limits leave no higher learning rate to try
+                _end_flat(search, records, rules.flat_tolerance, f"at the limit {rules.lr_limits[1]:g} (search.lr_limits)")
     if search.edge == "":
         search.edge, search.note = INTERIOR, ""
     doublings = sum(r.kind == ROUND_DOUBLING for r in search.rounds)
@@ -187,13 +189,9 @@ def _judge_range(search: CellSearch, records: list[TrialRecord], state: SweepSta
     elif _flat(search, records, state, cell, rules):
         extended = sum(r.kind in (ROUND_HIGH, ROUND_LOW) for r in search.rounds)
         if extended and extended >= rules.max_extensions:
-            tried = sorted(r.params[LR] for r in records)
-            search.edge = FLAT
-            search.note = (f"flat range: scores equal within the validation noise (±{tol:.3f}) over lr "
-                           f"{tried[0]:.3g}..{tried[-1]:.3g}, after {extended} extension round(s): the learning "
-                           "rate makes no difference there")
+            _end_flat(search, records, tol, f"after {extended} extension round(s)")
             return None
-        direction, why = ROUND_HIGH, "flat range (scores equal within noise): extended up"
+        direction, why = ROUND_HIGH, FLAT_WHY
     elif side == AT_HIGH or not (above or below):
         # One learning rate tried has no edge to be at (range_edge), but nothing says the best is below it either:
         # as for a flat range, training signal lies up.
@@ -213,6 +211,16 @@ def _judge_range(search: CellSearch, records: list[TrialRecord], state: SweepSta
         return None
     search.note = why
     return direction
+
+
+FLAT_WHY = "flat range (scores equal within noise): extended up"
+
+
+def _end_flat(search: CellSearch, records: list[TrialRecord], tol: float, why: str) -> None:
+    tried = sorted(r.params[LR] for r in records)
+    search.edge = FLAT
+    search.note = (f"flat range: scores equal within the validation noise (±{tol:.3f}) over lr {tried[0]:.3g}.."
+                   f"{tried[-1]:.3g}, {why}: the learning rate makes no difference there")
 
 
 FLAT_MIN_TRIALS = 3  # two equal neighbours are an optimum between them; a flat range needs more than two
