@@ -11,7 +11,8 @@ from scipy import stats
 from sklearn.metrics import balanced_accuracy_score, f1_score, matthews_corrcoef
 
 from sweep.results import comparisons, trust
-from sweep.results.comparisons import CellPredictions, paired_bootstrap
+from sweep.results.comparisons import CellPredictions, paired_bootstrap, score_interval
+from sweep.results.scores import bootstrap_ci
 
 
 @pytest.mark.parametrize("metric", ["f1", "acc", "balanced_acc", "mcc"])
@@ -156,6 +157,30 @@ def test_the_interval_covers_the_true_difference_with_and_without_seed_variation
     # The old bootstrap over three seeds is their [min, max]: near 75% at best (it misses the test images' noise,
     # which the seeds share, as well).
     assert 0.60 <= old_covered / simulations <= 0.80
+
+
+@pytest.mark.parametrize("seed_sd", SEED_SHIFTS)
+def test_a_methods_score_interval_covers_its_expected_score(seed_sd):
+    """The main table's interval for one method's seed-averaged score (score_interval), in the simulation above:
+    the truth is the method's expected population macro F1 over its seeds' training draws. It covers 0.98, 0.978
+    and 0.97 with no, 1.4- and 2.8-point seed variation (a little over 0.95: three seeds' spread, each seed erring
+    on images of its own, is counted at the t quantile of 2 degrees of freedom), where the seeds' bootstrap the
+    table showed before (their [min, max] at three seeds, blind to the test images) covered 0.56, 0.63 and 0.65."""
+    truth = 100 * expected_macro_f1("a", seed_sd)
+    rng = np.random.default_rng(77)
+    sizes = [80, 156, 300, 600]
+    covered, old_covered, simulations = 0, 0, 400
+    for i in range(simulations):
+        labels, predicted = _simulate(rng, sizes[i % len(sizes)], seed_sd=seed_sd)
+        cell = _predictions(labels, predicted["a"])
+        mean, low, high = score_interval(cell, resamples=500, seed=i)
+        per_seed = [100 * f1_score(labels, p, average="macro") for p in predicted["a"].values()]
+        assert mean == pytest.approx(np.mean(per_seed))
+        covered += low <= truth <= high
+        old_low, old_high = bootstrap_ci(np.array(per_seed), resamples=1000, seed=i)
+        old_covered += old_low <= truth <= old_high
+    assert 0.93 <= covered / simulations <= 0.99, (covered / simulations, old_covered / simulations)
+    assert old_covered / simulations <= 0.75, (covered / simulations, old_covered / simulations)
 
 
 def test_the_old_three_seed_bootstrap_covers_75_percent_where_seeds_are_the_only_noise():

@@ -58,6 +58,7 @@ def build(uri: str, sweep: str, out: Path, formats: tuple[str, ...] = FORMATS, l
     # From the trials table and the predictions alone, as the committed study's test recomputes it
     # (tests/test_committed_study.py): one path from the files to the table.
     compared = comparisons.from_results(trials, found, rope)
+    scores = comparisons.with_score_intervals(scores, chosen, found)
     if adaptive:
         compared["seeds_why"] = [sections.seeds_why(n, v, *adaptive) for n, v in zip(compared["seeds"], compared["verdict"],
                                                                              strict=True)]

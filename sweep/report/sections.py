@@ -26,7 +26,10 @@ def overview(doc: Document, trials: pd.DataFrame, status: pd.DataFrame) -> None:
         f"{len(status)} cells, {int(status['complete'].sum()) if len(status) else 0} complete; {len(trials)} trials "
         f"({', '.join(f'{n} {s}' for s, n in sorted(states.items()))}). Each cell's trial is chosen on its "
         f"validation metric alone ({'; '.join(selections)}); the tables show those trials' test metric as "
-        "mean ± std over seeds with a 95% bootstrap confidence interval (F1, accuracies and AUROC in percent)."
+        "mean ± std over seeds with a 95% interval [low, high] (F1, accuracies and AUROC in percent) over the test "
+        "images and the seeds, as the comparisons below count them (a bootstrap of the test images, the seeds' "
+        "spread at its t quantile: sweep.results.comparisons.score_interval); over the seeds alone where a line left "
+        "no per-image predictions."
     )
     incomplete = status[~status["complete"]] if len(status) else status
     if len(incomplete):

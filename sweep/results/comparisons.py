@@ -162,6 +162,66 @@ def seed_spread(scores: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarra
     return np.sqrt(n / (n - 1) * own / spread) * deviation, own / n, spread / n, share / n, n
 
 
+def two_part_interval(observed: float, boot: np.ndarray, images_variance: float,
+                      parts: list[tuple[np.ndarray, float, float, float, int]]) -> tuple[float, float]:
+    """The 95% interval of a seed-averaged score or difference: `boot` its image resamples with the seeds' draw
+    added (seed_spread's terms), `images_variance` the image resamples' variance before that, `parts` seed_spread's
+    returns (one per set of seeds drawn). The percentile interval of `boot` where the seeds add nothing (one seed,
+    or seeds that agree); else two parts added in quadrature (below)."""
+    tail = (1 - LEVEL) / 2 * 100
+    low, high = (float(v) for v in np.percentile(boot, [tail, 100 - tail]))
+    # The seeds' variance rests on n seeds (2 degrees of freedom at 3), which no resampling repairs, and a small
+    # spread of three seeds is often chance: the seed-drawn percentiles (and widening them by t at Welch-
+    # Satterthwaite degrees of freedom of the estimated seed variance) cover 0.89 where seeds dominate. So the
+    # interval splits the observed value's variance into what the seeds' spread holds (the seeds' own variance and
+    # each seed's own errors on the images: spread/n, n-1 degrees of freedom, t quantile) and the images' shared
+    # part (the image resamples' variance less each seed's own image errors, which the spread holds: many degrees
+    # of freedom, normal quantile), each half-width by its own quantile, added in quadrature.
+    spreads = [(spread, n) for _, _, spread, _, n in parts if spread > 0]
+    if spreads:
+        shared = max(images_variance - sum(share for *_, share, _ in parts), 0.0)
+        seeds_half = math.sqrt(sum(stats.t.ppf(1 - tail / 100, n - 1) ** 2 * spread for spread, n in spreads))
+        half = math.hypot(stats.norm.ppf(1 - tail / 100) * math.sqrt(shared), seeds_half)
+        low, high = observed - half, observed + half
+    return low, high
+
+
+def score_interval(cell: CellPredictions, metric: str = "f1", scale: float = 100.0, resamples: int = RESAMPLES,
+                   seed: int = BOOTSTRAP_SEED) -> tuple[float, float, float]:
+    """One cell's seed-averaged test score (in `scale` units) and its 95% interval over the test images and the
+    seeds: what paired_bootstrap gives a difference, for the score itself (the main table's interval). Over three
+    seeds the seeds' bootstrap alone is their [min, max] and covers about 75%; this one counts the test set's own
+    noise too."""
+    weights = np.vstack([np.ones(len(cell.rows)), resample_weights(cell.groups, resamples, seed)])
+    predicted = np.stack([cell.predicted[s] for s in sorted(cell.predicted)])
+    scores = metric_from_confusion(confusions(cell.labels, predicted, weights, cell.classes), metric) * scale
+    means = scores.mean(1)
+    images_variance = float(means[1:].var())
+    parts = [seed_spread(scores, np.random.default_rng([seed, 1]))]
+    boot = means[1:] + parts[0][0]
+    return (float(means[0]), *two_part_interval(float(means[0]), boot, images_variance, parts))
+
+
+def with_score_intervals(scores: pd.DataFrame, chosen: pd.DataFrame,
+                         predictions: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """method_scores' lines with ci_low/ci_high over the test images and the seeds (score_interval) where every
+    seed of the line left predictions and the metric can be recomputed from them; `ci_over` says which interval
+    each line has (the others keep the seeds' bootstrap)."""
+    scores = scores.copy()
+    scores["ci_over"] = "seeds only: the test images' sampling noise is not in it"
+    keys = ["task", "backbone", "dataset", "fraction", "method"]
+    for index, line in scores.iterrows():
+        metric = str(line["metric"]).rsplit("/", 1)[-1]
+        cells = chosen[(chosen[keys] == line[keys]).all(axis=1)]
+        frames = {int(s): predictions.get(r) for s, r in zip(cells["seed"], cells["run_id"], strict=True)}
+        if metric not in CONFUSION_METRICS or not frames or any(f is None for f in frames.values()):
+            continue
+        scale = 100.0 if metric in PERCENT_METRICS else 1.0
+        _, low, high = score_interval(CellPredictions.from_frames(frames), metric, scale)
+        scores.loc[index, ["ci_low", "ci_high", "ci_over"]] = [low, high, BASIS_IMAGES]
+    return scores
+
+
 def verdict(low: float, high: float, rope: float) -> str:
     """'better' / 'worse' when the interval excludes zero, 'equivalent' when it lies within ±rope, else
     'undecided'."""
@@ -200,21 +260,7 @@ def paired_bootstrap(a: CellPredictions, b: CellPredictions, metric: str = "f1",
     for term, *_ in parts:
         differences[1:] += sign * term
     observed, boot = float(differences[0]), differences[1:]
-    tail = (1 - LEVEL) / 2 * 100
-    low, high = (float(v) for v in np.percentile(boot, [tail, 100 - tail]))
-    # The seeds' variance rests on n seeds (2 degrees of freedom at 3), which no resampling repairs, and a small
-    # spread of three seeds is often chance: the seed-drawn percentiles (and widening them by t at Welch-
-    # Satterthwaite degrees of freedom of the estimated seed variance) cover 0.89 where seeds dominate. So the
-    # interval splits the observed difference's variance into what the seeds' spread holds (the seeds' own
-    # variance and each seed's own errors on the images: spread/n, n-1 degrees of freedom, t quantile) and the
-    # images' shared part (the image resamples' variance less each seed's own image errors, which the spread
-    # holds: many degrees of freedom, normal quantile), each half-width by its own quantile, added in quadrature.
-    spreads = [(spread, n) for _, _, spread, _, n in parts if spread > 0]
-    if spreads:
-        shared = max(images_variance - sum(share for *_, share, _ in parts), 0.0)
-        seeds_half = math.sqrt(sum(stats.t.ppf(1 - tail / 100, n - 1) ** 2 * spread for spread, n in spreads))
-        half = math.hypot(stats.norm.ppf(1 - tail / 100) * math.sqrt(shared), seeds_half)
-        low, high = observed - half, observed + half
+    low, high = two_part_interval(observed, boot, images_variance, parts)
     common = sorted(set(a.predicted) & set(b.predicted))
     seeds_a, seeds_b = sorted(a.predicted), sorted(b.predicted)
     per_seed = [float(sign * (per_method[0][0, seeds_a.index(s)] - per_method[1][0, seeds_b.index(s)]))
