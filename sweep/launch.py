@@ -94,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # a Ctrl-C while the data is read: nothing of the sweep exists yet
+        print("\ninterrupted while preparing the data: no sweep was started; run the same command again",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     code = 0
     for sweep, data in zip(sweeps, prepared, strict=True):
         plan, name, storage = sweep.plan, sweep.name, sweep.storage
@@ -108,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         except StorageLost as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_STORAGE
+        except KeyboardInterrupt:  # Ctrl-C while Ray started (Tune handles one during the sweep itself)
+            print(f"\ninterrupted while Ray started: nothing ran. Continue it with: python -m sweep.launch --name "
+                  f"{name} --storage {storage.uri} --resume", file=sys.stderr)
+            return EXIT_INTERRUPTED
         outcome = sweep_outcome(plan, name, sweep.mlflow_uri, parent_run_id, started)
         print(launcher_output.summary(plan, name, outcome, storage, sweep.mlflow_uri))
         if not outcome.complete:

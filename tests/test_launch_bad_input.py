@@ -245,3 +245,27 @@ def test_dry_run_with_synchronous_halving_counts_its_epochs_and_warns_about_tpe(
     # 8 cells of 3 trials, 6 epochs, one rung at 2 (reduction 3): 3 x 2 + 1 x 4 = 10 trial-epochs per cell.
     assert code == 0 and "at most 144 trial-epochs; 80 with synchronous halving (rungs at epochs 2)" in out
     assert "TPE learns nothing" in out
+
+
+@pytest.mark.parametrize("where", ["sweep.plan.datasets.prepare_data", "sweep.tune.run.run_sweep"])
+def test_ctrl_c_before_the_first_trial_says_what_to_do_without_a_traceback(where, monkeypatch, capsys, tmp_path):
+    """Ctrl-C while the data is read (nothing of the sweep exists: run it again) or while Ray starts (its inputs are
+    saved: --resume starts it); Tune itself handles one during the sweep."""
+    import importlib
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    module, name = where.rsplit(".", 1)
+    monkeypatch.setattr(importlib.import_module(module), name, interrupted)
+    spec = tmp_path / "sim.yaml"
+    spec.write_text("name: sim\ntask: simulated\ndatasets: [{name: synthetic, id: a}]\n"
+                    "backbones: [{name: test_resnet, weights: random}]\nmethods: [full]\nimage_size: 16\n"
+                    "train: {epochs: 1, epoch_seconds: 0.01}\nscheduler: {type: fifo}\nresources: {cpus_per_trial: 0.5}\n")
+    code = main(["--config", str(spec), "--storage", str(tmp_path / "store")])
+    err = capsys.readouterr().err
+    assert code == 130 and "Traceback" not in err, err
+    if name == "prepare_data":
+        assert "no sweep was started; run the same command again" in err
+    else:
+        assert f"--name sim --storage {tmp_path / 'store'} --resume" in err
