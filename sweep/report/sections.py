@@ -256,7 +256,7 @@ def lr_search(doc: Document, trials: pd.DataFrame, cells: pd.DataFrame, out: Pat
     chosen = trials[trials["is_best_in_cell"]] if "knobs_at_edge" in trials else trials.iloc[:0]
     knobs = dict(zip(chosen["cell_key"], chosen.get("knobs_at_edge", pd.Series(dtype=object)), strict=True))
     knobs = {cell: text for cell, text in knobs.items() if text}
-    kinds = cells["search_edge"].value_counts()
+    kinds = cells.loc[cells["search_edge"].astype(bool), "search_edge"].value_counts()  # "": search not ended yet
     if kinds.sum():
         ended = ", ".join(f"{int(kinds.get(kind, 0))} {words}" for kind, words in EDGE_WORDS.items())
         settled = int(kinds.get(INTERIOR, 0) + kinds.get(STABILITY, 0))
