@@ -195,14 +195,22 @@ def test_a_flat_range_extends_up_and_says_so():
     assert tried == pytest.approx([1e-6, 1e-5, 1e-4, 1e-3]) and lr == pytest.approx(1e-3)
 
 
-def test_a_range_still_flat_after_an_extension_ends_flat_not_at_an_edge():
-    # Equal within noise everywhere (the scores differ by 0.01 per decade, a third of an image on 39 validation
-    # images): each flat round extends up while it may, and the search ends "flat", not at the high edge.
-    almost_flat = lambda lr, epoch: (0.7 + 0.01 * math.log10(lr)) * (1 - math.exp(-epoch))  # noqa: E731
-    loop = Loop(*make(space={"lr": Dist(low=1e-4, high=1e-2)}, max_extensions=2), objective=almost_flat,
+def almost_flat(lr: float, epoch: int) -> float:
+    """0.01 per decade: a third of an image on 39 validation images, equal within their noise."""
+    return (0.7 + 0.01 * math.log10(lr)) * (1 - math.exp(-epoch))
+
+
+def flat_search(low: float, high: float) -> tuple[list[float], rounds.CellSearch]:
+    loop = Loop(*make(space={"lr": Dist(low=low, high=high)}, max_extensions=2), objective=almost_flat,
                 val_images=39)
     loop.run()
     _, tried, search = outcome(loop)
+    return tried, search
+
+
+def test_a_range_still_flat_after_an_extension_ends_flat_not_at_an_edge():
+    # Each flat round extends up while it may, and the search ends "flat", not at the high edge.
+    tried, search = flat_search(1e-4, 1e-2)
     assert [r.kind for r in search.rounds] == ["initial", "high", "high"]
     assert tried == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1, 1.0])
     assert search.edge == rounds.FLAT and "flat range" in search.note and "0.0001..1" in search.note
@@ -210,11 +218,7 @@ def test_a_range_still_flat_after_an_extension_ends_flat_not_at_an_edge():
 
 def test_a_flat_range_at_the_learning_rate_limit_ends_flat():
     # Linear probing's range 1e-2..1 under lr_limits' 1.0: flat, and nothing higher may be tried.
-    almost_flat = lambda lr, epoch: (0.7 + 0.01 * math.log10(lr)) * (1 - math.exp(-epoch))  # noqa: E731
-    loop = Loop(*make(space={"lr": Dist(low=1e-2, high=1.0)}, max_extensions=2), objective=almost_flat,
-                val_images=39)
-    loop.run()
-    _, tried, search = outcome(loop)
+    tried, search = flat_search(1e-2, 1.0)
     assert tried == pytest.approx([1e-2, 1e-1, 1.0]) and [r.kind for r in search.rounds] == ["initial"]
     assert search.edge == rounds.FLAT and "at the limit 1 (search.lr_limits)" in search.note
 
