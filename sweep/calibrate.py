@@ -68,7 +68,8 @@ def run(plans: list[tuple[Any, str]], args: argparse.Namespace) -> int:
         print(render(calibration, name, costs), flush=True)
         print(render_worst_case(plan, calibration), flush=True)
         report[name] = {"device": calibration.device, "groups": calibration.groups, "cells": calibration.cells,
-                        "overheads": calibration.overheads, "totals": {**calibration.totals, **costs},
+                        "overheads": calibration.overheads, "speed": calibration.speed,
+                        "totals": {**calibration.totals, **costs},
                         "worst_case": worst_case(plan, calibration.totals)}
     if args.calibration_json:
         Path(args.calibration_json).write_text(json.dumps(report, indent=2))

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 
 from sweep import calibrate
 from sweep.errors import CalibrationError
 from sweep.launch import main as launch_main
-from sweep.plan import cost, overheads
+from sweep.plan import cost, overheads, speed
 from sweep.plan.spec import SpecError
 from sweep.plan.validate import make_plan
 from tests.conftest import load_spec
@@ -31,7 +32,7 @@ image_size: 32
 train: {epochs: 6, batch_size: 8}
 search: {sampler: grid, trials_per_cell: 3}
 scheduler: {type: halving, grace_period: 2, reduction_factor: 3}
-resources: {cpus_per_trial: 1}
+resources: {cpus_per_trial: 1, num_cpus: 1}
 """
 
 
@@ -320,3 +321,79 @@ def test_an_epoch_cycled_to_its_minimum_steps_is_estimated_at_every_pass(tmp_pat
     plain = make_plan(load_spec(path, ["train.min_steps_per_epoch=1"]), path, None, allow_missing=True)
     cells, _ = cost.estimate(plain, measured, {"synth": {"train": 90, "val": 30, "test": 30}}, OVERHEADS, slots=1)
     assert [c["train_images_per_epoch"] for c in cells if "frac=0.1/" in c["cell"]] == pytest.approx([9] * 4)
+
+
+GROUP = {"train_images_per_s": 80.0, "eval_images_per_s": 200.0, "build_s": 0.5, "checkpoint_save_s": 0.1,
+         "checkpoint_load_s": 0.1, "peak_memory_mb": 10.0, "checkpoint_mb": 1.0}
+
+
+def test_cached_groups_follow_the_machines_speed_now(spec_file, monkeypatch):
+    """A group measured while the reference workload ran at 40 steps/s, read back while it runs at 30: the machine
+    is 3/4 as fast, so the group's 80 and 200 images/s count as 60 and 150, and its epoch (90 / 60 + 30 / 150 at
+    fraction 1) takes 1.7 s, not 90 / 80 + 30 / 200 = 1.275 s."""
+    plan = make_plan(load_spec(spec_file), spec_file, None, allow_missing=True)
+    groups = [cost.group_of(plan.spec, c) for c in plan.cells]
+    monkeypatch.setattr("trainables.throughput.measure", lambda **k: dict(GROUP))
+    monkeypatch.setattr(speed, "reference_rate", lambda *a, **k: 40.0)
+    name, first, now = cost.measure_groups(groups, "cpu")
+    assert now["reference_per_s"] == 40.0 and all(not m["reused"] and m["drift"] == 1.0 for m in first.values())
+    monkeypatch.setattr("trainables.throughput.measure", lambda **k: pytest.fail("measured again"))
+    monkeypatch.setattr(speed, "reference_rate", lambda *a, **k: 30.0)
+    _, again, _ = cost.measure_groups(groups, "cpu")
+    assert all(m["reused"] and m["drift"] == pytest.approx(0.75) for m in again.values())
+    assert [(m["train_images_per_s"], m["eval_images_per_s"], m["build_s"]) for m in again.values()] == \
+        [(pytest.approx(60.0), pytest.approx(150.0), 0.5)] * len(again)
+    cells, _ = cost.estimate(plan, again, {"synth": {"train": 90, "val": 30, "test": 30}}, OVERHEADS, slots=1)
+    assert {round(c["epoch_s"], 6) for c in cells if "frac=1/" in c["cell"]} == {1.7}
+    # A cache written before the reference was timed has nothing to scale by: read as it is.
+    cache = json.loads(cost.cache_file(name).read_text())
+    cost.cache_file(name).write_text(json.dumps({k: {f: v for f, v in m.items() if f != "reference_per_s"}
+                                                 for k, m in cache.items()}))
+    _, old, _ = cost.measure_groups(groups, "cpu")
+    assert {(m["train_images_per_s"], m["drift"]) for m in old.values()} == {(80.0, 1.0)}
+
+
+def test_groups_are_measured_as_many_at_once_as_the_sweep_runs_them(spec_file, monkeypatch):
+    """On 2 slots a group is measured in 2 processes at once (sweep.plan.speed.together) and counts at their
+    mean speed, (50 + 70) / 2 = 60 images/s; that measurement is cached apart from one made alone, and a
+    1-slot estimate does not borrow it."""
+    plan = make_plan(load_spec(spec_file), spec_file, None, allow_missing=True)
+    groups = [cost.group_of(plan.spec, c) for c in plan.cells][:1]
+    monkeypatch.setattr(speed, "reference_rate", lambda *a, **k: 40.0)
+    calls = []
+
+    def at_once(function, kwargs, processes):
+        calls.append(processes)
+        return [{**GROUP, "train_images_per_s": 50.0}, {**GROUP, "train_images_per_s": 70.0}]
+
+    monkeypatch.setattr(speed, "together", at_once)
+    monkeypatch.setattr("trainables.throughput.measure", lambda **k: {**GROUP, "train_images_per_s": 99.0})
+    _, two, _ = cost.measure_groups(groups, "cpu", slots=2)
+    assert calls == [2] and two[groups[0].key]["train_images_per_s"] == pytest.approx(60.0)
+    assert two[groups[0].key]["at_once"] == 2
+    _, one, _ = cost.measure_groups(groups, "cpu", slots=1)
+    assert calls == [2] and one[groups[0].key]["train_images_per_s"] == 99.0 and not one[groups[0].key]["reused"]
+    _, two_again, _ = cost.measure_groups(groups, "cpu", slots=2)
+    assert two_again[groups[0].key]["reused"] and two_again[groups[0].key]["train_images_per_s"] == pytest.approx(60)
+
+
+def _arrive_then_count(ready, folder: str) -> int:
+    """One process of `together`: leave a mark, wait at the barrier, count the marks (all of them, if the
+    barrier held every process until all had arrived)."""
+    from pathlib import Path
+
+    Path(folder, str(os.getpid())).touch()
+    ready()
+    return len(list(Path(folder).iterdir()))
+
+
+def _fail(ready) -> None:
+    raise RuntimeError("no model of that name")
+
+
+@pytest.mark.slow
+def test_processes_measured_together_start_their_timing_together(tmp_path):
+    assert speed.together(_arrive_then_count, {"folder": str(tmp_path)}, 3) == [3, 3, 3]
+    with pytest.raises(speed.SpeedError, match="no model of that name"):
+        speed.together(_fail, {}, 2)
+    assert speed.reference_rate(1, 0.2) > 0

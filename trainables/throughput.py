@@ -17,6 +17,7 @@ import os
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,26 +86,32 @@ def _unet(backbone: str, weights: str, kwargs: dict[str, Any], method: str, knob
 
 def measure(task: str, backbone: str, weights: str, kwargs: dict[str, Any], method: str, knobs: dict,
             bn_mode: str | None, image_size: int, batch_size: int, steps: int = 5, warmup: int = 2,
-            device: str | torch.device | None = None, amp: bool = True, threads: int | None = None) -> dict[str, Any]:
+            device: str | torch.device | None = None, amp: bool = True, threads: int | None = None,
+            ready: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Train images/s (`warmup` steps, then `steps` timed), eval images/s (`steps` batches), peak device memory of
     the training steps, the size of a checkpoint of what the method trains (weights and AdamW state), and the
     seconds to build the model and to write and read that checkpoint. `threads`: torch's threads meanwhile (a
-    trial on the CPU uses as many as it has CPUs; None: leave them)."""
+    trial on the CPU uses as many as it has CPUs; None: leave them). `ready`: called after the warm-up, before
+    the timed steps (processes measured together wait there for each other: sweep/plan/speed.py)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
         return _measure(task, backbone, weights, kwargs, method, knobs, bn_mode, image_size, batch_size, steps,
-                        warmup, device, amp)
+                        warmup, device, amp, ready)
     finally:
         torch.set_num_threads(before)
 
 
 def _measure(task: str, backbone: str, weights: str, kwargs: dict[str, Any], method: str, knobs: dict,
              bn_mode: str | None, image_size: int, batch_size: int, steps: int, warmup: int, device: torch.device,
-             amp: bool) -> dict[str, Any]:
+             amp: bool, ready: Callable[[], Any] | None) -> dict[str, Any]:
     build = _unet if task == "t2i" else _classifier
+    if device.type == "cpu":
+        # A trial's actor has imported and built models before (its imports count apart, as the overheads'
+        # import_s); a first build in a fresh process pays the lazy imports too (3-7 s against 0.1 s here).
+        build(backbone, weights, kwargs, method, knobs, bn_mode, image_size, device)
     started = time.perf_counter()
     model, prepared, batch, loss_of = build(backbone, weights, kwargs, method, knobs, bn_mode, image_size, device)
     optimizer = torch.optim.AdamW(param_groups(model, 1e-4, 0.0))
@@ -127,6 +134,8 @@ def _measure(task: str, backbone: str, weights: str, kwargs: dict[str, Any], met
     for _ in range(warmup):
         step()
     _sync(device)
+    if ready is not None:
+        ready()
     started = time.perf_counter()
     for _ in range(steps):
         step()

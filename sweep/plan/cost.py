@@ -5,7 +5,9 @@ Every distinct (task, backbone, method, image size, batch size, CPUs per trial) 
 once (trainables.throughput: warm-up and timed training steps and one evaluation pass on synthetic inputs, the
 backbone built from its config, on the CPU with the trial's own threads): images/s, peak device memory,
 checkpoint size, and the seconds to build the model (`build`) and to write and read its checkpoint (`save`,
-`load`). The machine's overheads are measured once too (sweep/plan/overheads.py: a tiny simulated sweep through
+`load`). On the CPU a group is measured as the sweep runs it, `slots` trials at once (in as many fresh processes,
+timed together), and a group read from the cache is scaled by the machine's speed now against then: a reference
+workload timed at every calibration (sweep/plan/speed.py; a VM's speed moves by a quarter within minutes). The machine's overheads are measured once too (sweep/plan/overheads.py: a tiny simulated sweep through
 the real launcher on one slot, and a fresh import of the task's code): a trial's start (`trial`), a pause and
 restore at a rung (`pause`), an epoch's MLflow log and report (`log`), the sweep's fixed cost (`sweep`: Ray start
 and stop, MLflow setup, the final report) and a new trial actor's imports (`import`). Everything is read from the
@@ -52,6 +54,7 @@ import json
 import math
 import os
 import re
+import statistics
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +67,7 @@ MEMORY_MARGIN = 0.2  # measured peak + 20%: allocator fragmentation, evaluation 
 # What a group's measurement must hold to be reused from the cache (older caches lack the start-up and
 # checkpoint timings: those groups are measured again).
 MEASURED = ("train_images_per_s", "eval_images_per_s", "build_s", "checkpoint_save_s", "checkpoint_load_s")
+RATES = ("train_images_per_s", "eval_images_per_s")  # what the machine's speed (drift, trials at once) scales
 COST_RECORD_SCHEMA = "medpeft-sweep/cost-record/1"
 
 
@@ -135,35 +139,65 @@ class Calibration:
     cells: list[dict] = field(default_factory=list)
     totals: dict[str, float] = field(default_factory=dict)
     overheads: dict[str, float] = field(default_factory=dict)  # the machine's (sweep/plan/overheads.py)
+    speed: dict[str, float] = field(default_factory=dict)  # the machine's now (sweep/plan/speed.py; {} on a GPU)
 
 
 def measure_groups(groups: list[Group], device: str | None = None, steps: int = 5, fresh: bool = False,
-                   log=print) -> tuple[str, dict[str, dict]]:
-    """Every group's measurement on this device: from the cache, or measured now (and cached)."""
+                   log=print, slots: int = 1) -> tuple[str, dict[str, dict], dict[str, float]]:
+    """Every group's measurement on this device as `slots` trials at once run it (sweep/plan/speed.py): from the
+    cache, scaled by the machine's reference speed now against then, or measured now (and cached). Returns the
+    device's name, the measurements and the machine's speed now ({} on a GPU)."""
     import torch
 
+    from sweep.plan import speed
     from trainables.throughput import device_name, measure
 
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     name = device_name(target)
+    on_cpu = target.type == "cpu"
+    at_once = slots if on_cpu else 1  # a GPU trial has its own share of the card
     cached = {} if fresh else read_cache(name)
+    now: dict[str, float] = {}
+    if on_cpu:
+        threads = max((g.cpus for g in groups), default=1)
+        log(f"  timing the machine's speed now (a reference workload, {speed.REFERENCE_SECONDS:g} s) ...")
+        now = {"reference_per_s": speed.reference_rate(threads), "threads": threads, "at_once": at_once}
     out, new = {}, {}
     for group in groups:
         if group.key in out:
             continue
-        if all(k in cached.get(group.key, {}) for k in MEASURED):
-            out[group.key] = {**cached[group.key], "reused": True}
+        key = cache_key(group, at_once)
+        entry = cached.get(key, {})
+        if all(k in entry for k in MEASURED):
+            then = entry.get("reference_per_s")
+            drift = now["reference_per_s"] / then if now and then else 1.0
+            out[group.key] = {**entry, **{k: entry[k] * drift for k in RATES}, "reused": True, "drift": drift}
             continue
-        log(f"  measuring {group.backbone} / {group.method} at {group.image_size}px, batch {group.batch_size} ...")
-        result = measure(group.task, group.backbone, group.weights, dict(group.kwargs), group.method,
-                         {k: json.loads(v) for k, v in group.knobs}, group.bn_mode, group.image_size,
-                         group.batch_size, steps=steps, device=target,
-                         threads=group.cpus if target.type == "cpu" else None)
-        new[group.key] = result
-        out[group.key] = {**result, "reused": False}
+        together = f", {at_once} at once" if at_once > 1 else ""
+        log(f"  measuring {group.backbone} / {group.method} at {group.image_size}px, batch {group.batch_size}"
+            f"{together} ...")
+        kwargs = {"task": group.task, "backbone": group.backbone, "weights": group.weights,
+                  "kwargs": dict(group.kwargs), "method": group.method,
+                  "knobs": {k: json.loads(v) for k, v in group.knobs}, "bn_mode": group.bn_mode,
+                  "image_size": group.image_size, "batch_size": group.batch_size, "steps": steps,
+                  "device": str(target), "threads": group.cpus if on_cpu else None}
+        if at_once > 1:
+            runs = speed.together(measure, kwargs, at_once)
+            result = {**runs[0], **{k: statistics.fmean(r[k] for r in runs) for k in RATES}}
+        else:
+            result = measure(**kwargs)
+        result |= {"at_once": at_once, **({"reference_per_s": now["reference_per_s"]} if now else {})}
+        new[key] = result
+        out[group.key] = {**result, "reused": False, "drift": 1.0}
     if new:
         write_cache(name, new)
-    return name, out
+    return name, out, now
+
+
+def cache_key(group: Group, at_once: int) -> str:
+    """A group's entry in the cache: its key, and how many trials ran at once when it was measured (one: the key
+    alone, as caches before that was measured have it)."""
+    return group.key if at_once <= 1 else f"{group.key} x{at_once}"
 
 
 def dataset_sizes(plan, given: dict[str, int]) -> dict[str, dict[str, int]]:
@@ -382,15 +416,16 @@ def calibrate(plan, images: dict[str, int] | None = None, steps: int = 5, fresh:
     slots (default: this machine's, as a local Ray runs it)."""
     groups = [group_of(plan.spec, c) for c in plan.cells]
     sizes = dataset_sizes(plan, images or {})
-    name, measured = measure_groups(groups, device, steps, fresh, log)
+    slots = slots or local_slots(plan)
+    name, measured, speed = measure_groups(groups, device, steps, fresh, log, slots)
     overheads = measure_overheads(name, [plan.spec.task], fresh, log)
-    cells, totals = estimate(plan, measured, sizes, overheads, slots or local_slots(plan))
+    cells, totals = estimate(plan, measured, sizes, overheads, slots)
     for key in measured:
         mine = [c for c in cells if c["group"] == key]
         measured[key] |= {"cells": len(mine), **{k: sum(c[k] for c in mine) for k in
                           ("trial_epochs_exhaustive", "trial_epochs_halving", "device_hours_exhaustive",
                            "device_hours_halving")}}
-    return Calibration(name, measured, cells, totals, overheads)
+    return Calibration(name, measured, cells, totals, overheads, speed)
 
 
 def priced(calibration: Calibration, on_demand: float | None, spot: float | None) -> dict[str, float]:
@@ -418,12 +453,19 @@ def render(calibration: Calibration, name: str, costs: dict[str, float]) -> str:
              f"{'epochs (halving)':>17} {'device-h':>9}"]
     for key, m in calibration.groups.items():
         _task, backbone, _w, _k, method, knobs, _bn, size, batch, _cpus = json.loads(key)
-        label = f"{backbone}/{method}{'*' if knobs else ''} {size}px b{batch}" + (" (cached)" if m["reused"] else "")
+        label = f"{backbone}/{method}{'*' if knobs else ''} {size}px b{batch}" + (
+            f" (cached, x{m['drift']:.2f})" if m["reused"] else "")
         lines.append(f"{label[:58]:<58} {m['train_images_per_s']:>8.1f} {m['eval_images_per_s']:>8.1f} "
                      f"{m['peak_memory_mb']:>8.0f} {m['checkpoint_mb']:>8.2f} {m['build_s']:>7.2f} {m['cells']:>5} "
                      f"{m['trial_epochs_exhaustive']:>8,}/{m['trial_epochs_halving']:<8,} "
                      f"{m['device_hours_halving']:>9.2f}")
-    o, t = calibration.overheads, calibration.totals
+    o, t, speed = calibration.overheads, calibration.totals, calibration.speed
+    if speed:
+        at_once = speed["at_once"]
+        lines.append(f"Speed: measured as the sweep runs its trials, {at_once} at once on {speed['threads']} "
+                     f"thread{'s' if speed['threads'] != 1 else ''} each; the machine's reference workload runs at "
+                     f"{speed['reference_per_s']:.1f} steps/s now, and a cached group is scaled by now / when it was "
+                     "measured (x above)")
     lines.append(f"Overheads: {o['trial_s']:.2f} s per trial start, {o['pause_s']:.2f} s per pause and restore, "
                  f"{o['epoch_s']:.2f} s per epoch (MLflow, report), {o['import_s']:.1f} s of imports per trial "
                  f"actor, {o['sweep_s']:.0f} s per sweep (Ray, MLflow, report); plus each group's build and "
