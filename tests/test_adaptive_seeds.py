@@ -124,7 +124,7 @@ def test_the_searcher_walks_added_cells_waits_while_trials_run_and_resumes_witho
     class AddSeedOne:
         """Stands in for SeedExtender: once both seed-0 cells ended, a seed-1 cell for each (asked again, the same)."""
 
-        def __call__(self, ended, fresh):
+        def __call__(self, ended, fresh, room=None, round_cost=None):
             done = sum(key.startswith(("a/seed=0", "b/seed=0")) for key in ended)
             return [plan("a/seed=1"), plan("b/seed=1")] if done == 4 else []
 
@@ -170,7 +170,7 @@ def test_the_progress_counts_the_trials_of_added_cells(capsys):
     state = SweepState()
     planned = [plan("a/seed=0"), plan("b/seed=0")]
     searcher = CellSearcher(cells=planned, state=state, metric="score",
-                            extend=lambda ended, fresh: [plan("a/seed=1"), plan("b/seed=1")] if len(ended) == 4 else [])
+                            extend=lambda ended, fresh, *_: [plan("a/seed=1"), plan("b/seed=1")] if len(ended) == 4 else [])
     progress = SweepProgress(state, "sqlite://", "0", 4, "score", 4, frozenset(c.key for c in planned))
     for i in range(4):
         searcher.suggest(f"t{i}")
@@ -240,3 +240,51 @@ def test_a_pair_with_a_seed_on_one_side_only_gets_that_seed_on_the_other(tmp_pat
     decision, *_ = _decide(uri, tmp_path / "cache", max_seeds=3)
     assert decision.add == {("classification", "bb", "d", 1.0, "full"): 2}
     assert any("undecided at 2 paired seeds" in why and "seed 2 added to full" in why for why in decision.why)
+
+
+def test_seeds_are_added_whole_comparisons_at_a_time_while_the_cap_holds_them():
+    """Three undecided comparisons, each wanting seed 3 for its method and for full fine-tuning, every new cell
+    costing at most 8 trial-epochs, 30 left under search.max_trial_epochs: A with full takes 16 (14 left), B
+    shares full's new cell and takes 8 (6 left), C's 8 does not fit: C gets no seed, and says why."""
+    from sweep.results.seeds import SeedDecision, within
+
+    line = {m: ("cls", "b", "d", 1.0, m) for m in ("full", "a", "b", "c")}
+    pairs = [(f"b d 1: {m} vs full", {line[m]: 3, line["full"]: 3}) for m in ("a", "b", "c")]
+    decision = SeedDecision(add={line[m]: 3 for m in line}, pairs=pairs,
+                            why=[f"{label}: undecided at 3 paired seeds (95% CI [-1.0, +2.0]), seed 3 added to both"
+                                 for label, _ in pairs] + ["b d 1: e vs full: still undecided at 4 seeds, the most "
+                                                           "allowed"])
+    kept = within(decision, 30, lambda _: 8)
+    assert kept.add == {line["a"]: 3, line["full"]: 3, line["b"]: 3}
+    assert [label for label, _ in kept.pairs] == ["b d 1: a vs full", "b d 1: b vs full"]
+    assert "b d 1: c vs full: undecided, no seed added: 8 more trial-epochs would pass search.max_trial_epochs" \
+        in kept.why
+    assert sum("the most allowed" in w for w in kept.why) == 1 and sum("seed 3 added" in w for w in kept.why) == 2
+    assert within(decision, 100, lambda _: 8).add == decision.add  # room for all: the decision as it was
+
+
+@pytest.mark.slow
+def test_a_capped_sweep_adds_only_the_seeds_its_cap_holds(tmp_path):
+    """The same sweep without search rounds and with search.max_trial_epochs 16: 3 methods x 2 seeds x 1 trial x
+    2 epochs take 12, bitfit against full stays undecided, and its seed 2 (one cell each side, 2 x 2 = 4) fits
+    exactly; seed 3 would take 4 more, so the launcher says the comparison got none, and no cell ran past 16."""
+    from mlflow import MlflowClient
+
+    from tests.conftest import launch
+
+    spec = tmp_path / "adapt.yaml"
+    spec.write_text(ADAPTIVE_SPEC.replace("trials_per_cell: 1}",
+                                          "trials_per_cell: 1, extend: false, max_epoch_doublings: 0, "
+                                          "max_trial_epochs: 16}"))
+    storage = tmp_path / "store"
+    result = launch("--config", str(spec), "--storage", str(storage))
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "bitfit vs full: undecided, no seed added: 4 more trial-epochs would pass search.max_trial_epochs" \
+        in result.stdout, result.stdout[-3000:]
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("adapt").experiment_id], "tags.role = 'trial'")
+    seeds = {}
+    for r in runs:
+        seeds.setdefault(r.data.tags["method"], set()).add(int(r.data.tags["seed"]))
+    assert seeds == {"full": {0, 1, 2}, "bitfit": {0, 1, 2}, "linear": {0, 1}}
+    assert sum(len(client.get_metric_history(r.info.run_id, "epoch")) for r in runs) == 16

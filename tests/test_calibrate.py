@@ -141,6 +141,10 @@ def test_the_worst_case_counts_every_search_round_and_added_seed(tmp_path, monke
     assert "352 trial-epochs" in line and f"{0.5 * 352 / 80:.2f} device-hours" in line
     # The wall time past the serial 200 s grows as the trial-epochs: 200 + 800 x 352 / 80 = 3720 s.
     assert cost.worst_case(plan, totals)["wall_s"] == pytest.approx(3720.0) and "1 h 02 min wall time" in line
+    # search.max_trial_epochs 120 bounds it all: 120 trial-epochs, wall 200 + 800 x 120 / 80 = 1400 s.
+    capped = make_plan(load_spec(path, ["search.max_trial_epochs=120"]), path, None, allow_missing=True)
+    assert cost.worst_case(capped, totals) == pytest.approx({"trial_epochs": 120, "device_hours": 0.5 * 120 / 80,
+                                                             "wall_s": 1400.0})
 
 
 def test_overheads_count_as_the_formula_says(spec_file):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -427,15 +428,9 @@ def test_spec_checks_the_search_rounds_settings(search, says):
     assert load_spec(DEFAULT_SPEC).search.lr_limits == (1e-6, 1.0)  # the defaults are valid
 
 
-@pytest.mark.slow
-def test_simulated_sweep_runs_the_rounds_the_dry_run_bounds(tmp_path):
+def simulated_cell(tmp_path, extra: str = "") -> tuple[Path, float]:
     """One cell of the simulated task, its best learning rate known by construction, started with its range one to
-    three decades too low and every trial run to the end (fifo: the worst case). It extends up twice (the second
-    round ends with the best inside), then its chosen trial, still rising at epoch 4, runs once more with 8. The
-    dry run's bound is that worst case, derived here by hand: 2 rounds x 1 trial x 4 epochs + 1 trial x 8."""
-    from mlflow import MlflowClient
-
-    from tests.conftest import launch
+    three decades too low and every trial run to the end (fifo: the worst case); `extra`: more search settings."""
     from trainables.simulated import curve
 
     cell_key = "sim/synthetic/test_resnet/linear/frac=1/seed=0"
@@ -445,11 +440,36 @@ def test_simulated_sweep_runs_the_rounds_the_dry_run_bounds(tmp_path):
         "name: rounds\ntask: simulated\n"
         "datasets: [{name: synthetic}]\nbackbones: [{name: test_resnet, weights: random}]\nmethods: [linear]\n"
         "image_size: 16\ntrain: {epochs: 4, epoch_seconds: 0}\n"
-        "search: {sampler: grid, trials_per_cell: 3, lr_limits: [1.0e-10, 1.0], max_extensions: 2,\n"
+        f"search: {{sampler: grid, trials_per_cell: 3, lr_limits: [1.0e-10, 1.0], max_extensions: 2,{extra}\n"
         f"         max_epoch_doublings: 1, spaces: {{linear: {{lr: {{low: {10 ** (best - 3):.4g}, "
         f"high: {10 ** (best - 1):.4g}}}}}}}}}\n"
         "scheduler: {type: fifo}\n"
         "resources: {cpus_per_trial: 0.5, num_cpus: 1}\n")
+    return spec, best
+
+
+def trials_ran(storage: Path, best: float) -> list[tuple]:
+    """(decades from the best learning rate, round kind, epochs planned, epochs logged) of every trial run."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("rounds").experiment_id
+    trials = client.search_runs([experiment], "tags.role = 'trial'")
+    return sorted((round(math.log10(float(r.data.params["train.lr"])) - best), r.data.tags["round_kind"],
+                   int(r.data.params["train.epochs"]), len(client.get_metric_history(r.info.run_id, "epoch")))
+                  for r in trials)
+
+
+@pytest.mark.slow
+def test_simulated_sweep_runs_the_rounds_the_dry_run_bounds(tmp_path):
+    """It extends up twice (the second round ends with the best inside), then its chosen trial, still rising at
+    epoch 4, runs once more with 8. The dry run's bound is that worst case, derived here by hand: 2 rounds x 1
+    trial x 4 epochs + 1 trial x 8."""
+    from mlflow import MlflowClient
+
+    from tests.conftest import launch
+
+    spec, best = simulated_cell(tmp_path)
     dry = launch("--config", str(spec), "--dry-run").stdout
     assert "add between 0 and 3 trials and 16 trial-epochs (at most 6 trials)" in dry, dry
     storage = tmp_path / "store"
@@ -460,10 +480,7 @@ def test_simulated_sweep_runs_the_rounds_the_dry_run_bounds(tmp_path):
     trials = client.search_runs([experiment], "tags.role = 'trial'")
     keys = [r.data.tags["trial_key"] for r in trials]
     assert len(keys) == len(set(keys)) == 6  # one run per trial: no earlier trial rerun
-    ran = sorted((float(r.data.params["train.lr"]), r.data.tags["round_kind"], int(r.data.params["train.epochs"]),
-                  len(client.get_metric_history(r.info.run_id, "epoch"))) for r in trials)
-    decades = [round(math.log10(lr) - best) for lr, *_ in ran]
-    assert [(d, *rest) for d, (_, *rest) in zip(decades, ran, strict=True)] == [
+    assert trials_ran(storage, best) == [
         (-3, "initial", 4, 4), (-2, "initial", 4, 4), (-1, "initial", 4, 4),
         (0, "doubling", 8, 8), (0, "high", 4, 4), (1, "high", 4, 4)]
     (cell,) = client.search_runs([experiment], "tags.role = 'cell'")
@@ -473,3 +490,80 @@ def test_simulated_sweep_runs_the_rounds_the_dry_run_bounds(tmp_path):
     assert "finished 8/8 epochs" in result.stdout and "/4 epochs" in result.stdout  # each trial its own length
     (doubled,) = [r for r in trials if r.data.tags["round_kind"] == "doubling"]
     assert cell.data.tags["chosen_trial"] == doubled.data.tags["trial_key"]  # 8 epochs beat 4 on validation
+
+
+@pytest.mark.parametrize("cap, kinds, edge", [
+    (None, ["initial", "high", "high"], rounds.INTERIOR),  # 27 + 9 + 9 trial-epochs at most: no cap is needed
+    (45, ["initial", "high", "high"], rounds.INTERIOR),
+    (36, ["initial", "high"], rounds.AT_HIGH),  # 27 + 9 = 36: the second extension (9 more) does not fit
+    (27, ["initial"], rounds.AT_HIGH),
+])
+def test_search_rounds_run_only_while_the_sweeps_cap_holds_them(cap, kinds, edge):
+    """Best at 0.1, range 1e-4..1e-2: two extensions bring it inside. Each round costs at most trials x 9 epochs
+    (the searcher's default round cost): the planned 3 trials 27, an extension of 1 trial 9."""
+    loop = Loop(*make(max_trial_epochs=cap), objective=bell(-1))
+    loop.run()
+    lr, tried, search = outcome(loop)
+    assert [r.kind for r in search.rounds] == kinds and search.edge == edge
+    assert loop.epochs <= (cap or math.inf) and lr == pytest.approx(max(tried) if edge == rounds.AT_HIGH else 0.1)
+    if cap in (27, 36):
+        assert search.note.endswith(f"not widened: search.max_trial_epochs ({cap}) would be exceeded")
+
+
+def test_a_doubling_that_does_not_fit_the_cap_is_not_run_and_says_so():
+    searcher, sched = make(space={"lr": Dist(low=1e-2, high=1.0)}, max_epoch_doublings=1, max_trial_epochs=44)
+    loop = Loop(searcher, sched, objective=bell(-1, tau=6))  # the doubling (1 trial x 18 epochs) needs 27 + 18
+    loop.run()
+    search = outcome(loop)[2]
+    assert [r.kind for r in search.rounds] == ["initial"] and len(loop.trials) == 3
+    assert search.note == "epochs not doubled: search.max_trial_epochs (44) would be exceeded"
+
+
+def test_a_cap_below_what_the_planned_cells_take_is_refused_before_any_work():
+    from sweep.plan.validate import make_plan
+
+    # The default spec's grid under synchronous halving: its planned cells' most, stated in the message.
+    spec = load_spec(DEFAULT_SPEC)
+    plan = make_plan(spec, DEFAULT_SPEC, None, allow_missing=True)
+    planned = sum(spec.scheduler.most_trial_epochs(c.budget, plan.max_epochs) for c in plan.cells)
+    with pytest.raises(SpecError, match=f"max_trial_epochs \\({planned - 1:,}\\) is less than the {planned:,}"):
+        make_plan(load_spec(DEFAULT_SPEC, [f"search.max_trial_epochs={planned - 1}"]), DEFAULT_SPEC, None,
+                  allow_missing=True)
+    assert make_plan(load_spec(DEFAULT_SPEC, [f"search.max_trial_epochs={planned}"]), DEFAULT_SPEC, None,
+                     allow_missing=True).planned_trial_epochs == planned
+
+
+@pytest.mark.parametrize("kind, trials, max_t, most", [
+    ("halving", 3, 4, 3 * 2 + 1 * 2),  # grace 2, eta 3: all three to epoch 2, the best to 4
+    ("halving", 1, 8, 8),  # a doubling's single trial runs to its end
+    ("asha", 3, 4, 12),  # asynchronous: every early arrival may go on
+    ("fifo", 3, 4, 12),
+])
+def test_the_most_a_round_can_take_under_each_scheduler(kind, trials, max_t, most):
+    from sweep.plan.spec import SchedulerSpec
+
+    assert SchedulerSpec(type=kind, grace_period=2, reduction_factor=3).most_trial_epochs(trials, max_t) == most
+
+
+@pytest.mark.slow
+def test_a_capped_simulated_sweep_stops_adapting_where_its_cap_would_be_passed(tmp_path):
+    """The same cell with search.max_trial_epochs 16: the planned 3 trials x 4 epochs (12) and one extension of
+    1 x 4 fit; the second extension (4 more) does not, so the cell ends at its high edge, saying why, and no
+    doubling runs: 16 trial-epochs in all, as the dry run promised."""
+    from mlflow import MlflowClient
+
+    from tests.conftest import launch
+
+    spec, best = simulated_cell(tmp_path, " max_trial_epochs: 16,")
+    dry = launch("--config", str(spec), "--dry-run").stdout
+    assert "Capped: search.max_trial_epochs 16: the sweep takes at most 16 trial-epochs in all (12 for" in dry, dry
+    storage = tmp_path / "store"
+    result = launch("--config", str(spec), "--storage", str(storage))
+    assert "1/1 cells complete" in result.stdout, result.stdout[-3000:]
+    ran = trials_ran(storage, best)
+    assert ran == [(-3, "initial", 4, 4), (-2, "initial", 4, 4), (-1, "initial", 4, 4), (0, "high", 4, 4)]
+    assert sum(epochs for *_, epochs in ran) == 16
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    (cell,) = client.search_runs([client.get_experiment_by_name("rounds").experiment_id], "tags.role = 'cell'")
+    assert cell.data.tags["search_edge"] == "high"
+    assert "not widened: search.max_trial_epochs (16) would be exceeded" in cell.data.tags["search_note"]

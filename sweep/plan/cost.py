@@ -483,11 +483,13 @@ def render(calibration: Calibration, name: str, costs: dict[str, float]) -> str:
 
 def worst_case(plan, totals: dict[str, float]) -> dict[str, float]:
     """The most the sweep can cost once it adapts: every search round (a learning-rate range extended past an
-    edge, an epoch doubling) and every added seed run, each extra trial-epoch at the planned average cost (device
-    time and the wall time past the serial part)."""
+    edge, an epoch doubling) and every added seed run, or as many as search.max_trial_epochs lets run, each extra
+    trial-epoch at the planned average cost (device time and the wall time past the serial part)."""
     planned = totals["trial_epochs_halving"]
     _, round_epochs = most_added_by_rounds(plan)
     most = round((planned + round_epochs) * plan.spec.max_seeds / len(plan.spec.initial_seeds))
+    if plan.spec.search.max_trial_epochs is not None:  # the sweep takes nothing past it (sweep/tune/searcher.py)
+        most = min(most, plan.spec.search.max_trial_epochs)
     scale = most / planned if planned else 0.0
     serial = totals["serial_s"]
     return {"trial_epochs": most, "device_hours": totals["device_hours_halving"] * scale,

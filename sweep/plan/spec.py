@@ -155,6 +155,11 @@ class SearchSpec(_Model):
     max_epoch_doublings: int = Field(1, ge=0)
     # Scores (SCORE units) closer than this are equal: a flat range, a chosen trial no longer improving.
     flat_tolerance: float = Field(0.01, ge=0)
+    # The most trial-epochs the whole sweep may take: its planned grid, search rounds and added seeds' cells
+    # together (None: no cap). What adapts is limited by max_extensions, max_epoch_doublings and seeds.max; this
+    # bounds it all at once, so that the worst case is known before the sweep starts (the dry run prints it). A
+    # round or an added cell is taken only if the most it can cost still fits (sweep/tune/searcher.py).
+    max_trial_epochs: int | None = Field(None, ge=1)
 
     @field_validator("lr_limits")
     @classmethod
@@ -175,6 +180,13 @@ class SchedulerSpec(_Model):
 
     def rungs(self, max_t: int) -> list[int]:
         return halving_rungs(max_t, self.grace_period, self.reduction_factor)
+
+    def most_trial_epochs(self, trials: int, max_t: int) -> int:
+        """The most trial-epochs a round of `trials` trials of `max_t` epochs can take: synchronous halving's
+        exact count, every trial to the end under fifo or asha (asha's early arrivals may all go on)."""
+        if self.type == "halving":
+            return halving_epochs(trials, max_t, self.rungs(max_t), self.reduction_factor)
+        return trials * max_t
 
 
 def halving_rungs(max_t: int, grace_period: int, reduction_factor: float) -> list[int]:

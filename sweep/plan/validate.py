@@ -58,6 +58,12 @@ class Plan:
     def total_trials(self) -> int:
         return sum(c.budget for c in self.cells)
 
+    @property
+    def planned_trial_epochs(self) -> int:
+        """The most the planned cells can take: each one's planned round at its scheduler's most (what the
+        searcher reserves for it under search.max_trial_epochs)."""
+        return sum(self.spec.scheduler.most_trial_epochs(c.budget, self.max_epochs) for c in self.cells)
+
 
 def make_plan(spec: SweepSpec, spec_path: Path, data_root: str | None, allow_missing: bool = False) -> Plan:
     """Check everything a sweep needs; with allow_missing (dry runs) missing data/weights are listed, not fatal."""
@@ -123,6 +129,11 @@ def make_plan(spec: SweepSpec, spec_path: Path, data_root: str | None, allow_mis
         plan.notes.append("scheduler halving with sampler tpe: every trial of a cell starts before any finishes, so "
                           "TPE learns nothing from its cell's results (it samples at random). Use scheduler.type: "
                           "asha to let TPE learn, or sampler: grid/qmc with halving.")
+    cap = spec.search.max_trial_epochs
+    if cap is not None and cap < plan.planned_trial_epochs:
+        raise SpecError(f"search.max_trial_epochs ({cap:,}) is less than the {plan.planned_trial_epochs:,} "
+                        "trial-epochs the planned cells can take: raise it to at least that, or plan fewer cells, "
+                        "trials or epochs")
     return plan
 
 

@@ -69,6 +69,11 @@ def dry_run(plan: Plan, name: str) -> str:
                    f"after them gets another seed for both of its cells, up to {most}: the cost is between the "
                    f"above and {most / initial:.3g} times it (at most {exhaustive * most // initial:,} "
                    f"trial-epochs, {plan.total_trials * most // initial:,} trials).")
+    cap = spec.search.max_trial_epochs
+    if cap is not None:
+        out.append(f"Capped: search.max_trial_epochs {cap:,}: the sweep takes at most {cap:,} trial-epochs in all "
+                   f"({plan.planned_trial_epochs:,} for the cells above at most); a search round or added seed runs "
+                   "only while the most it can take still fits, and a cell whose round did not says so.")
     out += test_resolution(plan)
     if plan.notes:
         out += ["", *plan.notes]

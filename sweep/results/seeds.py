@@ -9,6 +9,7 @@ both of its cells, until it is decided or has `max` seeds. One with a cell still
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -27,6 +28,8 @@ class SeedDecision:
     add: dict[Line, int] = field(default_factory=dict)  # line -> the next seed it needs
     waiting: bool = False  # some planned cell has trials still to end: ask again later
     why: list[str] = field(default_factory=list)  # one line per comparison given a seed, or stopped at max
+    # Each comparison given a seed, in order: its label and the seed each of its lines lacks (what `add` merges)
+    pairs: list[tuple[str, dict[Line, int]]] = field(default_factory=list)
 
 
 def line_of(row) -> Line:
@@ -67,10 +70,32 @@ def seeds_needed(trials: pd.DataFrame, cells: pd.DataFrame, predictions: dict[st
         lacking = [line for line in pair if following not in seeds.get(line, [])]
         for line in lacking:
             decision.add[line] = max(decision.add.get(line, following), following)
+        decision.pairs.append((label, {line: following for line in lacking}))
         to = "both" if len(lacking) == 2 else lacking[0][-1]
         decision.why.append(f"{label}: undecided at {taken} paired seeds (95% CI [{row['ci_low']:+.1f}, "
                             f"{row['ci_high']:+.1f}]), seed {following} added to {to}")
     return decision
+
+
+CAPPED = "would pass search.max_trial_epochs"  # how a comparison the cap left without a seed ends its line
+
+
+def within(decision: SeedDecision, room: int, cost: Callable[[Line], int]) -> SeedDecision:
+    """The decision cut to what `room` trial-epochs hold, `cost(line)` the most one more cell of a line can take:
+    the comparisons in order, each given its seeds whole or not at all (a seed on one side decides nothing); a
+    cell two comparisons share counts once."""
+    kept = SeedDecision(waiting=decision.waiting, why=[w for w in decision.why if w.endswith("the most allowed")])
+    for label, lines in decision.pairs:
+        new = {line: seed for line, seed in lines.items() if kept.add.get(line) != seed}
+        price = sum(cost(line) for line in new)
+        if price > room:
+            kept.why.append(f"{label}: undecided, no seed added: {price:,} more trial-epochs {CAPPED}")
+            continue
+        room -= price
+        kept.add |= new
+        kept.pairs.append((label, lines))
+        kept.why.extend(w for w in decision.why if w.startswith(f"{label}: undecided at"))
+    return kept
 
 
 def added_cells(cells: list[Cell], planned: pd.DataFrame, more: dict[Line, int] | None = None) -> list[Cell]:

@@ -8,6 +8,7 @@ the answer is a function of MLflow's contents, a restarted driver derives the sa
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from sweep.plan.spec import SweepSpec
 from sweep.results import predictions, seeds
 from sweep.results.table import mark_best_in_cell, trials_table
 from sweep.store import mlflow_experiment
-from sweep.tune.searcher import CellPlan
+from sweep.tune.searcher import CellPlan, every_epoch
 from trainables.contract import Status
 
 
@@ -36,10 +37,14 @@ class SeedExtender:
     _last: float = 0.0
     _answer: list[CellPlan] = field(default_factory=list)
     why: list[str] = field(default_factory=list)
+    _told: set[str] = field(default_factory=set)  # comparisons the cap left without a seed, printed once
 
-    def __call__(self, ended: dict[str, Status], fresh: bool) -> list[CellPlan]:
+    def __call__(self, ended: dict[str, Status], fresh: bool, room: int | None = None,
+                 round_cost: Callable[[int, int], int] | None = None) -> list[CellPlan]:
         """Every added cell so far (as CellPlans). `ended`: the trial keys the searcher saw end, and how (MLflow
-        may not show a trial stopped a moment ago yet); `fresh`: read MLflow now, whatever the interval."""
+        may not show a trial stopped a moment ago yet); `fresh`: read MLflow now, whatever the interval; `room`:
+        the trial-epochs the sweep's cap leaves (None: no cap), each new cell costing at most
+        `round_cost(its trials, epochs)` (its planned round's)."""
         if not fresh and time.time() - self._last < self.interval_s:
             return self._answer
         self._last = time.time()
@@ -52,6 +57,12 @@ class SeedExtender:
         chosen = trials[trials["is_best_in_cell"].astype(bool)]
         found = predictions.load(self.uri, chosen["run_id"].tolist(), Path(self.cache))
         decision = seeds.seeds_needed(trials, planned, found, self.spec.max_seeds, self.rope)
+        if room is not None:
+            budgets = {seeds.line_of({"task": c.task, "backbone": c.backbone.key, "dataset": c.dataset.key,
+                                      "fraction": c.fraction, "method": c.method.key}): c.budget for c in self.cells}
+            epochs = int(self.spec.train.get("epochs", 1))
+            cost = round_cost or every_epoch
+            decision = seeds.within(decision, room, lambda line: cost(budgets[line], epochs))
         self.why = decision.why
         added = seeds.added_cells(self.cells, planned, decision.add)
         tracking = mlflow_experiment.prepare(self.uri, self.sweep, self.artifacts, added,
@@ -59,10 +70,13 @@ class SeedExtender:
         before = {c.key for c in self._answer}
         self._answer = [CellPlan(c.key, c.space, c.budget, self._config(c, tracking)) for c in added]
         new = [c for c in self._answer if c.key not in before]
-        if new:
-            # What the progress shows: why the sweep grows (its [k/total] counts the added cells' trials). After a
-            # restart the cells added before it come back from MLflow with no new reason: say so, not an empty line.
-            lines = decision.why or [f"{len(new)} cell(s) added before the restart, continued"]
+        refused = [w for w in decision.why if w.endswith(seeds.CAPPED) and w not in self._told]
+        if new or refused:
+            # What the progress shows: why the sweep grows (its [k/total] counts the added cells' trials), or why a
+            # comparison stays undecided under the cap (once). After a restart the cells added before it come
+            # back from MLflow with no new reason: say so, not an empty line.
+            lines = (decision.why if new else refused) or [f"{len(new)} cell(s) added before the restart, continued"]
+            self._told.update(w for w in lines if w.endswith(seeds.CAPPED))
             print("[adaptive seeds] " + "\n[adaptive seeds] ".join(lines), flush=True)
         return self._answer
 

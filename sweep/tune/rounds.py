@@ -145,6 +145,16 @@ def next_round(search: CellSearch, records: list[TrialRecord], state: SweepState
                  epochs=2 * epochs, params=dict(best.params))
 
 
+def refuse(search: CellSearch, added: Round, why: str) -> None:
+    """A round next_round asked for is not run (`why`: the sweep's trial-epoch cap): the cell's search ends as it
+    stands, an extension's at the range edge it would have widened (the report marks it), a doubling's with its
+    choice still improving (marked too), and its note says why."""
+    if added.kind in (ROUND_HIGH, ROUND_LOW):
+        search.edge, search.note = added.kind, f"{added.why}; not widened: {why}"
+    else:
+        search.note = "; ".join(n for n in (search.note, f"epochs not doubled: {why}") if n)
+
+
 def cell_tolerance(records: list[TrialRecord], rules: Rules) -> float:
     """The least score difference that counts in this cell: the standard error of its chosen trial's validation
     score on the validation images its trials reported (trainables.contract.score_tolerance), or the spec's

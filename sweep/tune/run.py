@@ -93,7 +93,9 @@ def run_sweep(plan: Plan, name: str, storage: Storage, mlflow_uri: str, prepared
                                     extend_range=spec.search.extend, lr_limits=spec.search.lr_limits,
                                     max_extensions=spec.search.max_extensions,
                                     max_epoch_doublings=spec.search.max_epoch_doublings,
-                                    flat_tolerance=spec.search.flat_tolerance)
+                                    flat_tolerance=spec.search.flat_tolerance,
+                                    max_trial_epochs=spec.search.max_trial_epochs,
+                                    round_cost=spec.scheduler.most_trial_epochs)
             scheduler = kind.build(plan, state)
             progress = SweepProgress(state, mlflow_uri, ids.experiment_id, plan.total_trials, plan.selection.val,
                                      plan.max_epochs, frozenset(c.key for c in plan.cells))

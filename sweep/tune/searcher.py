@@ -74,8 +74,9 @@ class CellSearcher(Searcher):
         seed: the samplers' seed (each cell's study is seeded from it and the cell's key).
         cell_by_cell: hand out one cell's trials before the next cell's (for synchronous halving).
         extend: asked for more cells once every planned trial is handed out (adaptive seeds,
-            sweep.tune.adaptive.SeedExtender): called with the trials seen ending ({trial key: status}) and whether
-            none is running, it returns every cell added so far; the new ones are walked like the planned ones.
+            sweep.tune.adaptive.SeedExtender): called with the trials seen ending ({trial key: status}), whether
+            none is running, the trial-epochs max_trial_epochs leaves (None: no cap) and round_cost, it returns
+            every cell added so far; the new ones are walked like the planned ones.
             Asked once every cell's search rounds are done.
         extend_range: widen a cell's learning-rate range beyond the edge its chosen trial sits at (rounds.py).
         lr_limits: (low, high): no learning rate outside them is ever tried by an extension.
@@ -84,6 +85,12 @@ class CellSearcher(Searcher):
         flat_tolerance: scores closer than this (SCORE units) count as equal: a flat range, a rung decided by a tie;
             a cell whose trials report their validation images uses their score's standard error where larger
             (trainables.contract.score_tolerance).
+        max_trial_epochs: the most trial-epochs the whole sweep may take, its planned rounds, search rounds and
+            added cells together (None: no cap). A round or an added cell is taken only while the most everything
+            taken so far can cost, plus the most it can, stays within it; a cell whose round is refused ends with
+            its range edge or its still-improving choice as it stands, and says why.
+        round_cost: the most trial-epochs a round of (trials, epochs) can take under the sweep's scheduler
+            (sweep.plan.spec.SchedulerSpec.most_trial_epochs); default trials x epochs.
     """
 
     def __init__(
@@ -97,12 +104,15 @@ class CellSearcher(Searcher):
         grid_points: int = 3,
         seed: int = 0,
         cell_by_cell: bool = False,
-        extend: Callable[[dict[str, Status], bool], list[CellPlan]] | None = None,
+        extend: Callable[[dict[str, Status], bool, int | None, Callable[[int, int], int]], list[CellPlan]]
+        | None = None,
         extend_range: bool = False,
         lr_limits: tuple[float, float] = (1e-6, 1.0),
         max_extensions: int = 2,
         max_epoch_doublings: int = 0,
         flat_tolerance: float = rounds.FLAT_TOLERANCE,
+        max_trial_epochs: int | None = None,
+        round_cost: Callable[[int, int], int] | None = None,
     ) -> None:
         if not cells:
             raise ValueError("a searcher needs at least one cell")
@@ -117,7 +127,11 @@ class CellSearcher(Searcher):
         for name, value in (("max_extensions", max_extensions), ("max_epoch_doublings", max_epoch_doublings)):
             if int(value) != value or value < 0:
                 raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+        if max_trial_epochs is not None and (int(max_trial_epochs) != max_trial_epochs or max_trial_epochs < 1):
+            raise ValueError(f"max_trial_epochs must be a whole number >= 1 or None, got {max_trial_epochs!r}")
         super().__init__(metric=metric, mode=mode)
+        self.max_trial_epochs = max_trial_epochs
+        self.round_cost = round_cost or every_epoch
         self.cells = cells
         self.state = state
         self.sampler = sampler
@@ -250,10 +264,36 @@ class CellSearcher(Searcher):
             return
         added = rounds.next_round(search, records, self.state, key, self.rules, self.grid_points, self.sampler,
                                   cell.base_config.get("train", {}).get("epochs"))
+        if added is not None and self.room() is not None and self._cost(cell, added) > self.room():
+            rounds.refuse(search, added, f"search.max_trial_epochs ({self.max_trial_epochs:,}) would be exceeded")
+            added = None
         if added is not None:
             search.rounds.append(added)
         else:
             search.done = True
+
+    def room(self) -> int | None:
+        """Trial-epochs left under max_trial_epochs once everything taken so far costs the most it can: every
+        cell's rounds (a cell not yet started: its planned round; after a restore, a cell added before it that
+        the extender has not returned yet: its rounds in the restored state). None: no cap."""
+        if self.max_trial_epochs is None:
+            return None
+        taken = 0
+        for cell in self.cells:
+            search = self.state.search.get(cell.key)
+            taken += sum(self._cost(cell, r) for r in search.rounds) if search else self.cell_cost(cell)
+        known = {cell.key for cell in self.cells}
+        for key, search in self.state.search.items():
+            if key not in known:
+                taken += sum(self._cost(self.cells[0], r) for r in search.rounds)  # the spec's epochs, as any cell
+        return self.max_trial_epochs - taken
+
+    def cell_cost(self, cell: CellPlan) -> int:
+        """The most a cell's planned round can cost (an added cell's too)."""
+        return self._cost(cell, Round(ROUND_INITIAL, 0, cell.budget, {}))
+
+    def _cost(self, cell: CellPlan, this: Round) -> int:
+        return self.round_cost(this.size, this.epochs or int(cell.base_config.get("train", {}).get("epochs") or 1))
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -272,7 +312,7 @@ class CellSearcher(Searcher):
         ended = {trial_key(r.cell, r.index): r.status for r in records if r.status != Status.RUNNING}
         running = any(r.status == Status.RUNNING for r in records)
         known = {c.key for c in self.cells}
-        fresh = [c for c in self.extend(ended, not running) if c.key not in known]
+        fresh = [c for c in self.extend(ended, not running, self.room(), self.round_cost) if c.key not in known]
         if fresh:
             self.cells.extend(fresh)
             return self.suggest(trial_id)
@@ -305,6 +345,11 @@ class CellSearcher(Searcher):
         if self.sampler == "grid":
             return {n: CategoricalDistribution(d.grid(self.grid_points)) for n, d in space.items()}
         return {name: to_optuna(dist) for name, dist in space.items()}
+
+
+def every_epoch(trials: int, epochs: int) -> int:
+    """The most a round can cost when nothing stops its trials early."""
+    return trials * epochs
 
 
 def to_optuna(dist: Dist):
