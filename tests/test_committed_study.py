@@ -198,3 +198,33 @@ def test_one_difference_by_hand_with_scikit_learn(study):
     assert (high - low) / 2 >= least - 0.05 - 1e-9, (dict(row), least)
     if least > 0:  # the interval is then Δ ± its half-width
         assert abs((low + high) / 2 - difference) <= 0.1 + 1e-9, (dict(row), difference)
+
+
+SPECS = Path(__file__).resolve().parent.parent / "search_spaces"
+COSTED = sorted(d for d in RESULTS.glob("*/") if (d / "cost.json").is_file())
+
+
+@pytest.mark.parametrize("study", COSTED, ids=lambda d: d.name)
+def test_a_committed_study_ran_within_its_specs_cap(study):
+    """A study whose spec caps its trial-epochs (search.max_trial_epochs): the most every round it ran could take,
+    each at its scheduler's most (what the searcher reserves before it takes a round or an added seed), stays
+    within the cap, and so the cap never refused anything it ran, and its cost record's trial-epochs are within
+    it too. The spec is the search_spaces/*.yaml with the study's sweep name."""
+    import json
+
+    from sweep.plan.spec import SpecError, load_specs
+
+    def sweeps(path: Path) -> list:
+        try:
+            return load_specs(path)
+        except SpecError:  # not a sweep spec (methods.yaml: the per-method search spaces)
+            return []
+
+    record = json.loads((study / "cost.json").read_text())
+    specs = [s for p in sorted(SPECS.glob("*.yaml")) for s in sweeps(p) if s.name == record["sweep"]]
+    cap = specs[0].search.max_trial_epochs if specs else None
+    if cap is None:
+        pytest.skip(f"{record['sweep']}: no spec in search_spaces/ caps its trial-epochs")
+    scheduler = specs[0].scheduler
+    reserved = sum(scheduler.most_trial_epochs(r["trials"], r["max_epochs"]) for r in record["rounds"])
+    assert record["actual"]["trial_epochs"] <= reserved <= cap
