@@ -567,3 +567,8 @@ def test_a_capped_simulated_sweep_stops_adapting_where_its_cap_would_be_passed(t
     (cell,) = client.search_runs([client.get_experiment_by_name("rounds").experiment_id], "tags.role = 'cell'")
     assert cell.data.tags["search_edge"] == "high"
     assert "not widened: search.max_trial_epochs (16) would be exceeded" in cell.data.tags["search_note"]
+    from sweep.report.cli import main as report
+
+    assert report(["--name", "rounds", "--storage", str(storage), "--out", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "1 cells' searches were cut short by the sweep's cap (search.max_trial_epochs)" in text

@@ -263,13 +263,19 @@ def lr_search(doc: Document, trials: pd.DataFrame, cells: pd.DataFrame, out: Pat
         doc.text(f"How the {int(kinds.sum())} cells' searches ended: {ended}. Inside the range or at a stability edge: "
                  f"{settled} ({settled / kinds.sum():.0%}); with the flat ranges: "
                  f"{settled + int(kinds.get(FLAT, 0))} ({(settled + kinds.get(FLAT, 0)) / kinds.sum():.0%}).")
+    notes = cells["search_note"] if "search_note" in cells else pd.Series("", index=cells.index)
+    capped = notes.fillna("").astype(str).str.contains("search.max_trial_epochs", regex=False)
+    if capped.any():
+        doc.text(f"{int(capped.sum())} cells' searches were cut short by the sweep's cap (search.max_trial_epochs): "
+                 "a round that could have passed it was not run (an extension: the cell stays at its edge; a "
+                 "doubling: its choice stays marked †); each one's note says which.")
     at_lr_edge = cells["search_edge"].isin([STABILITY, FLAT, AT_HIGH, AT_LOW])
     edge = cells[at_lr_edge | cells["cell_key"].isin(knobs)]
     if len(edge):
         doc.text(f"{int(at_lr_edge.sum())} of {len(cells)} cells ended their search at an edge of the learning rates "
                  "tried or on a flat range (stability: larger ones diverged; flat: every learning rate tried scored "
-                 "the same within the validation set's noise, after every extension allowed; high/low: the limits or "
-                 "search.max_extensions stopped it)"
+                 "the same within the validation set's noise, after every extension allowed; high/low: the limits, "
+                 "search.max_extensions or search.max_trial_epochs stopped it)"
                  + (f"; {len(knobs)} chose another searched knob at the highest or lowest value tried (reported "
                     "only: the search widens the learning rate's range, no other)" if knobs else "") + ":")
         table = edge[["cell_key", "search_edge", "search_note", "search"]].rename(columns={
