@@ -249,16 +249,18 @@ def test_seeds_are_added_whole_comparisons_at_a_time_while_the_cap_holds_them():
     from sweep.results.seeds import SeedDecision, within
 
     line = {m: ("cls", "b", "d", 1.0, m) for m in ("full", "a", "b", "c")}
-    pairs = [(f"b d 1: {m} vs full", {line[m]: 3, line["full"]: 3}) for m in ("a", "b", "c")]
+    labels = [f"b d 1: {m} vs full" for m in ("a", "b", "c")]
+    pairs = [(label, {line[m]: 3, line["full"]: 3},
+              f"{label}: undecided at 3 paired seeds (95% CI [-1.0, +2.0]), seed 3 added to both")
+             for label, m in zip(labels, ("a", "b", "c"), strict=True)]
     decision = SeedDecision(add={line[m]: 3 for m in line}, pairs=pairs,
-                            why=[f"{label}: undecided at 3 paired seeds (95% CI [-1.0, +2.0]), seed 3 added to both"
-                                 for label, _ in pairs] + ["b d 1: e vs full: still undecided at 4 seeds, the most "
-                                                           "allowed"])
+                            why=[why for *_, why in pairs] + ["b d 1: e vs full: still undecided at 4 seeds, the most "
+                                                              "allowed"])
     kept = within(decision, 30, lambda _: 8)
     assert kept.add == {line["a"]: 3, line["full"]: 3, line["b"]: 3}
-    assert [label for label, _ in kept.pairs] == ["b d 1: a vs full", "b d 1: b vs full"]
-    assert "b d 1: c vs full: undecided, no seed added: 8 more trial-epochs would pass search.max_trial_epochs" \
-        in kept.why
+    assert [label for label, *_ in kept.pairs] == ["b d 1: a vs full", "b d 1: b vs full"]
+    refusal = "b d 1: c vs full: undecided, no seed added: 8 more trial-epochs would pass search.max_trial_epochs"
+    assert kept.refused == [refusal] and refusal in kept.why
     assert sum("the most allowed" in w for w in kept.why) == 1 and sum("seed 3 added" in w for w in kept.why) == 2
     assert within(decision, 100, lambda _: 8).add == decision.add  # room for all: the decision as it was
 

@@ -7,8 +7,9 @@ backbone built from its config, on the CPU with the trial's own threads): images
 checkpoint size, and the seconds to build the model (`build`) and to write and read its checkpoint (`save`,
 `load`). On the CPU a group is measured as the sweep runs it, `slots` trials at once (in as many fresh processes,
 timed together), and a group read from the cache is scaled by the machine's speed now against then: a reference
-workload timed at every calibration (sweep/plan/speed.py; a VM's speed moves by a quarter within minutes). The machine's overheads are measured once too (sweep/plan/overheads.py: a tiny simulated sweep through
-the real launcher on one slot, and a fresh import of the task's code): a trial's start (`trial`), a pause and
+workload timed at every calibration (sweep/plan/speed.py; a VM's speed moves by a quarter within minutes). The
+machine's overheads are measured once too (sweep/plan/overheads.py: a tiny simulated sweep through the real
+launcher on one slot, and a fresh import of the task's code): a trial's start (`trial`), a pause and
 restore at a rung (`pause`), an epoch's MLflow log and report (`log`), the sweep's fixed cost (`sweep`: Ray start
 and stop, MLflow setup, the final report) and a new trial actor's imports (`import`). Everything is read from the
 cache (`$MEDPEFT_CACHE_DIR/calibration/<device>.json`) where this device type has it, unless --fresh.

@@ -28,12 +28,19 @@ class SeedDecision:
     add: dict[Line, int] = field(default_factory=dict)  # line -> the next seed it needs
     waiting: bool = False  # some planned cell has trials still to end: ask again later
     why: list[str] = field(default_factory=list)  # one line per comparison given a seed, or stopped at max
-    # Each comparison given a seed, in order: its label and the seed each of its lines lacks (what `add` merges)
-    pairs: list[tuple[str, dict[Line, int]]] = field(default_factory=list)
+    # Each comparison given a seed, in order: its label, the seed each of its lines lacks (what `add` merges) and
+    # its line in `why`
+    pairs: list[tuple[str, dict[Line, int], str]] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # comparisons search.max_trial_epochs left without (within)
 
 
 def line_of(row) -> Line:
     return (row["task"], row["backbone"], row["dataset"], float(row["fraction"]), row["method"])
+
+
+def line_of_cell(cell: Cell) -> Line:
+    return line_of({"task": cell.task, "backbone": cell.backbone.key, "dataset": cell.dataset.key,
+                    "fraction": cell.fraction, "method": cell.method.key})
 
 
 def seeds_needed(trials: pd.DataFrame, cells: pd.DataFrame, predictions: dict[str, pd.DataFrame],
@@ -70,39 +77,38 @@ def seeds_needed(trials: pd.DataFrame, cells: pd.DataFrame, predictions: dict[st
         lacking = [line for line in pair if following not in seeds.get(line, [])]
         for line in lacking:
             decision.add[line] = max(decision.add.get(line, following), following)
-        decision.pairs.append((label, {line: following for line in lacking}))
         to = "both" if len(lacking) == 2 else lacking[0][-1]
         decision.why.append(f"{label}: undecided at {taken} paired seeds (95% CI [{row['ci_low']:+.1f}, "
                             f"{row['ci_high']:+.1f}]), seed {following} added to {to}")
+        decision.pairs.append((label, {line: following for line in lacking}, decision.why[-1]))
     return decision
-
-
-CAPPED = "would pass search.max_trial_epochs"  # how a comparison the cap left without a seed ends its line
 
 
 def within(decision: SeedDecision, room: int, cost: Callable[[Line], int]) -> SeedDecision:
     """The decision cut to what `room` trial-epochs hold, `cost(line)` the most one more cell of a line can take:
     the comparisons in order, each given its seeds whole or not at all (a seed on one side decides nothing); a
-    cell two comparisons share counts once."""
-    kept = SeedDecision(waiting=decision.waiting, why=[w for w in decision.why if w.endswith("the most allowed")])
-    for label, lines in decision.pairs:
+    cell two comparisons share counts once. Those left without say so (`refused`, and in `why`)."""
+    given = {why for *_, why in decision.pairs}
+    kept = SeedDecision(waiting=decision.waiting, why=[w for w in decision.why if w not in given])
+    for label, lines, why in decision.pairs:
         new = {line: seed for line, seed in lines.items() if kept.add.get(line) != seed}
         price = sum(cost(line) for line in new)
         if price > room:
-            kept.why.append(f"{label}: undecided, no seed added: {price:,} more trial-epochs {CAPPED}")
+            kept.refused.append(f"{label}: undecided, no seed added: {price:,} more trial-epochs would pass "
+                                "search.max_trial_epochs")
             continue
         room -= price
         kept.add |= new
-        kept.pairs.append((label, lines))
-        kept.why.extend(w for w in decision.why if w.startswith(f"{label}: undecided at"))
+        kept.pairs.append((label, lines, why))
+        kept.why.append(why)
+    kept.why += kept.refused
     return kept
 
 
 def added_cells(cells: list[Cell], planned: pd.DataFrame, more: dict[Line, int] | None = None) -> list[Cell]:
     """The cells beyond the plan's `cells`: those MLflow's cell runs (`planned`, sweep.results.table.trials_table)
     record, added earlier, and the `more` ({line: seed}) to add now; each as its planned cell with another seed."""
-    lines = {line_of({"task": c.task, "backbone": c.backbone.key, "dataset": c.dataset.key,
-                      "fraction": c.fraction, "method": c.method.key}): c for c in cells}
+    lines = {line_of_cell(c): c for c in cells}
     known = {c.key for c in cells}
     wanted = {(line_of(r), int(r["seed"])) for _, r in planned.iterrows() if r["cell_key"] not in known}
     wanted |= set((more or {}).items())

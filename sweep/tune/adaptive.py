@@ -58,8 +58,7 @@ class SeedExtender:
         found = predictions.load(self.uri, chosen["run_id"].tolist(), Path(self.cache))
         decision = seeds.seeds_needed(trials, planned, found, self.spec.max_seeds, self.rope)
         if room is not None:
-            budgets = {seeds.line_of({"task": c.task, "backbone": c.backbone.key, "dataset": c.dataset.key,
-                                      "fraction": c.fraction, "method": c.method.key}): c.budget for c in self.cells}
+            budgets = {seeds.line_of_cell(c): c.budget for c in self.cells}
             epochs = int(self.spec.train.get("epochs", 1))
             cost = round_cost or every_epoch
             decision = seeds.within(decision, room, lambda line: cost(budgets[line], epochs))
@@ -70,13 +69,13 @@ class SeedExtender:
         before = {c.key for c in self._answer}
         self._answer = [CellPlan(c.key, c.space, c.budget, self._config(c, tracking)) for c in added]
         new = [c for c in self._answer if c.key not in before]
-        refused = [w for w in decision.why if w.endswith(seeds.CAPPED) and w not in self._told]
+        refused = [w for w in decision.refused if w not in self._told]
         if new or refused:
             # What the progress shows: why the sweep grows (its [k/total] counts the added cells' trials), or why a
             # comparison stays undecided under the cap (once). After a restart the cells added before it come
             # back from MLflow with no new reason: say so, not an empty line.
             lines = (decision.why if new else refused) or [f"{len(new)} cell(s) added before the restart, continued"]
-            self._told.update(w for w in lines if w.endswith(seeds.CAPPED))
+            self._told.update(refused)
             print("[adaptive seeds] " + "\n[adaptive seeds] ".join(lines), flush=True)
         return self._answer
 

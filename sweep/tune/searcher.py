@@ -264,7 +264,8 @@ class CellSearcher(Searcher):
             return
         added = rounds.next_round(search, records, self.state, key, self.rules, self.grid_points, self.sampler,
                                   cell.base_config.get("train", {}).get("epochs"))
-        if added is not None and self.room() is not None and self._cost(cell, added) > self.room():
+        room = self.room() if added is not None else None
+        if room is not None and self._cost(cell, added) > room:
             rounds.refuse(search, added, f"search.max_trial_epochs ({self.max_trial_epochs:,}) would be exceeded")
             added = None
         if added is not None:
